@@ -1,0 +1,48 @@
+"""napari-sam: Segment Anything in napari, on a pure PyTorch engine.
+
+The public API is re-exported here lazily, so ``import napari_sam`` is cheap and
+never imports napari or Qt: the engine (models, predictor, volume loop, automatic
+masks) runs in a plain Python process or on a GPU machine without napari.
+
+Coordinates: napari data is (..., row, col); SAM prompts are (x, y) points and
+(x0, y0, x1, y1) boxes in pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "build_model": "napari_sam.models.sam",
+    "Sam": "napari_sam.models.sam",
+    "load_model": "napari_sam.weights",
+    "list_models": "napari_sam.weights",
+    "REGISTRY": "napari_sam.weights",
+    "SamPredictor": "napari_sam.predictor",
+    "ImageEmbedding": "napari_sam.predictor",
+    "to_sam_image": "napari_sam.images",
+    "pick_device": "napari_sam._device",
+    "EmbeddingStore": "napari_sam.embeddings",
+    "segment_volume": "napari_sam.volume",
+    "AutomaticMaskGenerator": "napari_sam.automatic",
+    "SegmentAnything": "napari_sam.viewer",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_sam' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
