@@ -144,6 +144,5 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """``(B, N, 2)`` xy pixels in an ``(H, W)`` image -> ``(B, N, 2F)``."""
-        scale = coords_input.new_tensor([1.0 / image_size[1], 1.0 / image_size[0]], dtype=torch.float32)
-        coords = coords_input.float() / (1.0 / scale)  # same division as the official
-        return self._pe_encoding(coords)
+        size_xy = torch.tensor([image_size[1], image_size[0]], dtype=torch.float32, device=coords_input.device)
+        return self._pe_encoding(coords_input.float() / size_xy)

@@ -1,0 +1,85 @@
+"""Background encoding: one ``thread_worker`` at a time, the latest request queued behind it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+
+from napari_sam._slicing import SamUserError
+
+
+class EncodeRunner:
+    """Encodes slices for a ``SegmentAnything`` in a worker thread (napari progress in the activity dock).
+
+    Installed as ``sam.request_embedding``: the viewer object asks for a slice, the runner encodes it
+    off the event loop, stores it in the cache and re-runs the preview.
+    """
+
+    def __init__(self, sam: Any) -> None:
+        self.sam = sam
+        self.worker: Any = None
+        self._busy_key: tuple | None = None
+        self._pending: tuple[int, ...] | None = None
+        self._pending_set = False
+        self.closed = False
+        sam.request_embedding = self.request
+
+    @property
+    def busy(self) -> bool:
+        """True while a slice is being encoded."""
+        return self.worker is not None
+
+    def request(self, index: tuple[int, ...] | None = None) -> None:
+        """Encode slice ``index`` (None: on screen) unless cached or in flight; notifies user errors."""
+        if self.closed or self.sam.image_layer is None or self.sam.predictor is None:
+            return
+        try:
+            key, job = self.sam.encode_job(index)
+        except SamUserError as exc:
+            show_error(str(exc))
+            return
+        if key in self.sam.cache or key == self._busy_key:
+            return
+        if self.worker is not None:
+            self._pending, self._pending_set = key[1] if index is None else tuple(index), True
+            return
+        self._busy_key = key
+        name = getattr(self.sam.image_layer, "name", "image")
+        desc = f"SAM: encoding {name}" + (f" slice {key[1]}" if key[1] else "")
+        worker = create_worker(job, _progress={"total": 0, "desc": desc})
+        worker.returned.connect(lambda emb, k=key: self._on_returned(k, emb))
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+
+    def _on_returned(self, key: tuple, embedding: Any) -> None:
+        if self.closed:
+            return
+        self.sam.store_embedding(key, embedding)
+        try:
+            index = self.sam.current_index() if self.sam.image_layer is not None else None
+        except SamUserError:
+            index = None
+        if index is not None and self.sam._key(index) == key:
+            self.sam.update_preview()
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if not self.closed:
+            show_error(f"SAM: encoding failed: {type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        self.worker, self._busy_key = None, None
+        if self._pending_set and not self.closed:
+            index, self._pending, self._pending_set = self._pending, None, False
+            self.request(index)
+
+    def close(self) -> None:
+        """Stop reacting to results (the running encode finishes in its thread and is dropped)."""
+        self.closed = True
+        if self.sam.request_embedding == self.request:
+            self.sam.request_embedding = None
+        if self.worker is not None:
+            self.worker.quit()

@@ -1,0 +1,235 @@
+"""``SamWidget``: the "Segment Anything" dock widget. Wiring only: ``widget.sam`` does the work.
+
+Keys (on the "SAM points" and "SAM boxes" layers): **C** commit, **N** next candidate mask,
+**Shift+C** clear prompts. Mouse (points layer, add mode): click = positive point,
+Shift+click or right click = negative point. Draw rectangles in "SAM boxes" for box prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sam._prompts import PREVIEW_NAME
+from napari_sam._qt._encoder import EncodeRunner
+from napari_sam._qt._layer_combo import LayerCombo
+from napari_sam._qt._model_box import ModelBox
+from napari_sam._slicing import SamUserError
+from napari_sam.viewer import SegmentAnything
+
+HELP = (
+    "click: positive point · Shift+click / right click: negative point · "
+    "rectangle in 'SAM boxes': box prompt (several boxes = several objects)\n"
+    "C: commit · N: next candidate mask · Shift+C: clear prompts"
+)
+KEYS = {"c": "commit", "n": "next_mask", "Shift-C": "clear"}
+
+
+class SamWidget(QWidget):
+    """Dock widget: model, device, image, output labels, prompts, commit. ``add_section`` for more panels."""
+
+    def __init__(self, napari_viewer: Any, load_default: bool = True, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.sam = SegmentAnything(napari_viewer)
+        self.encoder = EncodeRunner(self.sam)
+        self.setLayout(QVBoxLayout())
+        self.layout().setContentsMargins(4, 4, 4, 4)
+
+        self.model_box = ModelBox(self.sam, lambda: None, load_default=load_default)
+        self.add_section("Model", self.model_box)
+        self.add_section("Layers", self._layers_panel())
+        self.add_section("Prompts", self._prompts_panel())
+        self.layout().addStretch(1)
+
+        self.sam.events.image_layer.connect(self._on_sam_image)
+        self.sam.events.labels_layer.connect(self._on_sam_labels)
+        self.sam.events.preview.connect(self._on_preview)
+        self.sam.events.embedding.connect(self._on_status)
+        self.sam.events.model.connect(self._on_model_loaded)
+        self._bound: list[Any] = []
+        self._on_image_combo()
+
+    # ------------------------------------------------------------------ layout
+    def add_section(self, title: str, widget: QWidget) -> QGroupBox:
+        """Append a titled panel (e.g. volume propagation, automatic masks) before the stretch."""
+        box = QGroupBox(title)
+        QVBoxLayout(box).addWidget(widget)
+        layout = self.layout()
+        stretch_at = layout.count() - 1 if layout.count() and layout.itemAt(layout.count() - 1).spacerItem() else layout.count()
+        layout.insertWidget(stretch_at, box)
+        return box
+
+    def _layers_panel(self) -> QWidget:
+        panel = QWidget()
+        form = QFormLayout(panel)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.image_combo = LayerCombo(self.viewer, Image, none_text="(choose an image)", auto_select=True)
+        self.channel_combo = QComboBox()
+        self.labels_combo = LayerCombo(
+            self.viewer, Labels, none_text="new: SAM labels", exclude=lambda la: la.name == PREVIEW_NAME
+        )
+        self.prompt_info = QLabel("prompt layers: SAM points, SAM boxes")
+        form.addRow("image", self.image_combo)
+        form.addRow("channels", self.channel_combo)
+        form.addRow("output labels", self.labels_combo)
+        form.addRow(self.prompt_info)
+        self.image_combo.currentIndexChanged.connect(self._on_image_combo)
+        self.channel_combo.activated.connect(self._on_channel)
+        self.labels_combo.currentIndexChanged.connect(self._on_labels_combo)
+        return panel
+
+    def _prompts_panel(self) -> QWidget:
+        panel = QWidget()
+        col = QVBoxLayout(panel)
+        col.setContentsMargins(0, 0, 0, 0)
+        help_label = QLabel(HELP)
+        help_label.setWordWrap(True)
+        self.multimask_check = QCheckBox("three candidate masks per object (N cycles)")
+        self.multimask_check.setChecked(self.sam.multimask)
+        self.overwrite_check = QCheckBox("overwrite existing objects")
+        self.score_label = QLabel("")
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.next_button = QPushButton("Next mask (N)")
+        self.commit_button = QPushButton("Commit (C)")
+        self.clear_button = QPushButton("Clear prompts (Shift+C)")
+        row = QHBoxLayout()
+        for b in (self.next_button, self.commit_button, self.clear_button):
+            row.addWidget(b)
+        for w in (help_label, self.multimask_check, self.overwrite_check, self.score_label):
+            col.addWidget(w)
+        col.addLayout(row)
+        col.addWidget(self.status_label)
+        self.multimask_check.toggled.connect(self._on_multimask)
+        self.overwrite_check.toggled.connect(lambda on: setattr(self.sam, "overwrite", bool(on)))
+        self.next_button.clicked.connect(self.next_mask)
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button.clicked.connect(self.clear)
+        return panel
+
+    # ------------------------------------------------------------------ actions (buttons and keys)
+    def commit(self) -> list[int]:
+        """Commit the preview as new object(s); errors become notifications."""
+        try:
+            ids = self.sam.commit()
+        except SamUserError as exc:
+            show_warning(str(exc))
+            return []
+        self._set_status(f"committed object(s) {ids}" if ids else "nothing new to commit (all pixels taken)")
+        return ids
+
+    def next_mask(self) -> None:
+        """Show SAM's next candidate mask with its IoU score."""
+        self.sam.cycle_mask()
+
+    def clear(self) -> None:
+        """Remove all prompts and the preview."""
+        self.sam.clear_prompts()
+        self.sam._clear_preview()
+        self.score_label.setText("")
+
+    def _bind_keys(self) -> None:
+        for layer in (self.sam.points_layer, self.sam.boxes_layer):
+            if layer is None or any(layer is b for b in self._bound):
+                continue
+            for key, action in KEYS.items():
+                layer.bind_key(key, lambda _layer, a=action: getattr(self, a)(), overwrite=True)
+            self._bound.append(layer)
+
+    # ------------------------------------------------------------------ event handlers
+    def _on_model_loaded(self, event: Any = None) -> None:
+        self.encoder.request()
+        self._on_status()
+
+    def _on_image_combo(self, *_: Any) -> None:
+        layer = self.image_combo.current_layer()
+        try:
+            self.sam.set_image_layer(layer)
+        except SamUserError as exc:
+            show_error(str(exc))
+            return
+        self._fill_channels()
+        if layer is not None:
+            self._bind_keys()
+            self.encoder.request()
+        self._on_status()
+
+    def _fill_channels(self) -> None:
+        self.channel_combo.clear()
+        self.channel_combo.addItem("slice on screen", None)
+        img = self.sam.image_layer
+        if img is not None and not img.rgb:
+            for axis, size in enumerate(img.data.shape[:-2]):
+                if 2 <= size <= 4:
+                    self.channel_combo.addItem(f"RGB composite of axis {axis} ({size} channels)", axis)
+        self.channel_combo.setEnabled(self.channel_combo.count() > 1)
+
+    def _on_channel(self, i: int) -> None:
+        self.sam.channel_axis = self.channel_combo.itemData(i)
+        self.sam._clear_preview()
+        self.encoder.request()
+
+    def _on_labels_combo(self, *_: Any) -> None:
+        self.sam.labels_layer = self.labels_combo.current_layer()
+
+    def _on_sam_image(self, event: Any = None) -> None:
+        try:
+            self.image_combo.set_layer(self.sam.image_layer)
+        except RuntimeError:
+            pass
+
+    def _on_sam_labels(self, event: Any = None) -> None:
+        try:
+            self.labels_combo.set_layer(self.sam._labels_layer)
+        except RuntimeError:
+            pass
+
+    def _on_multimask(self, on: bool) -> None:
+        self.sam.multimask = bool(on)
+        self.sam.update_preview()
+
+    def _on_preview(self, event: Any = None) -> None:
+        sam = self.sam
+        try:
+            if sam.candidates is not None and len(sam.candidates) > 1:
+                text = f"mask {sam.candidate + 1}/{len(sam.candidates)} · IoU {float(sam.scores[sam.candidate]):.3f}"
+            elif sam.scores is not None:
+                text = "IoU " + ", ".join(f"{float(s):.3f}" for s in sam.scores)
+            else:
+                text = ""
+            self.score_label.setText(text)
+        except RuntimeError:
+            pass
+
+    def _on_status(self, event: Any = None) -> None:
+        sam = self.sam
+        if sam.image_layer is None:
+            self._set_status("choose an image layer")
+        elif sam.predictor is None:
+            self._set_status("choose a model")
+        else:
+            self._set_status(f"{len(sam.cache)} slice embedding(s) cached" + (" · encoding ..." if self.encoder.busy else ""))
+
+    def _set_status(self, text: str) -> None:
+        try:
+            self.status_label.setText(text)
+        except RuntimeError:
+            pass
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
+        self.encoder.close()
+        super().closeEvent(event)

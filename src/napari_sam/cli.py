@@ -1,0 +1,108 @@
+"""Command line: ``napari-sam gui | models | fetch NAME | auto IMAGE -o LABELS``.
+
+Batch use from a shell; the GUI subcommand opens napari with the plugin docked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_gui(args: argparse.Namespace) -> int:
+    import napari
+
+    viewer = napari.Viewer(title="napari-sam")
+    if args.image:
+        viewer.open(args.image)
+    elif not args.no_sample:
+        viewer.open_sample("napari-sam", "nuclei")
+    viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+    if args.screenshot:  # for docs and smoke tests: render once, save, quit
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()
+        viewer.screenshot(args.screenshot, canvas_only=False)
+        viewer.close()
+        return 0
+    napari.run()
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .weights import is_cached, list_models
+
+    for info in list_models():
+        state = "packaged" if info.packaged else ("cached" if is_cached(info.name) else "not downloaded")
+        print(f"{info.name:24s} {info.arch:6s} {info.size_mb:8.1f} MB  {state:15s} {info.description}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .weights import fetch
+
+    def progress(done: int, total: int) -> None:
+        if total:
+            print(f"\r{args.name}: {100 * done / total:5.1f}%", end="", file=sys.stderr)
+
+    path = fetch(args.name, progress=progress)
+    print(f"\n{path}")
+    return 0
+
+
+def _cmd_auto(args: argparse.Namespace) -> int:
+    import numpy as np
+    import tifffile
+    from skimage import io
+
+    from .automatic import AutomaticMaskGenerator
+    from .weights import load_model
+
+    image = np.asarray(io.imread(args.image))
+    model = load_model(args.model, device=args.device)
+    generator = AutomaticMaskGenerator(model, points_per_side=args.points_per_side)
+    labels = generator.generate_labels(image)
+    tifffile.imwrite(args.output, labels)
+    print(f"{args.output}: {int(labels.max())} objects")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-sam", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gui = sub.add_parser("gui", help="open napari with the plugin docked")
+    gui.add_argument("image", nargs="?", help="an image file to open instead of the sample")
+    gui.add_argument("--no-sample", action="store_true", help="open no sample image")
+    gui.add_argument("--screenshot", help="save a screenshot of the window to this PNG and quit")
+    gui.set_defaults(func=_cmd_gui)
+
+    models = sub.add_parser("models", help="list the model registry and download state")
+    models.set_defaults(func=_cmd_models)
+
+    fetch = sub.add_parser("fetch", help="download a registry model into the cache")
+    fetch.add_argument("name")
+    fetch.set_defaults(func=_cmd_fetch)
+
+    auto = sub.add_parser("auto", help="segment everything in a 2D image, write instance labels (tif)")
+    auto.add_argument("image")
+    auto.add_argument("-o", "--output", required=True)
+    auto.add_argument("--model", default=None, help="registry name or checkpoint path (default: packaged)")
+    auto.add_argument("--device", default=None)
+    auto.add_argument("--points-per-side", type=int, default=32)
+    auto.set_defaults(func=_cmd_auto)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, RuntimeError, OSError) as err:
+        print(f"napari-sam: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Mask decoder: output tokens + prompt tokens attend to the image; hypernetworks turn tokens into masks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d
+
+
+class MaskDecoder(nn.Module):
+    """Predicts masks and their IoU from an image embedding and prompt embeddings.
+
+    Args:
+        transformer_dim: channels ``C`` of the image embedding and the tokens.
+        transformer: the two-way transformer.
+        num_multimask_outputs: masks predicted in multimask mode (one more token is the single-mask one).
+        iou_head_depth, iou_head_hidden_dim: the IoU prediction MLP.
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            activation(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            activation(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            image_embeddings: ``(1 | B, C, h, w)``; a single embedding is shared by all B prompts.
+            image_pe: ``(1, C, h, w)``.
+            sparse_prompt_embeddings: ``(B, K, C)``.
+            dense_prompt_embeddings: ``(B, C, h, w)``.
+            multimask_output: return the 3 multimask outputs instead of the single one.
+
+        Returns:
+            low-res mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``, M = 3 or 1.
+        """
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, mask_slice], iou_pred[:, mask_slice]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``num_mask_tokens`` masks ``(B, T, 4h, 4w)`` and IoUs ``(B, T)``; see :meth:`forward`."""
+        bs = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(bs, -1, -1)
+        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+
+        # Broadcasting replaces the official repeat_interleave: (1|B, C, h, w) + (B, C, h, w)
+        src = image_embeddings + dense_prompt_embeddings
+        if src.shape[0] != bs:
+            src = src.expand(bs, -1, -1, -1)
+        b, c, h, w = src.shape
+
+        hs, src = self.transformer(src, image_pe, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU in between: ``(..., in) -> (..., out)``."""
+
+    def __init__(
+        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False
+    ) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        h = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+        return torch.sigmoid(x) if self.sigmoid_output else x

@@ -1,0 +1,134 @@
+"""TwoWayTransformer: prompt tokens and image tokens attend to each other (SAM's mask decoder core)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import MLPBlock
+
+
+class TwoWayTransformer(nn.Module):
+    """``depth`` two-way blocks, then a final token-to-image attention and LayerNorm."""
+
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+    ) -> None:
+        super().__init__()
+        self.depth = depth
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(
+                embedding_dim=embedding_dim,
+                num_heads=num_heads,
+                mlp_dim=mlp_dim,
+                activation=activation,
+                attention_downsample_rate=attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+            )
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """
+        Args:
+            image_embedding: ``(B, C, h, w)``.
+            image_pe: ``(1 | B, C, h, w)`` positional encoding (broadcast over the batch).
+            point_embedding: ``(B, N, C)`` prompt tokens.
+
+        Returns:
+            queries ``(B, N, C)`` and keys ``(B, h*w, C)``.
+        """
+        image_embedding = image_embedding.flatten(2).transpose(1, 2)
+        image_pe = image_pe.flatten(2).transpose(1, 2)
+        queries, keys = point_embedding, image_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe)
+        attn_out = self.final_attn_token_to_image(q=queries + point_embedding, k=keys + image_pe, v=keys)
+        queries = self.norm_final_attn(queries + attn_out)
+        return queries, keys
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Self-attention on tokens, tokens->image cross-attention, token MLP, image->tokens cross-attention."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+        """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        queries = self.norm1(queries)
+
+        k = keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys))
+        queries = self.norm3(queries + self.mlp(queries))
+
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries))
+        return queries, keys
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose internal width is ``embedding_dim // downsample_rate``."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads:
+            raise ValueError("num_heads must divide embedding_dim // downsample_rate")
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _separate_heads(self, x: Tensor) -> Tensor:
+        """``(B, N, C) -> (B, heads, N, C / heads)`` (a view)."""
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``q (B, Nq, C)``, ``k, v (B, Nk, C)`` -> ``(B, Nq, C)``."""
+        q = self._separate_heads(self.q_proj(q))
+        k = self._separate_heads(self.k_proj(k))
+        v = self._separate_heads(self.v_proj(v))
+        if k.shape[0] != q.shape[0]:  # broadcast a shared (batch 1) image over the prompts
+            k = k.expand(q.shape[0], -1, -1, -1)
+        if v.shape[0] != q.shape[0]:
+            v = v.expand(q.shape[0], -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))

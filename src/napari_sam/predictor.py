@@ -1,0 +1,325 @@
+"""Image -> embedding -> prompts -> masks, with SAM's exact pre- and post-processing.
+
+``SamPredictor`` follows the official ``segment_anything.SamPredictor`` (same inputs, same outputs,
+same numbers in fp32) and adds: embeddings as values (``compute_embedding`` /
+``set_image_embedding``), many objects in one decoder call (``predict_batch``), a device and
+precision choice, and a lean post-processing (only the rows/columns that survive the crop are
+upsampled, and no work is done twice). Prompts are SAM's: points (x, y), boxes (x0, y0, x1, y1),
+in pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_sam._device import autocast_dtype, pick_device
+from napari_sam.images import to_sam_image
+from napari_sam.transforms import ResizeLongestSide
+
+
+@dataclass
+class ImageEmbedding:
+    """The encoder output for one image.
+
+    Attributes:
+        features: (1, C, h, w) float tensor (C=256, h=w=64 for SAM).
+        original_size: (H, W) of the image given to the predictor.
+        input_size: (h', w') of the resized image, before padding to the square model input.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    def to(self, device: str | torch.device) -> ImageEmbedding:
+        """A copy whose features live on ``device`` (self when they already do)."""
+        if self.features.device == torch.device(device):
+            return self
+        return replace(self, features=self.features.to(device))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the features, in bytes."""
+        return self.features.element_size() * self.features.numel()
+
+
+class SamPredictor:
+    """Compute an image embedding once, then predict masks for many prompts.
+
+    Args:
+        model: a ``Sam`` (``napari_sam.models.sam``) or anything with the same interface.
+        device: None picks cuda > mps > cpu (``napari_sam._device.pick_device``); the model is moved there.
+        precision: ``'auto'`` (bf16 autocast for the encoder on CUDA, fp32 elsewhere), ``'fp32'``,
+            ``'bf16'`` or ``'fp16'``. Only the image encoder runs under autocast; the features are
+            stored as float32 and the prompt encoder and mask decoder always run in fp32.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, device: str | torch.device | None = None, precision: str = "auto"
+    ):
+        self.device = pick_device(device)
+        self.precision = precision
+        self.autocast_dtype = autocast_dtype(self.device, precision)
+        self.model = model.to(self.device).eval()
+        self.img_size = int(model.image_encoder.img_size)
+        self.transform = ResizeLongestSide(self.img_size)
+        grid = tuple(int(s) for s in model.prompt_encoder.image_embedding_size)
+        self.embedding_size: tuple[int, int] = (grid[0], grid[1])
+        self.mask_input_size: tuple[int, int] = (4 * grid[0], 4 * grid[1])
+        self._embedding: ImageEmbedding | None = None
+        self._dense_pe: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ image / embedding state
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def compute_embedding(
+        self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None
+    ) -> ImageEmbedding:
+        """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes); the state is unchanged."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        img = to_sam_image(image, contrast_limits=contrast_limits)
+        if image_format != getattr(self.model, "image_format", "RGB"):
+            img = img[..., ::-1]
+        resized = self.transform.apply_image(img)
+        x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None]
+        with torch.inference_mode():
+            x = (x - self.model.pixel_mean) / self.model.pixel_std  # uint8 - float32 -> float32
+            h, w = x.shape[-2:]
+            x = F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+            with self._autocast():
+                features = self.model.image_encoder(x)
+            features = features.float()
+        return ImageEmbedding(features, (int(img.shape[0]), int(img.shape[1])), (int(h), int(w)))
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
+        """Compute and keep the embedding of ``image`` (see :meth:`compute_embedding`)."""
+        self.set_image_embedding(self.compute_embedding(image, image_format, contrast_limits))
+
+    def set_image_embedding(self, emb: ImageEmbedding) -> None:
+        """Use a previously computed embedding (moved to this predictor's device)."""
+        if not isinstance(emb, ImageEmbedding):
+            raise TypeError(f"expected an ImageEmbedding, got {type(emb).__name__}")
+        f = emb.features
+        if f.ndim != 4 or f.shape[0] != 1 or tuple(f.shape[-2:]) != self.embedding_size:
+            raise ValueError(
+                f"embedding features must have shape (1, C, {self.embedding_size[0]}, "
+                f"{self.embedding_size[1]}) for this model, got {tuple(f.shape)}"
+            )
+        self._embedding = emb.to(self.device)
+        with torch.inference_mode():
+            self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self._embedding = None
+        self._dense_pe = None
+
+    @property
+    def embedding(self) -> ImageEmbedding | None:
+        return self._embedding
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        return None if self._embedding is None else self._embedding.features
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        return None if self._embedding is None else self._embedding.original_size
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return None if self._embedding is None else self._embedding.input_size
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The (1, C, h, w) features of the current image."""
+        return self._require_image().features
+
+    def _require_image(self) -> ImageEmbedding:
+        if self._embedding is None:
+            raise RuntimeError(
+                "no image is set: call .set_image(image) or .set_image_embedding(embedding) before predicting"
+            )
+        return self._embedding
+
+    # ------------------------------------------------------------------ prompts
+    def _prompts(self, coords, labels, boxes, mask_input, batch: bool):
+        """Validate numpy prompts and move them to model-input coordinates as tensors with batch dim."""
+        emb = self._require_image()
+        dims = "(B, " if batch else "("
+        if coords is not None and labels is None:
+            raise ValueError("point_labels must be given with point_coords")
+        if labels is not None and coords is None:
+            raise ValueError("point_coords must be given with point_labels")
+        n = None
+        c_t = l_t = b_t = m_t = None
+        if coords is not None:
+            coords, labels = np.asarray(coords), np.asarray(labels)
+            nd = 3 if batch else 2
+            if coords.ndim != nd or coords.shape[-1] != 2 or coords.shape[-2] == 0:
+                raise ValueError(f"point_coords must have shape {dims}N, 2) (x, y), got {coords.shape}")
+            if labels.shape != coords.shape[:-1]:
+                raise ValueError(
+                    f"point_labels must have shape {coords.shape[:-1]} {dims}N), got {labels.shape}"
+                )
+            c = self.transform.apply_coords(coords, emb.original_size)
+            c_t = torch.as_tensor(c, dtype=torch.float, device=self.device)
+            l_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
+            if not batch:
+                c_t, l_t = c_t[None], l_t[None]
+            n = c_t.shape[0]
+        if boxes is not None:
+            boxes = np.asarray(boxes)
+            ok = boxes.ndim == 2 and boxes.shape[1] == 4 if batch else boxes.shape in ((4,), (1, 4))
+            if not ok:
+                raise ValueError(
+                    f"box{'es' if batch else ''} must have shape {dims}4) (x0, y0, x1, y1), got {boxes.shape}"
+                )
+            b_t = torch.as_tensor(
+                self.transform.apply_boxes(boxes, emb.original_size), dtype=torch.float, device=self.device
+            )
+            if n is not None and b_t.shape[0] != n:
+                raise ValueError(f"boxes has {b_t.shape[0]} rows but point_coords has batch {n}")
+            n = b_t.shape[0]
+        if mask_input is not None:
+            m = np.asarray(mask_input)
+            size = (1, *self.mask_input_size)
+            if batch:
+                ok = m.ndim == 4 and m.shape[1:] == size and m.shape[0] >= 1 and n in (None, m.shape[0])
+            else:
+                ok = m.shape == size
+            if not ok:
+                raise ValueError(
+                    f"mask_input must have shape {dims}1, {size[1]}, {size[2]}) (low-res logits of a "
+                    f"previous prediction{', one per object' if batch else ''}), got {m.shape}"
+                )
+            m_t = torch.as_tensor(m, dtype=torch.float, device=self.device)
+            if not batch:
+                m_t = m_t[None]
+        return c_t, l_t, b_t, m_t
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Masks for one object, exactly like the official ``SamPredictor.predict``.
+
+        Args:
+            point_coords: (N, 2) (x, y) pixels of the original image, or None.
+            point_labels: (N,) 1 positive, 0 negative; required with ``point_coords``.
+            box: (4,) (x0, y0, x1, y1) pixels, or None.
+            mask_input: (1, 256, 256) low-res logits from a previous prediction, or None.
+            multimask_output: three masks (C=3) instead of one (C=1).
+            return_logits: return float logits instead of bool masks.
+
+        Returns:
+            masks (C, H, W) bool (float32 logits with ``return_logits``), scores (C,) float32,
+            low_res_logits (C, 256, 256) float32; numpy arrays.
+        """
+        c, lab, b, m = self._prompts(point_coords, point_labels, box, mask_input, batch=False)
+        masks, scores, low = self.predict_torch(c, lab, b, m, multimask_output, return_logits)
+        return masks[0].cpu().numpy(), scores[0].float().cpu().numpy(), low[0].float().cpu().numpy()
+
+    def predict_batch(
+        self,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = False,
+        return_logits: bool = False,
+    ):
+        """Masks for B objects in one decoder call (same image).
+
+        Args:
+            point_coords: (B, N, 2) (x, y) pixels (pad with label -1), or None.
+            point_labels: (B, N), required with ``point_coords``.
+            boxes: (B, 4) (x0, y0, x1, y1) pixels, or None.
+            mask_input: (B, 1, 256, 256) low-res logits, or None.
+
+        Returns:
+            masks (B, C, H, W) bool, scores (B, C) float32, low_res_logits (B, C, 256, 256); numpy.
+        """
+        c, lab, b, m = self._prompts(point_coords, point_labels, boxes, mask_input, batch=True)
+        masks, scores, low = self.predict_torch(c, lab, b, m, multimask_output, return_logits)
+        return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Like the official ``predict_torch``: prompts already in model-input coordinates.
+
+        Args: point_coords (B, N, 2) (x, y), point_labels (B, N), boxes (B, 4), mask_input
+        (B, 1, 256, 256), tensors on ``self.device``.
+        Returns: masks (B, C, H, W) bool (or logits), iou scores (B, C), low-res logits (B, C, 256, 256).
+        """
+        emb = self._require_image()
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_labels must be given with point_coords")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        with torch.inference_mode():
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=emb.features,  # (1, C, h, w): the decoder broadcasts it over the batch
+                image_pe=self._dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+            masks = self.postprocess_masks(low_res, emb.input_size, emb.original_size, return_logits)
+        return masks, iou, low_res
+
+    def postprocess_masks(
+        self,
+        low_res: torch.Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+        return_logits: bool = False,
+    ) -> torch.Tensor:
+        """(B, C, 256, 256) logits -> (B, C, H, W) masks (bool, or logits), as the official.
+
+        Same numbers as upsampling to (img_size, img_size), cropping to ``input_size`` and
+        upsampling to ``original_size`` (bilinear, align_corners=False), but only the low-res
+        rows/columns that reach the crop are upsampled, and an identity resize is skipped.
+        """
+        s = self.img_size
+        lh, lw = low_res.shape[-2:]
+        h, w = int(input_size[0]), int(input_size[1])
+        if s % lh == 0 and s // lh == s // lw and s % lw == 0:
+            f = s // lh  # output row y reads rows floor((y + .5) / f - .5) and the next one
+            rh, rw = min(lh, -(-h // f) + 1), min(lw, -(-w // f) + 1)
+            x = F.interpolate(
+                low_res[..., :rh, :rw], scale_factor=float(f), mode="bilinear", align_corners=False
+            )
+        else:
+            x = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+        x = x[..., :h, :w]
+        if (h, w) != tuple(original_size):
+            x = F.interpolate(x, tuple(int(v) for v in original_size), mode="bilinear", align_corners=False)
+        if return_logits:
+            return x
+        return x > self.model.mask_threshold

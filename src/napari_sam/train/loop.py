@@ -1,0 +1,262 @@
+"""SAM's interactive training recipe for any registry model, with resumable checkpoints.
+
+One step: ``batch`` random windows (augmented crops, see :func:`.data.random_window`); per window up
+to ``objects`` instances; a first prompt (a positive point, centre-biased, or a jittered box), then
+``1..max_corrections`` corrective iterations, each adding a click sampled from the error region of
+the previous prediction and feeding its low-res logits back as ``mask_input``. Loss (focal x20 +
+dice, IoU-head MSE) on the first and the last iteration; the middle ones run without gradient to
+keep CPU training affordable. Windows smaller than ``img_size`` reuse the matching part of the
+prompt encoder's dense positional encoding, so a window is exactly a part of a full input frame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import PIXEL_MEAN, PIXEL_STD, Sample, Window, random_window
+from .losses import sam_loss
+from .prompts import corrective_point, jitter_box, random_point, center_point
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train` (all JSON-serialisable; stored in every checkpoint)."""
+
+    steps: int = 10000            # schedule length in steps (or ``time_budget_s``, whichever ends first)
+    time_budget_s: float = 0.0    # > 0: the cosine schedule follows wall-clock time and stops at the budget
+    batch: int = 4                # windows per step
+    window: int = 0               # crop side; 0 = 256 for stride-8 encoders, else img_size
+    objects: int = 4              # instances per window
+    max_corrections: int = 3      # corrective iterations per step: uniform in 1..max_corrections
+    box_prob: float = 0.5         # first prompt is a box (else one positive point)
+    no_mask_input_prob: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 200
+    min_lr_ratio: float = 0.02
+    clip: float = 1.0
+    freeze_encoder: bool = False
+    seed: int = 0
+    checkpoint_every_s: float = 180.0
+    log_every: int = 20
+    extra: dict = field(default_factory=dict)
+
+
+def _window_tensor(w: Window, device: torch.device) -> torch.Tensor:
+    x = (w.image.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    x[~w.valid] = 0.0
+    return torch.from_numpy(x).permute(2, 0, 1).to(device)
+
+
+def _pick_objects(w: Window, k: int, rng: np.random.Generator, min_area: int = 16) -> list[np.ndarray]:
+    ids, counts = np.unique(w.labels[w.labels > 0], return_counts=True)
+    ids = ids[counts >= min_area]
+    chosen = rng.choice(ids, size=min(k, ids.size), replace=False)
+    return [w.labels == i for i in chosen]
+
+
+def _first_prompts(masks: list[np.ndarray], rng: np.random.Generator, box: bool):
+    """Points (K,1,2) xy + labels (K,1), or boxes (K,4), in window pixels."""
+    if box:
+        return None, None, np.stack([jitter_box(m, rng) for m in masks])
+    pts = []
+    for m in masks:
+        u = rng.random()
+        p = center_point(m) if u < 0.3 else random_point(m, rng, center_power=2.0 if u < 0.7 else 0.0)
+        pts.append(p)
+    return np.array(pts, np.float32)[:, None], np.ones((len(masks), 1), np.float32), None
+
+
+class Trainer:
+    """Holds model, optimizer and data; :meth:`step` runs one interactive training step."""
+
+    def __init__(self, model: torch.nn.Module, samples: list[Sample], cfg: TrainConfig,
+                 device: str | torch.device = "cpu") -> None:
+        self.model, self.samples, self.cfg = model.to(device), samples, cfg
+        self.device = torch.device(device)
+        self.img_size = int(model.image_encoder.img_size)
+        grid = model.prompt_encoder.image_embedding_size[0]
+        self.stride = self.img_size // grid
+        self.window = cfg.window or (256 if self.stride <= 8 and self.img_size > 256 else self.img_size)
+        if self.window % 32 and self.window != self.img_size:
+            raise ValueError("window must be a multiple of 32")
+        if cfg.freeze_encoder:
+            for p in model.image_encoder.parameters():
+                p.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.step_idx, self.elapsed = 0, 0.0
+
+    # -- schedule ---------------------------------------------------------------------------------
+    def progress(self) -> float:
+        p = self.step_idx / max(1, self.cfg.steps)
+        if self.cfg.time_budget_s > 0:
+            p = max(p, self.elapsed / self.cfg.time_budget_s)
+        return min(1.0, p)
+
+    def lr(self) -> float:
+        c = self.cfg
+        if self.step_idx < c.warmup:
+            return c.lr * (self.step_idx + 1) / c.warmup
+        cos = 0.5 * (1 + math.cos(math.pi * self.progress()))
+        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * cos)
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _windows(self) -> list[Window]:
+        out: list[Window] = []
+        while len(out) < self.cfg.batch:
+            s = self.samples[int(self.rng.integers(len(self.samples)))]
+            w = random_window(s, self.rng, self.window, self.img_size)
+            if w is not None:
+                out.append(w)
+        return out
+
+    def _decode(self, emb, pe, pts, lbl, boxes, mask_in):
+        pe_model = self.model.prompt_encoder
+        points = None if pts is None else (pts, lbl)
+        sparse, dense = pe_model(points, boxes, mask_in)
+        if mask_in is None:
+            dense = dense[..., : emb.shape[-2], : emb.shape[-1]]
+        return self.model.mask_decoder.predict_masks(emb, pe, sparse, dense)
+
+    def step(self) -> dict[str, float]:
+        """One optimisation step; returns logged scalars."""
+        cfg, dev, rng = self.cfg, self.device, self.rng
+        self.model.train()
+        if cfg.freeze_encoder:
+            self.model.image_encoder.eval()
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr()
+        wins = self._windows()
+        x = torch.stack([_window_tensor(w, dev) for w in wins])
+        with torch.set_grad_enabled(not cfg.freeze_encoder):
+            embs = self.model.image_encoder(x)
+        full_pe = self.model.prompt_encoder.get_dense_pe()
+        g = self.window // self.stride
+        n_corr = int(rng.integers(1, cfg.max_corrections + 1))
+        losses, ious0, ious1 = [], [], []
+        for b, w in enumerate(wins):
+            masks = _pick_objects(w, cfg.objects, rng)
+            gt = torch.from_numpy(np.stack(masks)).to(dev, torch.float32)
+            oy, ox = w.offset[0] // self.stride, w.offset[1] // self.stride
+            pe = full_pe[..., oy : oy + g, ox : ox + g]
+            off = np.array([w.offset[1], w.offset[0]], np.float32)
+            box_first = rng.random() < cfg.box_prob
+            pts, lbl, boxes = _first_prompts(masks, rng, box_first)
+            pts = None if pts is None else pts + off
+            boxes_t = None if boxes is None else torch.from_numpy(boxes + np.tile(off, 2)).to(dev)
+            mask_in = None
+            for it in range(n_corr + 1):
+                grad = it == 0 or it == n_corr
+                with torch.set_grad_enabled(grad):
+                    pts_t = None if pts is None else torch.from_numpy(pts).to(dev)
+                    lbl_t = None if lbl is None else torch.from_numpy(lbl).to(dev)
+                    logits, iou_pred = self._decode(embs[b : b + 1], pe, pts_t, lbl_t, boxes_t, mask_in)
+                    up = F.interpolate(logits, size=(self.window, self.window), mode="bilinear", align_corners=False)
+                    multi = it == 0 and not box_first
+                    if grad:
+                        loss, iou = sam_loss(up[:, :1], iou_pred[:, :1], gt)
+                        if multi:
+                            l3, iou3 = sam_loss(up[:, 1:], iou_pred[:, 1:], gt)
+                            loss, iou = loss + l3, torch.maximum(iou, iou3)
+                        losses.append(loss)
+                        (ious0 if it == 0 else ious1).append(iou.mean().item())
+                if it == n_corr:
+                    break
+                with torch.no_grad():
+                    sel = (iou_pred[:, 1:].argmax(1) + 1) if multi else torch.zeros(len(masks), dtype=torch.long)
+                    ar = torch.arange(len(masks))
+                    chosen_low = logits[ar, sel].detach()[:, None]
+                    pred = (up[ar, sel] > 0).cpu().numpy()
+                new = []
+                for k, m in enumerate(masks):
+                    c = corrective_point(pred[k], m, rng)
+                    new.append((c[0] + off[0], c[1] + off[1], c[2]) if c is not None else (0.0, 0.0, -1))
+                new_a = np.array(new, np.float32)
+                p_new, l_new = new_a[:, None, :2], new_a[:, None, 2]
+                pts = p_new if pts is None else np.concatenate([pts, p_new], 1)
+                lbl = l_new if lbl is None else np.concatenate([lbl, l_new], 1)
+                mask_in = None if rng.random() < cfg.no_mask_input_prob else chosen_low
+        loss = torch.stack(losses).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        self.opt.step()
+        self.step_idx += 1
+        return {"loss": loss.item(), "iou_first": float(np.mean(ious0)), "iou_last": float(np.mean(ious1)),
+                "lr": self.opt.param_groups[0]["lr"]}
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model_state": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "step": self.step_idx, "elapsed": self.elapsed, "config": asdict(self.cfg),
+                "arch": getattr(self.model, "arch", "custom"),
+                "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+    def save(self, path: str | Path) -> None:
+        """Atomically write a resumable checkpoint (``model_state`` is loadable by ``napari_sam.weights``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ck["model_state"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.step_idx, self.elapsed = int(ck["step"]), float(ck["elapsed"])
+        self.rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+
+
+def train(
+    model: torch.nn.Module,
+    samples: list[Sample],
+    cfg: TrainConfig,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> torch.nn.Module:
+    """Train ``model`` in place on ``samples``; resumes from ``checkpoint`` when the file exists and
+    rewrites it every ``cfg.checkpoint_every_s`` seconds and at the end. Returns the model (eval mode)."""
+    tr = Trainer(model, samples, cfg, device)
+    if checkpoint is not None and Path(checkpoint).exists():
+        tr.load(checkpoint)
+        log(f"resumed from {checkpoint} at step {tr.step_idx} ({tr.elapsed:.0f} s)")
+    log(f"config {json.dumps(asdict(cfg))}; window {tr.window}; {len(samples)} samples")
+    last_save, acc = time.time(), []
+    while tr.progress() < 1.0:
+        if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+            break
+        t0 = time.time()
+        acc.append(tr.step())
+        tr.elapsed += time.time() - t0
+        if tr.step_idx % cfg.log_every == 0:
+            m = {k: float(np.mean([a[k] for a in acc])) for k in acc[0]}
+            log(f"step {tr.step_idx} t {tr.elapsed:.0f}s " + " ".join(f"{k} {v:.4g}" for k, v in m.items()))
+            acc = []
+        if progress is not None:
+            progress(int(tr.progress() * 1000), 1000)
+        if checkpoint is not None and time.time() - last_save > cfg.checkpoint_every_s:
+            tr.save(checkpoint)
+            last_save = time.time()
+    if checkpoint is not None:
+        tr.save(checkpoint)
+    log(f"done: step {tr.step_idx}, {tr.elapsed:.0f} s")
+    return model.eval()

@@ -1,0 +1,261 @@
+"""SamPredictor: parity with the official predictor, batching, embeddings as values, bad inputs.
+
+The default parity model is a 2-block ViT (1024 input, 64x64 grid, the full SAM decoder), built
+with the official package and with ours from the same random weights, so the encoder runs in
+seconds. Set ``NAPARI_SAM_SLOW=1`` to run the same parity checks on vit_b (~1-2 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam.predictor import ImageEmbedding, SamPredictor
+
+H, W = 600, 800
+ARCHS = [
+    "tiny",
+    pytest.param(
+        "vit_b",
+        marks=[
+            pytest.mark.slow,
+            pytest.mark.skipif(not os.environ.get("NAPARI_SAM_SLOW"), reason="set NAPARI_SAM_SLOW=1"),
+        ],
+    ),
+]
+
+
+def _models(reference, arch: str):
+    """(official model, our model) with identical random weights."""
+    from napari_sam.models.image_encoder import ImageEncoderViT
+    from napari_sam.models.sam import build_model, build_sam
+
+    torch.manual_seed(0)
+    if arch == "vit_b":
+        ref = reference.sam_model_registry["vit_b"]()
+        ours = build_model("vit_b")
+    else:
+        import importlib
+
+        ref = importlib.import_module("segment_anything.build_sam")._build_sam(64, 2, 2, [1])
+        enc = ImageEncoderViT(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=14)
+        ours = build_sam(enc, img_size=1024, embedding_size=(64, 64))
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref.eval(), ours.eval()
+
+
+def _image() -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    rng = np.random.default_rng(0)
+    img = np.stack([(xx * 0.3) % 255, (yy * 0.4) % 255, ((xx + yy) * 0.2) % 255], -1)
+    img[150:400, 200:500] = (230, 40, 40)
+    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def pair(request, reference):
+    ref_model, our_model = _models(reference, request.param)
+    ref = reference.SamPredictor(ref_model)
+    ours = SamPredictor(our_model, device="cpu")
+    img = _image()
+    ref.set_image(img)
+    ours.set_image(img)
+    return ref, ours, img
+
+
+PROMPTS = {
+    "point": dict(point_coords=np.array([[350, 270]]), point_labels=np.array([1])),
+    "point_single": dict(point_coords=np.array([[350, 270]]), point_labels=np.array([1]), multimask_output=False),
+    "points_pos_neg": dict(
+        point_coords=np.array([[350.5, 270.25], [250, 200], [700, 550]]),
+        point_labels=np.array([1, 1, 0]),
+        multimask_output=False,
+    ),
+    "box": dict(box=np.array([200, 150, 500, 400]), multimask_output=False),
+    "box_multi": dict(box=np.array([200, 150, 500, 400])),
+    "box_points": dict(
+        box=np.array([200, 150, 500, 400]),
+        point_coords=np.array([[300, 300], [480, 160]]),
+        point_labels=np.array([1, 0]),
+        multimask_output=False,
+    ),
+}
+
+
+def _check_same(a, b):
+    (ma, sa, la), (mb, sb, lb) = a, b
+    assert mb.shape == ma.shape and mb.dtype == np.bool_
+    assert sb.shape == sa.shape and sb.dtype == np.float32 and lb.dtype == np.float32
+    assert lb.shape == la.shape
+    assert (ma == mb).mean() >= 0.999
+    np.testing.assert_allclose(sb, sa, atol=1e-4)
+    np.testing.assert_allclose(lb, la, atol=1e-3, rtol=1e-3)
+
+
+def test_embedding_matches_official(pair):
+    ref, ours, _ = pair
+    emb = ours.embedding
+    assert emb.original_size == (H, W) and emb.input_size == (768, 1024)
+    assert emb.features.shape == (1, 256, 64, 64) and emb.features.dtype == torch.float32
+    torch.testing.assert_close(emb.features, ref.features, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_predict_matches_official(pair, name):
+    ref, ours, _ = pair
+    a, b = ref.predict(**PROMPTS[name]), ours.predict(**PROMPTS[name])
+    _check_same(a, b)
+    assert b[0].shape[1:] == (H, W) and b[2].shape[1:] == (256, 256)
+    assert 0 < b[0].mean() < 1 or name.startswith("point")  # not a trivial mask for boxes
+
+
+def test_mask_input_matches_official(pair):
+    ref, ours, _ = pair
+    _, scores, low = ours.predict(**PROMPTS["point"])
+    prev = low[np.argmax(scores)][None]
+    kw = dict(point_coords=np.array([[350, 270], [300, 200]]), point_labels=np.array([1, 1]))
+    _check_same(ref.predict(**kw, mask_input=prev, multimask_output=False),
+                ours.predict(**kw, mask_input=prev, multimask_output=False))
+
+
+def test_return_logits_matches_official(pair):
+    ref, ours, _ = pair
+    a = ref.predict(**PROMPTS["box"], return_logits=True)[0]
+    b = ours.predict(**PROMPTS["box"], return_logits=True)[0]
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(b, a, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(600, 800), (1024, 1024), (2048, 1536), (37, 1000), (1, 1), (513, 7)])
+def test_postprocess_is_exact(pair, size):
+    ref, ours, _ = pair
+    low = torch.randn(2, 3, 256, 256)
+    input_size = ours.transform.get_preprocess_shape(*size, 1024)
+    expected = ref.model.postprocess_masks(low, input_size, size)
+    got = ours.postprocess_masks(low, input_size, size, return_logits=True)
+    assert torch.equal(got, expected)
+    assert torch.equal(ours.postprocess_masks(low, input_size, size), expected > 0)
+
+
+def test_predict_batch_equals_predict(pair):
+    _, ours, _ = pair
+    boxes = np.array([[200, 150, 500, 400], [50, 50, 300, 250], [400, 300, 780, 590]])
+    coords = np.array([[[350, 270], [0, 0]], [[100, 100], [200, 200]], [[600, 400], [0, 0]]])
+    labels = np.array([[1, -1], [1, 0], [1, -1]])
+    masks, scores, low = ours.predict_batch(coords, labels, boxes)
+    assert masks.shape == (3, 1, H, W) and scores.shape == (3, 1) and low.shape == (3, 1, 256, 256)
+    for i in range(3):
+        m, s, lo = ours.predict(coords[i], labels[i], boxes[i], multimask_output=False)
+        assert (m == masks[i]).mean() >= 0.999
+        np.testing.assert_allclose(s, scores[i], atol=1e-4)
+        np.testing.assert_allclose(lo, low[i], atol=1e-3, rtol=1e-3)
+    # boxes only, multimask, with mask inputs
+    m3, s3, _ = ours.predict_batch(boxes=boxes[:2], mask_input=low[:2], multimask_output=True)
+    assert m3.shape == (2, 3, H, W) and s3.shape == (2, 3)
+    m1, s1, _ = ours.predict(box=boxes[1], mask_input=low[1], multimask_output=True)
+    assert (m1 == m3[1]).mean() >= 0.999
+    np.testing.assert_allclose(s1, s3[1], atol=1e-4)
+
+
+def test_predict_torch_like_official(pair):
+    ref, ours, _ = pair
+    box = torch.tensor([[200.0, 150.0, 500.0, 400.0]]) * (1024 / 800)
+    a = ref.predict_torch(None, None, box, multimask_output=False)
+    b = ours.predict_torch(None, None, box, multimask_output=False)
+    assert b[0].shape == (1, 1, H, W) and b[0].dtype == torch.bool
+    assert (a[0] == b[0]).float().mean() >= 0.999
+    torch.testing.assert_close(b[1], a[1], atol=1e-4, rtol=0)
+
+
+def test_embedding_as_value(pair):
+    _, ours, img = pair
+    before = ours.embedding
+    emb = ours.compute_embedding(img[:300, :400])  # does not change the state
+    assert ours.embedding is before and emb.original_size == (300, 400) and emb.input_size == (768, 1024)
+    assert emb.nbytes == 256 * 64 * 64 * 4 and emb.to("cpu") is emb
+    other = SamPredictor(ours.model, device="cpu")
+    assert not other.is_image_set
+    other.set_image_embedding(before)
+    a, b = ours.predict(**PROMPTS["box"]), other.predict(**PROMPTS["box"])
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert torch.equal(other.get_image_embedding(), before.features)
+    other.reset_image()
+    assert not other.is_image_set and other.embedding is None
+
+
+def test_gray_uint16_and_bgr(pair):
+    _, ours, img = pair
+    gray = (img[..., 0].astype(np.uint16) * 200)[:64, :96]
+    emb = ours.compute_embedding(gray, contrast_limits=(0, 255 * 200))
+    emb_u8 = ours.compute_embedding(np.repeat(img[:64, :96, :1], 3, -1))
+    torch.testing.assert_close(emb.features, emb_u8.features)
+    bgr = ours.compute_embedding(img[:64, :96, ::-1], image_format="BGR")
+    torch.testing.assert_close(bgr.features, ours.compute_embedding(img[:64, :96]).features)
+
+
+def test_bf16_autocast_on_cpu(pair):
+    _, ours, img = pair
+    p = SamPredictor(ours.model, device="cpu", precision="bf16")
+    assert p.autocast_dtype == torch.bfloat16
+    emb = p.compute_embedding(img[:128, :128])
+    ref = ours.compute_embedding(img[:128, :128])
+    assert emb.features.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(emb.features.flatten(), ref.features.flatten(), dim=0) > 0.99
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_predict_before_set_image(pair):
+    p = SamPredictor(pair[1].model, device="cpu")
+    for call in (lambda: p.predict(box=np.array([0, 0, 5, 5])), p.get_image_embedding,
+                 lambda: p.predict_torch(None, None, torch.zeros(1, 4))):
+        with pytest.raises(RuntimeError, match="no image is set"):
+            call()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(point_coords=np.array([[1, 2]])), "point_labels must be given"),
+        (dict(point_labels=np.array([1])), "point_coords must be given"),
+        (dict(point_coords=np.array([1, 2]), point_labels=np.array([1])), r"shape \(N, 2\)"),
+        (dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)), r"shape \(N, 2\)"),
+        (dict(point_coords=np.array([[1, 2]]), point_labels=np.array([1, 1])), r"point_labels must have shape \(1,\)"),
+        (dict(box=np.array([1, 2, 3])), r"box must have shape \(4\)"),
+        (dict(box=np.array([1, 2, 3, 4]), mask_input=np.zeros((1, 128, 128))), r"mask_input must have shape \(1, 256, 256\)"),
+        (dict(box=np.array([1, 2, 3, 4]), mask_input=np.zeros((256, 256))), r"got \(256, 256\)"),
+    ],
+)
+def test_predict_bad_inputs(pair, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pair[1].predict(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(point_coords=np.zeros((2, 2)), point_labels=np.ones(2)), r"shape \(B, N, 2\)"),
+        (dict(boxes=np.zeros(4)), r"boxes must have shape \(B, 4\)"),
+        (dict(boxes=np.zeros((2, 4)), point_coords=np.zeros((3, 1, 2)), point_labels=np.ones((3, 1))), "batch 3"),
+        (dict(boxes=np.zeros((2, 4)), mask_input=np.zeros((3, 1, 256, 256))), "one per object"),
+    ],
+)
+def test_predict_batch_bad_inputs(pair, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pair[1].predict_batch(**kwargs)
+
+
+def test_bad_embedding_image_and_format(pair):
+    _, ours, img = pair
+    with pytest.raises(ValueError, match=r"\(1, C, 64, 64\).*\(1, 256, 32, 32\)"):
+        ours.set_image_embedding(ImageEmbedding(torch.zeros(1, 256, 32, 32), (10, 10), (10, 10)))
+    with pytest.raises(TypeError, match="ImageEmbedding"):
+        ours.set_image_embedding(torch.zeros(1, 256, 64, 64))
+    with pytest.raises(ValueError, match="image_format"):
+        ours.compute_embedding(img, image_format="HSV")
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 4, 5\)"):
+        ours.compute_embedding(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="precision"):
+        SamPredictor(ours.model, device="cpu", precision="fp8")
