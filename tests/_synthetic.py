@@ -66,13 +66,15 @@ def ellipsoid_volume(
 def moving_disks(
     shape: tuple[int, int, int] = (16, 64, 64), n_objects: int = 2, radius: float = 8.0, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A (T, Y, X) uint8 time series of disks moving ~1.5 px per frame; labels (T, Y, X) int32."""
+    """A (T, Y, X) uint8 time series of disks moving up to 1.5 px per frame, each in its own band of
+    rows (they never touch); labels (T, Y, X) int32."""
     rng = np.random.default_rng(seed)
     t_n, h, w = shape
     yy, xx = np.ogrid[:h, :w]
     labels = np.zeros(shape, np.int32)
-    starts = [rng.uniform(radius + 2, (h - radius - 2, w - radius - 2)) for _ in range(n_objects)]
-    vel = [rng.uniform(-1.5, 1.5, 2) for _ in range(n_objects)]
+    band = h / n_objects
+    starts = [np.array([band * (i + 0.5), rng.uniform(radius + 2, w - radius - 2)]) for i in range(n_objects)]
+    vel = [np.array([0.0, rng.uniform(-1.5, 1.5)]) for _ in range(n_objects)]
     for t in range(t_n):
         for i in range(n_objects):
             cy, cx = np.clip(starts[i] + t * vel[i], radius + 1, (h - radius - 1, w - radius - 1))

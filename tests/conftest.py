@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Idle OpenMP threads must not spin: on a shared 2-core machine spinning makes small ops 10-20x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NAPARI_SAM_SHARED_DATA", ROOT.parent / "shared" / "data"))

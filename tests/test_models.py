@@ -11,33 +11,62 @@ import torch
 
 from napari_sam.models.sam import Sam, available_archs, build_model, build_sam, infer_arch, register_arch
 
-torch.set_num_threads(2)
-
 
 def _shapes(sd) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
-def _official_small(reference, arch: str, img_size: int):
-    """The official model of ``arch`` built for ``img_size`` (through its _build_sam internals)."""
+# A shallow encoder (ViT-B head width 64, one windowed + one global block) keeps the parity tests fast;
+# the prompt encoder and mask decoder are SAM's exactly.
+SMALL_ENCODER = dict(embed_dim=192, depth=2, num_heads=3, global_attn_indexes=(1,), window_size=14)
+
+
+def _official_small(reference, img_size: int):
+    """The official Sam with :data:`SMALL_ENCODER` at ``img_size`` (as its _build_sam wires it)."""
     m = reference.modeling
-    dims = {"vit_b": (768, 12, 12, [2, 5, 8, 11])}[arch]
     grid = img_size // 16
     return m.Sam(
         image_encoder=m.ImageEncoderViT(
-            depth=dims[1], embed_dim=dims[0], img_size=img_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=dims[2], patch_size=16, qkv_bias=True,
-            use_rel_pos=True, global_attn_indexes=dims[3], window_size=14, out_chans=256,
+            img_size=img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            out_chans=256,
+            **SMALL_ENCODER,
         ),
         prompt_encoder=m.PromptEncoder(
-            embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=16
+            embed_dim=256,
+            image_embedding_size=(grid, grid),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=16,
         ),
         mask_decoder=m.MaskDecoder(
             num_multimask_outputs=3,
             transformer=m.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-            transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
         ),
     ).eval()
+
+
+def _ours_small(img_size: int) -> Sam:
+    from napari_sam.models.image_encoder import ImageEncoderViT
+
+    encoder = ImageEncoderViT(img_size=img_size, **SMALL_ENCODER)
+    return build_sam(encoder, img_size=img_size, embedding_size=(img_size // 16, img_size // 16))
+
+
+@pytest.fixture(scope="module")
+def small_pair(reference):
+    """(ours, official) small models at img_size 256 with the same random weights, loaded strictly."""
+    official = _official_small(reference, 256)
+    _randomize(official, seed=3)
+    ours = _ours_small(256)
+    ours.load_state_dict(official.state_dict(), strict=True)
+    return ours, official
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
@@ -52,7 +81,7 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def vit_b_pair(reference):
     """(ours, official) vit_b with the same random weights."""
     official = reference.sam_model_registry["vit_b"]().eval()
@@ -62,14 +91,23 @@ def vit_b_pair(reference):
     return ours, official
 
 
-def test_vit_b_state_dict_matches_official(vit_b_pair):
-    ours, official = vit_b_pair
+def test_vit_b_state_dict_matches_official(reference):
+    with torch.device("meta"):
+        official = reference.sam_model_registry["vit_b"]()
+        ours = build_model("vit_b")
     assert _shapes(ours.state_dict()) == _shapes(official.state_dict())
     # pixel_mean / pixel_std are non-persistent buffers, as in the official
     assert "pixel_mean" not in ours.state_dict() and ours.pixel_mean.shape == (3, 1, 1)
-    assert torch.equal(ours.pixel_std, official.pixel_std) and torch.equal(ours.pixel_mean, official.pixel_mean)
     assert isinstance(ours, Sam) and ours.arch == "vit_b" and ours.img_size == 1024
     assert ours.embedding_size == (64, 64) and ours.mask_threshold == 0.0 and ours.image_format == "RGB"
+    real = build_model("vit_t", img_size=512)  # sizes follow img_size
+    assert real.embedding_size == (32, 32) and real.img_size == 512
+    assert real.prompt_encoder.input_image_size == (512, 512) and real.prompt_encoder.mask_input_size == (
+        128,
+        128,
+    )
+    assert real.pixel_mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
+    assert real.pixel_std.flatten().tolist() == pytest.approx([58.395, 57.12, 57.375])
 
 
 @pytest.mark.parametrize("arch", ["vit_l", "vit_h"])
@@ -82,10 +120,10 @@ def test_large_state_dicts_match_official(reference, arch):
 
 
 def test_encoder_parity_1024(reference):
-    """ViT-B width at the full 1024 input: a windowed block (64 -> 70 padding) and a global 64x64 block."""
+    """The full 1024 input: a windowed block (64 -> 70 padding) and a global 64x64 block."""
     from napari_sam.models.image_encoder import ImageEncoderViT
 
-    kw = dict(img_size=1024, embed_dim=768, depth=2, num_heads=12, global_attn_indexes=(1,), window_size=14)
+    kw = dict(img_size=1024, **SMALL_ENCODER)
     official = reference.modeling.ImageEncoderViT(
         **kw, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True
     ).eval()
@@ -101,7 +139,10 @@ def test_encoder_parity_1024(reference):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("NAPARI_SAM_SLOW"), reason="full ViT-B at 1024 (~1 min on 2 cores): set NAPARI_SAM_SLOW=1")
+@pytest.mark.skipif(
+    not os.environ.get("NAPARI_SAM_SLOW"),
+    reason="full ViT-B at 1024 (~1 min on 2 cores): set NAPARI_SAM_SLOW=1",
+)
 def test_vit_b_encoder_parity_1024(vit_b_pair):
     ours, official = vit_b_pair
     x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(1))
@@ -134,13 +175,9 @@ def _prompt_cases(img_size: int):
     ]
 
 
-def test_vit_b_prompt_and_decoder_parity(reference):
-    """Small input (256) so the full pipeline runs fast; image embedding shared (batch 1) by B prompts."""
-    official = _official_small(reference, "vit_b", 256)
-    _randomize(official, seed=3)
-    ours = build_model("vit_b", img_size=256)
-    ours.load_state_dict(official.state_dict(), strict=True)
-    assert ours.embedding_size == (16, 16) and ours.img_size == 256
+def test_prompt_encoder_and_decoder_parity(small_pair):
+    """Image embedding shared (batch 1) by B prompts, as the predictor uses it."""
+    ours, official = small_pair
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         emb_a, emb_b = ours.image_encoder(x), official.image_encoder(x)
@@ -153,17 +190,16 @@ def test_vit_b_prompt_and_decoder_parity(reference):
             torch.testing.assert_close(da, db, atol=1e-5, rtol=1e-5)
             for multimask in (True, False):
                 ma, ia = ours.mask_decoder(emb_b, ours.prompt_encoder.get_dense_pe(), sa, da, multimask)
-                mb, ib = official.mask_decoder(emb_b, official.prompt_encoder.get_dense_pe(), sb, db, multimask)
+                mb, ib = official.mask_decoder(
+                    emb_b, official.prompt_encoder.get_dense_pe(), sb, db, multimask
+                )
                 assert ma.shape == (sa.shape[0], 3 if multimask else 1, 64, 64)
                 torch.testing.assert_close(ma, mb, atol=1e-4, rtol=1e-4)
                 torch.testing.assert_close(ia, ib, atol=1e-4, rtol=1e-4)
 
 
-def test_sam_forward_matches_official(reference):
-    official = _official_small(reference, "vit_b", 256)
-    _randomize(official, seed=5)
-    ours = build_model("vit_b", img_size=256)
-    ours.load_state_dict(official.state_dict(), strict=True)
+def test_sam_forward_matches_official(small_pair):
+    ours, official = small_pair
     g = torch.Generator().manual_seed(6)
     batch = [
         {
@@ -271,7 +307,9 @@ def test_register_custom_arch_with_build_sam():
         assert model.arch == "_test_tiny" and model.embedding_size == (8, 8)
         assert infer_arch(model.state_dict()) == "_test_tiny"
         emb = model.image_encoder(torch.randn(1, 3, 64, 64))
-        sparse, dense = model.prompt_encoder((torch.tensor([[[10.0, 20.0]]]), torch.tensor([[1]])), None, None)
+        sparse, dense = model.prompt_encoder(
+            (torch.tensor([[[10.0, 20.0]]]), torch.tensor([[1]])), None, None
+        )
         masks, iou = model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
         assert masks.shape == (1, 3, 32, 32) and iou.shape == (1, 3)
     finally:

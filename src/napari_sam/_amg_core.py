@@ -1,11 +1,12 @@
-"""The per-crop engine of automatic mask generation: decoder batches, low-res filtering, exact windows.
+"""The per-crop engine of automatic mask generation: decoder batches, low-res filtering, upsampling.
 
-Masks never go through a full-image upsampling. For each candidate the predicted IoU is filtered
-first, then a stability score estimated on the low-res (256x256) logits, weighted by how many
-output pixels each low-res pixel covers. Only masks within ``STAB_MARGIN`` of the threshold or
-above it are upsampled, and only on their own window (see :func:`_amg_utils.interp_matrix`): the
-window logits equal the official full-resolution logits, so the exact stability score, the box
-and the binary mask are the official ones.
+The official generator upsamples every mask of a batch to full resolution, then filters. Here the
+predicted IoU is filtered first, then a stability score estimated on the low-res (256x256) logits,
+each low-res pixel weighted by the number of output pixels it covers. Only masks whose estimate
+is above ``threshold - STAB_MARGIN`` are upsampled (the predictor's exact official upsampling, in
+chunks, on the model's device); their exact stability score, box and mask are then the official
+ones, so the margin only saves work and does not change the result unless the estimate is off
+by more than the margin.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from napari_sam._amg_utils import interp_matrix, is_box_near_crop_edge, support_ranges
+from napari_sam._amg_utils import interp_matrix, is_box_near_crop_edge
 
 STAB_MARGIN = 0.1  # low-res stability screening margin (the estimate is within ~0.02 in practice)
 
@@ -69,28 +70,26 @@ class Masks:
 
 
 class CropContext:
-    """Everything needed to turn low-res logits of one crop into exact full-resolution windows.
+    """What is needed to turn the low-res logits of one crop into its full-resolution masks.
 
     Args:
+        predictor: the ``SamPredictor`` (its ``postprocess_masks`` gives the official upsampling).
         features: (1, C, h, w) embedding of the crop; ``input_size`` (h', w') its resized size.
         crop_box: XYXY (exclusive end) in image coordinates; the crop is (H_c, W_c).
-        img_size: the model's square input side (1024); ``low``: low-res side (256).
+        low: side of the low-res logits (256).
     """
 
-    def __init__(self, features, input_size, crop_box, img_size, low, threshold, offset, device):
-        self.features, self.crop_box = features, list(crop_box)
+    def __init__(self, predictor, features, input_size, crop_box, low, threshold, offset, chunk_pixels):
+        self.predictor, self.features, self.input_size = predictor, features, tuple(input_size)
+        self.crop_box = list(crop_box)
         self.size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
         self.thr, self.off = float(threshold), float(offset)
-        self.ay = interp_matrix(low, img_size, int(input_size[0]), self.size[0]).to(device)
-        self.ax = interp_matrix(low, img_size, int(input_size[1]), self.size[1]).to(device)
-        self.ry, self.cx = support_ranges(self.ay), support_ranges(self.ax)
-        # weight of a low-res pixel = number of output pixels that read it (its footprint)
-        self.wy = self.ay.sum(0)
-        self.wx = self.ax.sum(0)
-        valid_r = torch.as_tensor(self.ry[3] >= 0, device=device)
-        valid_c = torch.as_tensor(self.cx[3] >= 0, device=device)
-        self.valid = valid_r[:, None] & valid_c[None, :]
-        self.t_lo = min(self.thr, self.thr - self.off, self.thr + self.off)
+        dev, img_size = predictor.device, predictor.img_size
+        # footprint of each low-res row/column: how many output rows/columns it contributes to
+        self.wy = interp_matrix(low, img_size, int(input_size[0]), self.size[0]).sum(0).to(dev)
+        self.wx = interp_matrix(low, img_size, int(input_size[1]), self.size[1]).sum(0).to(dev)
+        self.chunk = max(1, int(chunk_pixels) // max(1, self.size[0] * self.size[1]))
+        self.pe = None
 
     def approx_stability(self, low: torch.Tensor) -> torch.Tensor:
         """(N, 256, 256) logits -> (N,) stability estimated at low resolution (footprint-weighted)."""
@@ -98,31 +97,37 @@ class CropContext:
         lo = ((low > self.thr - self.off).float() @ self.wx) @ self.wy
         return hi / lo
 
-    def exact(self, low: torch.Tensor) -> tuple[float, float, list[int], torch.Tensor]:
-        """One (256, 256) logit map -> (intersections, unions, box XYXY incl. in crop coords, bool crop)."""
-        m = (low > self.t_lo) & self.valid
-        rows, cols = torch.nonzero(m.any(1)).flatten(), torch.nonzero(m.any(0)).flatten()
-        if rows.numel() == 0:
-            return 0.0, 0.0, [0, 0, 0, 0], torch.zeros(0, 0, dtype=torch.bool, device=low.device)
-        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-        y0, y1 = int(self.ry[2][r0]), int(self.ry[3][r1]) + 1  # output rows reading any of r0..r1
-        x0, x1 = int(self.cx[2][c0]), int(self.cx[3][c1]) + 1
-        lr0, lr1 = int(self.ry[0][y0]), int(self.ry[1][y1 - 1]) + 1  # low-res rows those outputs read
-        lc0, lc1 = int(self.cx[0][x0]), int(self.cx[1][x1 - 1]) + 1
-        block = low[lr0:lr1, lc0:lc1]
-        ay, ax = self.ay[y0:y1, lr0:lr1], self.ax[x0:x1, lc0:lc1]
-        if (y1 - y0) * (lc1 - lc0) <= (x1 - x0) * (lr1 - lr0):
-            full = (ay @ block) @ ax.T
-        else:
-            full = ay @ (block @ ax.T)
-        inter = float((full > self.thr + self.off).sum())
-        union = float((full > self.thr - self.off).sum())
-        binary = full > self.thr
-        br, bc = torch.nonzero(binary.any(1)).flatten(), torch.nonzero(binary.any(0)).flatten()
-        if br.numel() == 0:
-            return inter, union, [0, 0, 0, 0], binary[:0, :0]
-        a, b, c, d = int(br[0]), int(br[-1]), int(bc[0]), int(bc[-1])
-        return inter, union, [x0 + c, y0 + a, x0 + d, y0 + b], binary[a : b + 1, c : d + 1]
+    def exact(self, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(N, 256, 256) logits -> intersections (N,), unions (N,), boxes (N, 4) XYXY inclusive in crop
+        coordinates, and the (h, w) bool mask inside each box; upsampled in chunks (memory bound)."""
+        inter, union, boxes, crops = [], [], [], []
+        for s in range(0, low.shape[0], self.chunk):
+            full = self.predictor.postprocess_masks(
+                low[s : s + self.chunk, None], self.input_size, self.size, return_logits=True
+            )[:, 0]
+            inter.append((full > self.thr + self.off).flatten(1).sum(1))
+            union.append((full > self.thr - self.off).flatten(1).sum(1))
+            binary = full > self.thr
+            del full
+            b = mask_boxes(binary)
+            boxes.append(b)
+            for m, (x0, y0, x1, y1) in zip(binary, b.tolist()):
+                crops.append(m[y0 : y1 + 1, x0 : x1 + 1].clone() if x1 >= x0 else m[:0, :0].clone())
+        return torch.cat(inter).cpu(), torch.cat(union).cpu(), torch.cat(boxes).cpu(), crops
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> (N, 4) XYXY inclusive boxes (long); [0, 0, 0, 0] for empty masks."""
+    n, h, w = masks.shape
+    rows, cols = masks.any(2), masks.any(1)
+    ar_h = torch.arange(h, device=masks.device)
+    ar_w = torch.arange(w, device=masks.device)
+    y1 = torch.where(rows, ar_h, -1).amax(1)
+    y0 = torch.where(rows, ar_h, h).amin(1)
+    x1 = torch.where(cols, ar_w, -1).amax(1)
+    x0 = torch.where(cols, ar_w, w).amin(1)
+    out = torch.stack([x0, y0, x1, y1], 1)
+    return torch.where((y1 >= 0)[:, None], out, torch.zeros_like(out))
 
 
 def process_batch(gen, ctx: CropContext, points: np.ndarray, orig_size: tuple[int, int]) -> Masks:
@@ -149,20 +154,16 @@ def process_batch(gen, ctx: CropContext, points: np.ndarray, orig_size: tuple[in
         idx = torch.nonzero(keep).flatten()
         if idx.numel() == 0:
             return Masks()
-        res = [ctx.exact(low[i]) for i in idx.tolist()]
-        inter = torch.tensor([r[0] for r in res], dtype=torch.float32)
-        union = torch.tensor([r[1] for r in res], dtype=torch.float32)
-        stab = inter / union
-        boxes = torch.tensor([r[2] for r in res], dtype=torch.long)
+        inter, union, boxes, crops = ctx.exact(low[idx])
+        stab = inter.float() / union.float()
         x0, y0 = ctx.crop_box[:2]
         boxes = boxes + torch.tensor([x0, y0, x0, y0])
         pts = torch.as_tensor(points, dtype=torch.float64)[idx.cpu() // n_out] + torch.tensor([x0, y0])
-        ok = torch.ones(len(res), dtype=torch.bool)
+        ok = torch.ones(len(crops), dtype=torch.bool)
         if gen.stability_score_thresh > 0.0:
             ok &= stab >= gen.stability_score_thresh
         ok &= ~is_box_near_crop_edge(boxes, ctx.crop_box, [0, 0, orig_size[1], orig_size[0]])
         out = Masks(
-            iou[idx].cpu(), stab, boxes, pts, torch.tensor([ctx.crop_box] * len(res), dtype=torch.long),
-            [r[3] for r in res],
+            iou[idx].cpu(), stab, boxes, pts, torch.tensor([ctx.crop_box] * len(crops), dtype=torch.long), crops,
         )
     return out.select(ok)

@@ -64,6 +64,8 @@ class AutomaticMaskGenerator:
             (each tile at full resolution, then crop layers inside each tile), overlapping by
             ``tile_overlap`` pixels; masks touching an inner tile edge are dropped (the overlap must
             exceed the largest object) and duplicates across tiles removed with ``crop_nms_thresh``.
+        chunk_pixels: full-resolution logits upsampled at once (float32, 2**25 = 128 MiB): with
+            ``tile_size`` this bounds the working memory whatever the image size.
         device, precision: used when a model is given (see ``SamPredictor``).
     """
 
@@ -85,6 +87,7 @@ class AutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         tile_size: int | None = None,
         tile_overlap: int = 256,
+        chunk_pixels: int = 2**25,
         device: str | torch.device | None = None,
         precision: str = "auto",
     ) -> None:
@@ -115,6 +118,7 @@ class AutomaticMaskGenerator:
         self.min_mask_region_area = int(min_mask_region_area)
         self.output_mode = output_mode
         self.tile_size, self.tile_overlap = tile_size, int(tile_overlap)
+        self.chunk_pixels = int(chunk_pixels)
 
     # ------------------------------------------------------------------ public API
     def generate(
@@ -208,8 +212,8 @@ class AutomaticMaskGenerator:
             emb = self.predictor.compute_embedding(img[y0:y1, x0:x1])
             m = self.predictor.model
             ctx = CropContext(
-                emb.features, emb.input_size, box, self.predictor.img_size, 4 * emb.features.shape[-2],
-                m.mask_threshold, self.stability_score_offset, self.predictor.device,
+                self.predictor, emb.features, emb.input_size, box, 4 * emb.features.shape[-2],
+                m.mask_threshold, self.stability_score_offset, self.chunk_pixels,
             )
             with torch.inference_mode():
                 ctx.pe = m.prompt_encoder.get_dense_pe()

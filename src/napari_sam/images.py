@@ -95,9 +95,9 @@ def to_sam_image(
     """
     arr = np.asarray(image)
     is_rgb = _check_shape(arr, rgb)
-    if is_rgb:
+    if is_rgb and arr.shape[-1] == 4:
         arr = arr[..., :3]
-    elif arr.ndim == 3:
+    elif not is_rgb and arr.ndim == 3:
         arr = arr[..., 0]
 
     if arr.dtype == np.uint8:

@@ -48,7 +48,7 @@ class EncodeRunner:
         self._busy_key = key
         name = getattr(self.sam.image_layer, "name", "image")
         desc = f"SAM: encoding {name}" + (f" slice {key[1]}" if key[1] else "")
-        worker = create_worker(job, _progress={"total": 0, "desc": desc})
+        worker = create_worker(job, _progress={"total": 0, "desc": desc}, _ignore_errors=True)
         worker.returned.connect(lambda emb, k=key: self._on_returned(k, emb))
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)

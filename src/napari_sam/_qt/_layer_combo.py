@@ -42,7 +42,7 @@ class LayerCombo(QComboBox):
 
     def refresh(self) -> None:
         """Rebuild the items, keeping the current layer selected when it still exists."""
-        current = self.current_layer()
+        previous = current = self.current_layer()
         layers = [la for la in self.viewer.layers if isinstance(la, self.layer_type) and not self.exclude(la)]
         self.blockSignals(True)
         self.clear()
@@ -56,7 +56,7 @@ class LayerCombo(QComboBox):
         idx = self._layers.index(current) if current in self._layers else (0 if self._layers else -1)
         self.setCurrentIndex(idx)
         self.blockSignals(False)
-        if self.current_layer() is not current:
+        if self.current_layer() is not previous:
             self.currentIndexChanged.emit(self.currentIndex())
 
     def current_layer(self) -> Any | None:

@@ -114,7 +114,8 @@ class ModelBox(QWidget):
             show_info("napari-sam: a model is still loading")
             return
         self.message.setText(f"loading {name} ...")
-        worker = create_worker(self.sam.load, name, self.device(), _progress={"total": 0, "desc": f"SAM: loading {name}"})
+        worker = create_worker(self.sam.load, name, self.device(), _progress={"total": 0, "desc": f"SAM: loading {name}"},
+                               _ignore_errors=True)
         worker.returned.connect(lambda model: self._on_returned(name, model))
         worker.errored.connect(lambda exc: self._on_errored(name, exc))
         worker.finished.connect(self._on_finished)

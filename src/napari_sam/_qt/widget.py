@@ -11,6 +11,7 @@ from typing import Any
 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -166,7 +167,14 @@ class SamWidget(QWidget):
         if layer is not None:
             self._bind_keys()
             self.encoder.request()
+            # napari makes a newly added layer active after its `inserted` event: take it back after
+            QTimer.singleShot(0, self._activate_points)
         self._on_status()
+
+    def _activate_points(self) -> None:
+        layers, pts = self.viewer.layers, self.sam.points_layer
+        if pts is not None and pts in layers:
+            layers.selection.active = pts
 
     def _fill_channels(self) -> None:
         self.channel_combo.clear()

@@ -1,14 +1,12 @@
 """The networks, pure torch: one nn.Module per file.
 
-Importing this package registers every architecture with :func:`napari_sam.models.sam.build_model`,
-including the project's own small model (``models/nano.py``).
+Importing this package registers every architecture with :func:`build_model`, including the
+project's own small model (``models/nano.py`` registers ``"nano"``).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from .sam import Sam, available_archs, build_model, build_sam, infer_arch, register_arch
+from . import nano  # noqa: E402,F401  (registers the "nano" architecture)
 
-for _name in ("sam", "nano"):  # nano.py registers the "nano" architecture with sam.register_arch
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}")
+__all__ = ["Sam", "available_archs", "build_model", "build_sam", "infer_arch", "register_arch"]

@@ -144,5 +144,7 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """``(B, N, 2)`` xy pixels in an ``(H, W)`` image -> ``(B, N, 2F)``."""
-        size_xy = torch.tensor([image_size[1], image_size[0]], dtype=torch.float32, device=coords_input.device)
+        size_xy = torch.tensor(
+            [image_size[1], image_size[0]], dtype=torch.float32, device=coords_input.device
+        )
         return self._pe_encoding(coords_input.float() / size_xy)

@@ -45,7 +45,9 @@ class Sam(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.arch = arch
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False
+        )
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
 
     @property
@@ -77,14 +79,16 @@ class Sam(nn.Module):
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
-    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
+    def forward(
+        self, batched_input: list[dict[str, Any]], multimask_output: bool
+    ) -> list[dict[str, torch.Tensor]]:
         """End-to-end prediction with the official input/output dicts (``image``, ``original_size``,
         ``point_coords``, ``point_labels``, ``boxes``, ``mask_inputs`` -> ``masks``, ``iou_predictions``,
         ``low_res_logits``)."""
         images = torch.stack([self.preprocess(r["image"]) for r in batched_input], dim=0)
         embeddings = self.image_encoder(images)
         outputs = []
-        for record, emb in zip(batched_input, embeddings):
+        for record, emb in zip(batched_input, embeddings, strict=True):
             points = (record["point_coords"], record["point_labels"]) if "point_coords" in record else None
             sparse, dense = self.prompt_encoder(points, record.get("boxes"), record.get("mask_inputs"))
             low_res, iou = self.mask_decoder(
@@ -127,7 +131,10 @@ def build_sam(
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=decoder_depth, embedding_dim=prompt_embed_dim, mlp_dim=decoder_mlp_dim, num_heads=decoder_num_heads
+                depth=decoder_depth,
+                embedding_dim=prompt_embed_dim,
+                mlp_dim=decoder_mlp_dim,
+                num_heads=decoder_num_heads,
             ),
             transformer_dim=prompt_embed_dim,
             iou_head_depth=3,
@@ -175,7 +182,9 @@ def _vit_matcher(arch: str) -> Callable[[Mapping[str, Any]], bool]:
 
     def matches(sd: Mapping[str, Any]) -> bool:
         w = sd.get("image_encoder.patch_embed.proj.weight")
-        return w is not None and w.shape[0] == embed_dim and _count_blocks(sd, "image_encoder.blocks.") == depth
+        return (
+            w is not None and w.shape[0] == embed_dim and _count_blocks(sd, "image_encoder.blocks.") == depth
+        )
 
     return matches
 
@@ -183,7 +192,9 @@ def _vit_matcher(arch: str) -> Callable[[Mapping[str, Any]], bool]:
 def _vit_t_matches(sd: Mapping[str, Any]) -> bool:
     stem = sd.get("image_encoder.patch_embed.seq.0.c.weight")
     neck = sd.get("image_encoder.neck.0.weight")
-    return stem is not None and neck is not None and tuple(stem.shape) == (32, 3, 3, 3) and neck.shape[1] == 320
+    return (
+        stem is not None and neck is not None and tuple(stem.shape) == (32, 3, 3, 3) and neck.shape[1] == 320
+    )
 
 
 def _count_blocks(sd: Mapping[str, Any], prefix: str) -> int:
@@ -237,12 +248,12 @@ def infer_arch(state_dict: Mapping[str, Any]) -> str:
     w = state_dict.get("image_encoder.patch_embed.proj.weight")
     found = [f"{len(keys)} keys"]
     if w is not None:
-        found.append(f"ViT patch embedding {tuple(w.shape)} with {_count_blocks(state_dict, 'image_encoder.blocks.')} blocks")
+        found.append(
+            f"ViT patch embedding {tuple(w.shape)} with {_count_blocks(state_dict, 'image_encoder.blocks.')} blocks"
+        )
     enc = sorted({k.split(".")[1] for k in keys if k.startswith("image_encoder.") and k.count(".") > 1})
     found.append(f"image_encoder parts {enc[:8]}" if enc else f"first keys {keys[:5]}")
-    raise ValueError(
-        f"cannot infer the SAM architecture ({'; '.join(found)}); known: {', '.join(_ARCHS)}"
-    )
+    raise ValueError(f"cannot infer the SAM architecture ({'; '.join(found)}); known: {', '.join(_ARCHS)}")
 
 
 for _name in _VIT_CONFIGS:

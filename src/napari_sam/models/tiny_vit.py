@@ -21,7 +21,14 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - MobileSAM's name
     """Conv (no bias) + BatchNorm, keys ``c.*`` and ``bn.*``."""
 
     def __init__(
-        self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1, bn_weight_init: float = 1.0
+        self,
+        a: int,
+        b: int,
+        ks: int = 1,
+        stride: int = 1,
+        pad: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
     ) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, 1, groups, bias=False))
@@ -38,7 +45,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patches_resolution = (resolution // 4, resolution // 4)
         n = embed_dim
-        self.seq = nn.Sequential(Conv2d_BN(in_chans, n // 2, 3, 2, 1), activation(), Conv2d_BN(n // 2, n, 3, 2, 1))
+        self.seq = nn.Sequential(
+            Conv2d_BN(in_chans, n // 2, 3, 2, 1), activation(), Conv2d_BN(n // 2, n, 3, 2, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.seq(x)
@@ -47,7 +56,9 @@ class PatchEmbed(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project; ``(B, C, H, W) -> (B, C, H, W)``."""
 
-    def __init__(self, in_chans: int, out_chans: int, expand_ratio: float, activation: type[nn.Module]) -> None:
+    def __init__(
+        self, in_chans: int, out_chans: int, expand_ratio: float, activation: type[nn.Module]
+    ) -> None:
         super().__init__()
         hidden = int(in_chans * expand_ratio)
         self.conv1 = Conv2d_BN(in_chans, hidden, ks=1)
@@ -66,7 +77,12 @@ class PatchMerging(nn.Module):
     """``(B, C, H, W)`` or ``(B, H*W, C)`` -> ``(B, H'*W', out_dim)``; stride 2 unless ``stride=1``."""
 
     def __init__(
-        self, input_resolution: tuple[int, int], dim: int, out_dim: int, activation: type[nn.Module], stride: int = 2
+        self,
+        input_resolution: tuple[int, int],
+        dim: int,
+        out_dim: int,
+        activation: type[nn.Module],
+        stride: int = 2,
     ) -> None:
         super().__init__()
         self.input_resolution = input_resolution
@@ -86,8 +102,14 @@ class PatchMerging(nn.Module):
 class ConvLayer(nn.Module):
     """Stage of MBConv blocks (+ optional downsample)."""
 
-    def __init__(self, dim: int, depth: int, activation: type[nn.Module], conv_expand_ratio: float,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        activation: type[nn.Module],
+        conv_expand_ratio: float,
+        downsample: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(MBConv(dim, dim, conv_expand_ratio, activation) for _ in range(depth))
         self.downsample = downsample
@@ -119,8 +141,14 @@ class Attention(nn.Module):
     anyway (or MobileSAM's cached ``ab``) still loads strictly, the stale copy is dropped.
     """
 
-    def __init__(self, dim: int, key_dim: int, num_heads: int = 8, attn_ratio: float = 4,
-                 resolution: tuple[int, int] = (14, 14)) -> None:
+    def __init__(
+        self,
+        dim: int,
+        key_dim: int,
+        num_heads: int = 8,
+        attn_ratio: float = 4,
+        resolution: tuple[int, int] = (14, 14),
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.scale = key_dim**-0.5
@@ -140,7 +168,9 @@ class Attention(nn.Module):
                 idxs.append(offsets.setdefault(off, len(offsets)))
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
         n = len(points)
-        self.register_buffer("attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n), persistent=False)
+        self.register_buffer(
+            "attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n), persistent=False
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         for name in ("attention_bias_idxs", "ab"):
@@ -160,8 +190,16 @@ class Attention(nn.Module):
 class TinyViTBlock(nn.Module):
     """Window attention + 3x3 depthwise local conv + MLP on ``(B, H*W, C)`` tokens."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int = 7,
-                 mlp_ratio: float = 4.0, local_conv_size: int = 3, activation: type[nn.Module] = nn.GELU) -> None:
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        local_conv_size: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
@@ -169,7 +207,9 @@ class TinyViTBlock(nn.Module):
         head_dim = dim // num_heads
         self.attn = Attention(dim, head_dim, num_heads, attn_ratio=1, resolution=(window_size, window_size))
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=activation)
-        self.local_conv = Conv2d_BN(dim, dim, ks=local_conv_size, stride=1, pad=local_conv_size // 2, groups=dim)
+        self.local_conv = Conv2d_BN(
+            dim, dim, ks=local_conv_size, stride=1, pad=local_conv_size // 2, groups=dim
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = self.input_resolution
@@ -200,12 +240,23 @@ class TinyViTBlock(nn.Module):
 class BasicLayer(nn.Module):
     """Stage of TinyViT blocks (+ optional downsample)."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 mlp_ratio: float, local_conv_size: int, activation: type[nn.Module],
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        local_conv_size: int,
+        activation: type[nn.Module],
+        downsample: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            TinyViTBlock(dim, input_resolution, num_heads, window_size, mlp_ratio, local_conv_size, activation)
+            TinyViTBlock(
+                dim, input_resolution, num_heads, window_size, mlp_ratio, local_conv_size, activation
+            )
             for _ in range(depth)
         )
         self.downsample = downsample
@@ -249,8 +300,17 @@ class TinyViT(nn.Module):
             if i == 0:
                 layer = ConvLayer(embed_dims[0], depths[0], act, mbconv_expand_ratio, down)
             else:
-                layer = BasicLayer(embed_dims[i], r, depths[i], num_heads[i], window_sizes[i], mlp_ratio,
-                                   local_conv_size, act, down)
+                layer = BasicLayer(
+                    embed_dims[i],
+                    r,
+                    depths[i],
+                    num_heads[i],
+                    window_sizes[i],
+                    mlp_ratio,
+                    local_conv_size,
+                    act,
+                    down,
+                )
             self.layers.append(layer)
         self.out_resolution = (res[0] // 2 ** (n - 2), res[1] // 2 ** (n - 2))
         self.norm_head = nn.LayerNorm(embed_dims[-1])

@@ -144,9 +144,9 @@ def _read_any(path: Path) -> np.ndarray:
     return np.array(Image.open(path))
 
 
-def load_pairs(images: str | Path | list, labels: str | Path | list, img_size: int) -> list[Sample]:
-    """Pairs from two folders (files matched by sorted name), two tif stacks ((n,H,W[,C]) image,
-    (n,H,W) labels), or two lists of arrays. Every 2D slice with at least one object becomes a Sample."""
+def read_pairs(images: str | Path | list, labels: str | Path | list) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Raw (id, image, labels) 2D pairs from two folders (files matched by sorted name), two tif
+    stacks ((n,H,W[,C]) image, (n,H,W) labels) or two lists of arrays; slices without objects are dropped."""
     def expand(src) -> list[np.ndarray]:
         if isinstance(src, (list, tuple)):
             return [np.asarray(a) for a in src]
@@ -158,17 +158,22 @@ def load_pairs(images: str | Path | list, labels: str | Path | list, img_size: i
     imgs, labs = expand(images), expand(labels)
     if len(imgs) != len(labs):
         raise ValueError(f"{len(imgs)} images but {len(labs)} label images")
-    out: list[Sample] = []
+    out: list[tuple[str, np.ndarray, np.ndarray]] = []
     for k, (im, lb) in enumerate(zip(imgs, labs)):
         if lb.ndim == 3:  # a stack: (n, H, W) labels with (n, H, W[, C]) image
-            for j in range(lb.shape[0]):
-                if lb[j].max() > 0:
-                    out.append(prepare(im[j], lb[j], img_size, f"{k}:{j}"))
+            if im.shape[0] != lb.shape[0]:
+                raise ValueError(f"image stack {im.shape} does not match label stack {lb.shape}")
+            out += [(f"{k}:{j}", im[j], lb[j]) for j in range(lb.shape[0]) if lb[j].max() > 0]
         elif lb.max() > 0:
-            out.append(prepare(im, lb, img_size, str(k)))
+            out.append((str(k), im, lb))
     if not out:
         raise ValueError("no labelled objects found in the given labels")
     return out
+
+
+def load_pairs(images: str | Path | list, labels: str | Path | list, img_size: int) -> list[Sample]:
+    """:func:`read_pairs`, preprocessed into :class:`Sample` s for training at ``img_size``."""
+    return [prepare(im, lb, img_size, sid) for sid, im, lb in read_pairs(images, labels)]
 
 
 @dataclass

@@ -40,6 +40,7 @@ class TrainConfig:
     max_corrections: int = 3      # corrective iterations per step: uniform in 1..max_corrections
     box_prob: float = 0.5         # first prompt is a box (else one positive point)
     no_mask_input_prob: float = 0.2
+    decoder_crops: tuple[int, ...] = (16, 16, 24, 32)  # decoder sees a d x d cell crop per object; () = whole window
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 200
@@ -123,72 +124,87 @@ class Trainer:
                 out.append(w)
         return out
 
-    def _decode(self, emb, pe, pts, lbl, boxes, mask_in):
-        pe_model = self.model.prompt_encoder
-        points = None if pts is None else (pts, lbl)
-        sparse, dense = pe_model(points, boxes, mask_in)
-        if mask_in is None:
-            dense = dense[..., : emb.shape[-2], : emb.shape[-1]]
-        return self.model.mask_decoder.predict_masks(emb, pe, sparse, dense)
+    def _crops(self, wins: list[Window], d: int):
+        """Per-object decoder crops: returns (window idx, cell y, cell x, gt mask crop) per object."""
+        cfg, rng, st = self.cfg, self.rng, self.stride
+        g = self.window // st
+        out = []
+        for b, w in enumerate(wins):
+            for m in _pick_objects(w, cfg.objects, rng):
+                ys, xs = np.nonzero(m)
+                cy, cx = (ys.min() + ys.max()) / 2 / st, (xs.min() + xs.max()) / 2 / st
+                y0 = int(np.clip(round(cy - d / 2 + rng.uniform(-d / 4, d / 4)), 0, g - d))
+                x0 = int(np.clip(round(cx - d / 2 + rng.uniform(-d / 4, d / 4)), 0, g - d))
+                crop = m[y0 * st : (y0 + d) * st, x0 * st : (x0 + d) * st]
+                if crop.sum() >= 8:
+                    out.append((b, y0, x0, crop))
+        return out
 
     def step(self) -> dict[str, float]:
         """One optimisation step; returns logged scalars."""
-        cfg, dev, rng = self.cfg, self.device, self.rng
+        cfg, dev, rng, st = self.cfg, self.device, self.rng, self.stride
         self.model.train()
         if cfg.freeze_encoder:
             self.model.image_encoder.eval()
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr()
-        wins = self._windows()
+        for grp in self.opt.param_groups:
+            grp["lr"] = self.lr()
+        g = self.window // st
+        d = min(g, int(rng.choice(cfg.decoder_crops))) if cfg.decoder_crops else g
+        objs: list = []
+        while not objs:
+            wins = self._windows()
+            objs = self._crops(wins, d)
         x = torch.stack([_window_tensor(w, dev) for w in wins])
         with torch.set_grad_enabled(not cfg.freeze_encoder):
             embs = self.model.image_encoder(x)
-        full_pe = self.model.prompt_encoder.get_dense_pe()
-        g = self.window // self.stride
+        full_pe = self.model.prompt_encoder.get_dense_pe()[0]
+        emb = torch.stack([embs[b, :, y0 : y0 + d, x0 : x0 + d] for b, y0, x0, _ in objs])
+        frame = [((wins[b].offset[0] // st + y0), (wins[b].offset[1] // st + x0)) for b, y0, x0, _ in objs]
+        pe = torch.stack([full_pe[:, fy : fy + d, fx : fx + d] for fy, fx in frame])
+        off = np.array([[fx * st, fy * st] for fy, fx in frame], np.float32)  # crop origin in the frame, xy
+        masks = [o[3] for o in objs]
+        gt = torch.from_numpy(np.stack(masks)).to(dev, torch.float32)
+        n, side = len(objs), d * st
         n_corr = int(rng.integers(1, cfg.max_corrections + 1))
-        losses, ious0, ious1 = [], [], []
-        for b, w in enumerate(wins):
-            masks = _pick_objects(w, cfg.objects, rng)
-            gt = torch.from_numpy(np.stack(masks)).to(dev, torch.float32)
-            oy, ox = w.offset[0] // self.stride, w.offset[1] // self.stride
-            pe = full_pe[..., oy : oy + g, ox : ox + g]
-            off = np.array([w.offset[1], w.offset[0]], np.float32)
-            box_first = rng.random() < cfg.box_prob
-            pts, lbl, boxes = _first_prompts(masks, rng, box_first)
-            pts = None if pts is None else pts + off
-            boxes_t = None if boxes is None else torch.from_numpy(boxes + np.tile(off, 2)).to(dev)
-            mask_in = None
-            for it in range(n_corr + 1):
-                grad = it == 0 or it == n_corr
-                with torch.set_grad_enabled(grad):
-                    pts_t = None if pts is None else torch.from_numpy(pts).to(dev)
-                    lbl_t = None if lbl is None else torch.from_numpy(lbl).to(dev)
-                    logits, iou_pred = self._decode(embs[b : b + 1], pe, pts_t, lbl_t, boxes_t, mask_in)
-                    up = F.interpolate(logits, size=(self.window, self.window), mode="bilinear", align_corners=False)
-                    multi = it == 0 and not box_first
-                    if grad:
-                        loss, iou = sam_loss(up[:, :1], iou_pred[:, :1], gt)
-                        if multi:
-                            l3, iou3 = sam_loss(up[:, 1:], iou_pred[:, 1:], gt)
-                            loss, iou = loss + l3, torch.maximum(iou, iou3)
-                        losses.append(loss)
-                        (ious0 if it == 0 else ious1).append(iou.mean().item())
-                if it == n_corr:
-                    break
-                with torch.no_grad():
-                    sel = (iou_pred[:, 1:].argmax(1) + 1) if multi else torch.zeros(len(masks), dtype=torch.long)
-                    ar = torch.arange(len(masks))
-                    chosen_low = logits[ar, sel].detach()[:, None]
-                    pred = (up[ar, sel] > 0).cpu().numpy()
-                new = []
-                for k, m in enumerate(masks):
-                    c = corrective_point(pred[k], m, rng)
-                    new.append((c[0] + off[0], c[1] + off[1], c[2]) if c is not None else (0.0, 0.0, -1))
-                new_a = np.array(new, np.float32)
-                p_new, l_new = new_a[:, None, :2], new_a[:, None, 2]
-                pts = p_new if pts is None else np.concatenate([pts, p_new], 1)
-                lbl = l_new if lbl is None else np.concatenate([lbl, l_new], 1)
-                mask_in = None if rng.random() < cfg.no_mask_input_prob else chosen_low
+        box_first = rng.random() < cfg.box_prob
+        pts, lbl, boxes = _first_prompts(masks, rng, box_first)
+        pts = None if pts is None else pts + off[:, None]
+        boxes_t = None if boxes is None else torch.from_numpy(boxes + np.tile(off, 2)).to(dev)
+        mask_in, losses, ious = None, [], []
+        for it in range(n_corr + 1):
+            grad = it == 0 or it == n_corr
+            multi = it == 0 and not box_first
+            with torch.set_grad_enabled(grad):
+                pts_t = None if pts is None else torch.from_numpy(pts).to(dev)
+                lbl_t = None if lbl is None else torch.from_numpy(lbl).to(dev)
+                points = None if pts_t is None else (pts_t, lbl_t)
+                sparse, dense = self.model.prompt_encoder(points, boxes_t, mask_in)
+                if mask_in is None:
+                    dense = dense[..., :d, :d]
+                logits, iou_pred = self.model.mask_decoder.predict_masks(emb, pe, sparse, dense)
+                up = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
+                if grad:
+                    loss, iou = sam_loss(up[:, :1], iou_pred[:, :1], gt)
+                    if multi:
+                        l3, iou3 = sam_loss(up[:, 1:], iou_pred[:, 1:], gt)
+                        loss, iou = loss + l3, torch.maximum(iou, iou3)
+                    losses.append(loss)
+                    ious.append(iou.mean().item())
+            if it == n_corr:
+                break
+            with torch.no_grad():
+                sel = (iou_pred[:, 1:].argmax(1) + 1) if multi else torch.zeros(n, dtype=torch.long)
+                ar = torch.arange(n)
+                chosen_low = logits[ar, sel].detach()[:, None]
+                pred = (up[ar, sel] > 0).cpu().numpy()
+            new = []
+            for k, m in enumerate(masks):
+                c = corrective_point(pred[k], m, rng)
+                new.append((c[0] + off[k, 0], c[1] + off[k, 1], c[2]) if c is not None else (0.0, 0.0, -1))
+            new_a = np.array(new, np.float32)
+            pts = new_a[:, None, :2] if pts is None else np.concatenate([pts, new_a[:, None, :2]], 1)
+            lbl = new_a[:, None, 2] if lbl is None else np.concatenate([lbl, new_a[:, None, 2]], 1)
+            mask_in = None if rng.random() < cfg.no_mask_input_prob else chosen_low
         loss = torch.stack(losses).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -196,7 +212,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.opt.step()
         self.step_idx += 1
-        return {"loss": loss.item(), "iou_first": float(np.mean(ious0)), "iou_last": float(np.mean(ious1)),
+        return {"loss": loss.item(), "iou_first": ious[0], "iou_last": ious[-1], "objects": float(n),
                 "lr": self.opt.param_groups[0]["lr"]}
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -232,9 +248,16 @@ def train(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    export: str | Path | None = None,
+    threads: int | str | None = None,
 ) -> torch.nn.Module:
     """Train ``model`` in place on ``samples``; resumes from ``checkpoint`` when the file exists and
-    rewrites it every ``cfg.checkpoint_every_s`` seconds and at the end. Returns the model (eval mode)."""
+    rewrites it every ``cfg.checkpoint_every_s`` seconds and at the end; ``export`` also gets the bare
+    state dict (what ``napari_sam.weights`` loads) at each checkpoint. ``threads="auto"`` switches
+    torch between 1 and 2 threads by the machine's load (2 oversubscribed threads are far slower
+    than 1 on a shared 2-core CPU). Returns the model (eval mode)."""
+    if isinstance(threads, int):
+        torch.set_num_threads(threads)
     tr = Trainer(model, samples, cfg, device)
     if checkpoint is not None and Path(checkpoint).exists():
         tr.load(checkpoint)
@@ -244,19 +267,31 @@ def train(
     while tr.progress() < 1.0:
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
             break
+        if threads == "auto" and tr.step_idx % 25 == 0:
+            ncpu = os.cpu_count() or 1
+            torch.set_num_threads(ncpu if os.getloadavg()[0] < ncpu + 0.5 else max(1, ncpu // 2))
         t0 = time.time()
         acc.append(tr.step())
         tr.elapsed += time.time() - t0
         if tr.step_idx % cfg.log_every == 0:
             m = {k: float(np.mean([a[k] for a in acc])) for k in acc[0]}
-            log(f"step {tr.step_idx} t {tr.elapsed:.0f}s " + " ".join(f"{k} {v:.4g}" for k, v in m.items()))
+            log(f"step {tr.step_idx} t {tr.elapsed:.0f}s thr {torch.get_num_threads()} "
+                + " ".join(f"{k} {v:.4g}" for k, v in m.items()))
             acc = []
         if progress is not None:
             progress(int(tr.progress() * 1000), 1000)
         if checkpoint is not None and time.time() - last_save > cfg.checkpoint_every_s:
-            tr.save(checkpoint)
+            _save(tr, checkpoint, export)
             last_save = time.time()
     if checkpoint is not None:
-        tr.save(checkpoint)
+        _save(tr, checkpoint, export)
     log(f"done: step {tr.step_idx}, {tr.elapsed:.0f} s")
     return model.eval()
+
+
+def _save(tr: Trainer, checkpoint: str | Path, export: str | Path | None) -> None:
+    tr.save(checkpoint)
+    if export is not None:
+        tmp = Path(export).with_suffix(".tmp")
+        torch.save({k: v.detach().cpu().clone() for k, v in tr.model.state_dict().items()}, tmp)
+        os.replace(tmp, export)

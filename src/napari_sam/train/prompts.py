@@ -41,7 +41,8 @@ def random_point(mask: np.ndarray, rng: np.random.Generator, center_power: float
         return None
     dt, r0, c0 = res
     w = dt.ravel() ** center_power if center_power > 0 else (dt.ravel() > 0).astype(np.float64)
-    idx = rng.choice(w.size, p=w / w.sum())
+    cum = np.cumsum(w)
+    idx = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), w.size - 1)
     r, c = divmod(int(idx), dt.shape[1])
     return float(c + c0), float(r + r0)
 

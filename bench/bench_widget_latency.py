@@ -1,0 +1,79 @@
+"""Click-to-preview latency of the dock widget vs the bare ``SamPredictor.predict``.
+
+Run: ``xvfb-run -a python bench/bench_widget_latency.py [--arch nano|vit_t|vit_b] [--clicks 50]``.
+A 1024x1024 image, the embedding ready; each "click" is ``points_layer.add`` (what napari's add
+mode calls on mouse release) and is timed until the preview layer holds the new mask (the event
+chain: data event -> prompt read + world->data conversion -> decoder -> preview layer update).
+The bare figure is ``predictor.predict`` with the same prompt (multimask, as the widget). Random
+weights: the decoder cost does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="vit_t", help="architecture for a random-weight model (decoder is SAM's)")
+    ap.add_argument("--clicks", type=int, default=50)
+    ap.add_argument("--size", type=int, default=1024)
+    args = ap.parse_args()
+
+    import napari
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sam._qt.widget import SamWidget
+    from napari_sam.models.sam import build_model
+
+    torch.manual_seed(0)
+    model = build_model(args.arch)
+    rng = np.random.default_rng(0)
+    image = (rng.random((args.size, args.size)) * 255).astype(np.uint8)
+    clicks = rng.uniform(50, args.size - 50, size=(args.clicks, 2))
+
+    viewer = napari.Viewer(show=False)
+    widget = SamWidget(viewer, load_default=False)
+    viewer.window.add_dock_widget(widget)
+    sam = widget.sam
+    sam.set_model(model, device="cpu")
+    viewer.add_image(image, name="image")
+    app = QApplication.instance()
+    t0 = time.perf_counter()
+    while not (sam.has_embedding() and not widget.encoder.busy):
+        app.processEvents()
+        time.sleep(0.01)
+    encode_s = time.perf_counter() - t0
+
+    pts = sam.points_layer
+    widget_ms = []
+    for rc in clicks:
+        sam.clear_prompts()
+        t = time.perf_counter()
+        pts.add(rc)
+        assert sam.objects is not None  # decoded synchronously on the embedding in the data event
+        app.processEvents()  # let napari/vispy take the preview update
+        widget_ms.append(1000 * (time.perf_counter() - t))
+
+    predictor = sam.predictor
+    bare_ms = []
+    for rc in clicks:
+        t = time.perf_counter()
+        predictor.predict(np.array([rc[::-1]], np.float32), np.array([1.0], np.float32), multimask_output=True)
+        bare_ms.append(1000 * (time.perf_counter() - t))
+    w, b = statistics.median(widget_ms), statistics.median(bare_ms)
+    print(f"model {args.arch} (random weights), image {args.size}x{args.size}, device {sam.device}, "
+          f"torch threads {torch.get_num_threads()}; first encode {encode_s:.2f} s")
+    print(f"click -> preview (widget): median {w:.1f} ms over {len(widget_ms)} clicks")
+    print(f"SamPredictor.predict     : median {b:.1f} ms")
+    print(f"ratio {w / b:.2f}x (target <= 2x)")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Command line: ``python -m napari_sam.train {fit,evaluate,finetune} ...``.
+
+- ``fit``: train a registry architecture from scratch on dsb2018 (how ``nano_nuclei`` was made).
+- ``evaluate``: 1-click / box / corrective-click IoU and NoC@85/90 of any model on the dsb2018
+  validation split (or on your own image + label folders).
+- ``finetune``: fine-tune any registry model (or checkpoint file) on your own images + Labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _log_to(path: Path | None):
+    fh = open(path, "a", buffering=1) if path else None
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        if fh:
+            fh.write(line + "\n")
+
+    return log
+
+
+def _threads(v: str) -> int | str:
+    return v if v == "auto" else int(v)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt (resumable), model.pt, train.log")
+    p.add_argument("--steps", type=int, default=100000, help="schedule length in steps")
+    p.add_argument("--time-budget", type=float, default=0.0, help="seconds; > 0: schedule by wall-clock time")
+    p.add_argument("--batch", type=int, default=4, help="windows per step")
+    p.add_argument("--window", type=int, default=0, help="crop side (0: 256 for stride-8 encoders, else img_size)")
+    p.add_argument("--objects", type=int, default=4, help="objects per window")
+    p.add_argument("--max-corrections", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--freeze-encoder", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=_threads, default="auto", help="torch threads, or 'auto'")
+    p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds")
+    p.add_argument("--log-every", type=int, default=20, help="steps")
+
+
+def _config(a: argparse.Namespace):
+    from .loop import TrainConfig
+
+    return TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch=a.batch, window=a.window,
+                       objects=a.objects, max_corrections=a.max_corrections, lr=a.lr, warmup=a.warmup,
+                       freeze_encoder=a.freeze_encoder, seed=a.seed, checkpoint_every_s=a.checkpoint_every,
+                       log_every=a.log_every)
+
+
+def cmd_fit(a: argparse.Namespace) -> None:
+    from ..models.sam import build_model
+    from . import data
+    from .loop import train
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = _log_to(a.out / "train.log")
+    log("command: " + " ".join(sys.argv))
+    split = data.load_split(a.data)
+    samples = data.load_dsb2018(a.data, split["train"], img_size=build_model(a.arch).img_size)
+    model = build_model(a.arch)
+    torch.manual_seed(a.seed)
+    train(model, samples, _config(a), checkpoint=a.out / "checkpoint.pt", device=a.device, log=log,
+          export=a.out / "model.pt", threads=a.threads)
+
+
+def cmd_finetune(a: argparse.Namespace) -> None:
+    from .loop import finetune
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = _log_to(a.out / "train.log")
+    log("command: " + " ".join(sys.argv))
+    finetune(a.model, a.images, a.labels, out=a.out, config=_config(a), device=a.device, log=log,
+             threads=a.threads)
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .evaluate import evaluate_model, format_table
+
+    res = evaluate_model(a.model, data_root=a.data, images=a.images, labels=a.labels, device=a.device,
+                         max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None))
+    print(format_table(res))
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m napari_sam.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("fit", help="train an architecture from scratch on dsb2018")
+    p.add_argument("--arch", default="nano")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
+    _add_train_args(p)
+    p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("finetune", help="fine-tune a model on your own images + instance labels")
+    p.add_argument("--model", default=None, help="registry name or checkpoint path (default: the default model)")
+    p.add_argument("--images", required=True, help="folder of images, or an (n,H,W[,C]) tif stack")
+    p.add_argument("--labels", required=True, help="folder of instance label images, or an (n,H,W) tif stack")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_finetune, steps=2000, lr=1e-4, warmup=50)
+    p = sub.add_parser("evaluate", help="interactive-segmentation metrics of a model")
+    p.add_argument("--model", default=None, help="registry name or checkpoint path")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"), help="dsb2018 (validation split)")
+    p.add_argument("--images", default=None, help="evaluate on these images instead of dsb2018")
+    p.add_argument("--labels", default=None)
+    p.add_argument("--max-objects", type=int, default=20, help="objects per image (seeded choice)")
+    p.add_argument("--clicks", type=int, default=10, help="max clicks for NoC")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.set_defaults(func=cmd_evaluate)
+    a = ap.parse_args(argv)
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()

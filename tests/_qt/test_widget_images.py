@@ -1,0 +1,102 @@
+"""Image kinds: RGB, uint16 (contrast limits), 3D slices with an LRU of embeddings, dask, channels."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+from conftest import direct, image2d, wait_encoded
+
+from napari_sam.images import to_sam_image
+
+
+def test_rgb_and_uint16(sam_widget, qtbot, tiny_sam):
+    viewer, widget = sam_widget
+    sam = widget.sam
+    rgb = np.stack([image2d(seed=1), image2d(seed=2), image2d(seed=3)], axis=-1)
+    viewer.add_image(rgb, name="rgb", rgb=True)
+    wait_encoded(qtbot, widget)
+    sam.add_point([50, 70])
+    best, *_ = direct(tiny_sam, rgb, [[70, 50]])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
+    widget.commit()
+    assert sam.labels_layer.data.shape == rgb.shape[:2]
+    np.testing.assert_array_equal(sam.labels_layer.data, best.astype(np.int32))
+
+    # uint16: SAM sees what napari shows (the layer's contrast limits)
+    img16 = image2d(seed=4, dtype=np.uint16)
+    layer = viewer.add_image(img16, name="u16", contrast_limits=(1000, 30000))
+    widget.image_combo.set_layer(layer)
+    widget._on_image_combo()
+    widget.labels_combo.set_layer(None)
+    widget._on_labels_combo()
+    wait_encoded(qtbot, widget)
+    sam.add_point([30, 40])
+    best, *_ = direct(tiny_sam, to_sam_image(img16, contrast_limits=(1000, 30000)), [[40, 30]])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
+
+
+def test_3d_slice_cache_and_placement(sam_widget, qtbot, tiny_sam):
+    viewer, widget = sam_widget
+    sam = widget.sam
+    vol = np.stack([image2d(seed=s) for s in range(5)])
+    viewer.add_image(vol, name="stack")
+    viewer.dims.set_current_step(0, 3)
+    wait_encoded(qtbot, widget, (3,))
+    assert sam.current_index() == (3,)
+    assert sam.points_layer.ndim == 3
+    sam.points_layer.add([3, 40, 60])
+    best, *_ = direct(tiny_sam, vol[3], [[60, 40]])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
+    widget.commit()
+    labels = sam.labels_layer.data
+    assert labels.shape == vol.shape
+    np.testing.assert_array_equal(labels[3], best.astype(np.int32))
+    assert not labels[[0, 1, 2, 4]].any()
+    # moving the slider encodes the new slice; earlier embeddings stay cached (LRU)
+    viewer.dims.set_current_step(0, 1)
+    wait_encoded(qtbot, widget, (1,))
+    assert sam.has_embedding((3,)) and sam.has_embedding((1,))
+    # a point on another slice is not a prompt for the slice on screen
+    sam.points_layer.add([3, 40, 60])
+    assert sam.objects is None
+    sam.points_layer.add([1, 20, 30])
+    best1, *_ = direct(tiny_sam, vol[1], [[30, 20]])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, best1)
+    widget.commit()
+    np.testing.assert_array_equal(sam.labels_layer.data[1], np.where(best1, 2, 0))
+
+
+def test_dask_reads_only_needed_slices(sam_widget, qtbot, tiny_sam):
+    viewer, widget = sam_widget
+    sam = widget.sam
+    vol = np.stack([image2d(seed=s) for s in range(6)])
+    read: list[int] = []
+
+    def load(block, block_info=None):
+        read.append(block_info[None]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(vol, chunks=(1, *vol.shape[1:])).map_blocks(load, dtype=vol.dtype)
+    viewer.add_image(lazy, name="lazy", contrast_limits=(0, 255))
+    viewer.dims.set_current_step(0, 4)
+    wait_encoded(qtbot, widget, (4,))
+    assert 4 in read and not {1, 5} & set(read)  # the slices shown (and napari's own peek), not all
+    sam.points_layer.add([4, 50, 50])
+    best, *_ = direct(tiny_sam, vol[4], [[50, 50]], contrast_limits=(0, 255))
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
+
+
+def test_multichannel_composite(sam_widget, qtbot, tiny_sam):
+    viewer, widget = sam_widget
+    sam = widget.sam
+    chans = np.stack([image2d(seed=7), image2d(seed=8)])  # (C=2, H, W)
+    viewer.add_image(chans, name="2ch")
+    combo = widget.channel_combo
+    assert combo.count() == 2 and combo.itemData(1) == 0
+    combo.setCurrentIndex(1)
+    widget._on_channel(1)
+    wait_encoded(qtbot, widget)
+    sam.points_layer.add([viewer.dims.current_step[0], 40, 40])
+    comp = np.stack([chans[0], chans[1], np.zeros_like(chans[0])], axis=-1)
+    best, *_ = direct(tiny_sam, comp, [[40, 40]])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, best)

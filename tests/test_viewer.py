@@ -1,0 +1,79 @@
+"""``SegmentAnything``, the console/scripting object: prompts in napari data coordinates -> masks -> labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam._slicing import SamUserError, box_rc_to_xy, rc_to_xy
+from napari_sam.predictor import SamPredictor
+from napari_sam.viewer import SegmentAnything
+
+
+def _blobs(seed=0, shape=(100, 140)):
+    rng = np.random.default_rng(seed)
+    return (rng.random(shape) * 60).astype(np.uint8) + np.uint8(40)
+
+
+def _direct(model, image, pts=None, labels=None, box=None, multimask=False):
+    p = SamPredictor(model, device="cpu")
+    p.set_image(image)
+    masks, scores, _ = p.predict(pts, labels, box, multimask_output=multimask)
+    return masks[int(np.argmax(scores))]
+
+
+def test_coordinate_conversion_is_row_col_to_xy():
+    np.testing.assert_array_equal(rc_to_xy([[3, 7], [1, 2]]), [[7, 3], [2, 1]])
+    np.testing.assert_array_equal(box_rc_to_xy([[10, 20], [5, 40]]), [20, 5, 40, 10])
+
+
+def test_segment_points_box_commit_undo(make_napari_viewer, tiny_sam):
+    viewer = make_napari_viewer()
+    img = _blobs()
+    layer = viewer.add_image(img, name="img")
+    sam = SegmentAnything(viewer)
+    with pytest.raises(SamUserError):
+        sam.segment(points=[[1, 1]])  # no image layer yet
+    sam.set_model(tiny_sam, device="cpu")
+    sam.set_image_layer(layer)
+    emb = sam.embedding()
+    assert emb.original_size == img.shape
+    mask = sam.segment(points=[[30, 50], [60, 90]], labels=[1, 0])
+    ref = _direct(tiny_sam, img, np.array([[50, 30], [90, 60]], float), np.array([1, 0], float))
+    np.testing.assert_array_equal(mask, ref)
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, ref)
+    mask = sam.segment(box=(10, 20, 70, 110), commit=True)  # (row0, col0, row1, col1)
+    ref = _direct(tiny_sam, img, box=np.array([20, 10, 110, 70], float))
+    np.testing.assert_array_equal(mask, ref)
+    np.testing.assert_array_equal(sam.labels_layer.data, ref.astype(np.int32))
+    corners = np.array([[10, 20], [10, 110], [70, 110], [70, 20]])  # napari rectangle corners
+    np.testing.assert_array_equal(sam.segment(box=corners), ref)
+    two = sam.segment(box=[(5, 5, 40, 60), (50, 70, 95, 135)], commit=True)
+    assert two.shape == (2, *img.shape)
+    assert set(np.unique(sam.labels_layer.data)) <= {0, 1, 2, 3}
+    sam.labels_layer.undo()
+    assert 3 not in sam.labels_layer.data and 1 in sam.labels_layer.data
+
+
+def test_segment_nd_points_pick_the_slice(make_napari_viewer, tiny_sam):
+    viewer = make_napari_viewer()
+    vol = np.stack([_blobs(s) for s in range(4)])
+    sam = SegmentAnything(viewer)
+    sam.set_model(tiny_sam, device="cpu")
+    sam.set_image_layer(viewer.add_image(vol))
+    mask = sam.segment(points=[[2, 30, 40]], multimask=True)
+    ref = _direct(tiny_sam, vol[2], np.array([[40, 30]], float), np.array([1.0]), multimask=True)
+    np.testing.assert_array_equal(mask, ref)
+    cand, score = sam.cycle_mask()
+    np.testing.assert_array_equal(sam.objects[0], sam.candidates[cand])
+    assert sam.commit() == [1]
+    assert sam.labels_layer.data[2].any() and not sam.labels_layer.data[[0, 1, 3]].any()
+    with pytest.raises(SamUserError, match="several slices"):
+        sam.segment(points=[[1, 3, 3], [2, 3, 3]])
+
+
+def test_nuclei_sample():
+    from napari_sam._sample_data import nuclei_sample
+
+    [(data, kwargs, kind)] = nuclei_sample()
+    assert kind == "image" and data.ndim == 2 and data.shape[0] >= 256 and "name" in kwargs
