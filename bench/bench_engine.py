@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
         ref.reset_image()
         ref.features, ref.original_size, ref.input_size, ref.is_image_set = feats, (h, w), input_size, True
         pt, lb = np.array([[w / 3, h / 3]]), np.array([1])
-        fns = {"ours": lambda: ours.predict(pt, lb), "official": lambda: ref.predict(pt, lb)}
+        fns = {
+            "ours": lambda pt=pt, lb=lb: ours.predict(pt, lb),
+            "official": lambda pt=pt, lb=lb: ref.predict(pt, lb),
+        }
         med = _interleaved(fns, args.decoder_runs, device, warmup=2)
         rows.append((f"point->masks {h}x{w}", med["ours"], med["official"]))
         a, b = ref.predict(pt, lb), ours.predict(pt, lb)

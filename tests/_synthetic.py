@@ -39,20 +39,27 @@ def ellipsoid_volume(
         ``id``, ``center`` (z, y, x) and ``radii`` (rz, ry, rx).
     """
     rng = np.random.default_rng(seed)
-    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
     labels = np.zeros(shape, np.int32)
     info: list[dict] = []
-    for _ in range(n_objects * 20):
+    for _ in range(n_objects * 50):
         if len(info) == n_objects:
             break
         r = rng.uniform(*radii, size=3)
         r[0] = min(r[0], shape[0] / 2 - 1)
-        c = [rng.uniform(r[i] + 1, shape[i] - r[i] - 1) for i in range(3)]
-        inside = ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 <= 1
-        if (labels[ndimage.binary_dilation(inside, iterations=2)] != 0).any():
-            continue
+        c = np.array([rng.uniform(r[i] + 1, shape[i] - r[i] - 1) for i in range(3)])
+        lo = np.maximum(np.floor(c - r).astype(int) - 2, 0)
+        hi = np.minimum(np.ceil(c + r).astype(int) + 3, shape)
+        z, y, x = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        d2 = ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2
+        box = labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        halo = (
+            ((z - c[0]) / (r[0] + 2)) ** 2 + ((y - c[1]) / (r[1] + 2)) ** 2 + ((x - c[2]) / (r[2] + 2)) ** 2
+        )
+        if (box[halo <= 1] != 0).any():
+            continue  # it would touch an earlier ellipsoid: draw again
+        inside = d2 <= 1
         oid = len(info) + 1
-        labels[inside] = oid
+        box[inside] = oid
         info.append({"id": oid, "center": tuple(float(v) for v in c), "radii": tuple(float(v) for v in r)})
     bright = ndimage.gaussian_filter((labels > 0).astype(np.float32), 0.7) * 140 + 50
     img = bright + rng.normal(0, noise, shape)

@@ -21,7 +21,9 @@ class CountingPredictor(SamPredictor):
         self.calls: list[int] = []
 
     def compute_embedding(self, image, *a, **k):
-        self.calls.append(int(np.asarray(image).reshape(-1)[0]))  # the volumes below write the slice index at (0, 0)
+        self.calls.append(
+            int(np.asarray(image).reshape(-1)[0])
+        )  # the volumes below write the slice index at (0, 0)
         return super().compute_embedding(image, *a, **k)
 
 
@@ -138,13 +140,15 @@ def test_lazy_hash_checks_each_slice(model, tmp_path):
     for i in range(9):
         store.get(i)
     assert p.calls == [2]
-    assert int(store._done[2]) == slice_digest(vol[2])
+    assert int(store._disk.done[2]) == slice_digest(vol[2])
 
 
 def test_threads_compute_each_slice_once(model):
     p = CountingPredictor(model)
     store = EmbeddingStore(p, volume())
-    threads = [threading.Thread(target=lambda k=k: [store.get((i + k) % 8) for i in range(8)]) for k in range(4)]
+    threads = [
+        threading.Thread(target=lambda k=k: [store.get((i + k) % 8) for i in range(8)]) for k in range(4)
+    ]
     threads.append(threading.Thread(target=store.prefetch, args=(4, 3)))
     for t in threads:
         t.start()

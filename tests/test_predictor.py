@@ -156,6 +156,12 @@ def test_predict_batch_equals_predict(pair):
     np.testing.assert_allclose(s1, s3[1], atol=1e-4)
 
 
+def test_predict_batch_empty(pair):
+    masks, scores, low = pair[1].predict_batch(boxes=np.zeros((0, 4)))
+    assert masks.shape == (0, 1, H, W) and masks.dtype == np.bool_
+    assert scores.shape == (0, 1) and low.shape == (0, 1, 256, 256)
+
+
 def test_predict_torch_like_official(pair):
     ref, ours, _ = pair
     box = torch.tensor([[200.0, 150.0, 500.0, 400.0]]) * (1024 / 800)

@@ -36,7 +36,7 @@ def synthetic_nuclei(shape: tuple[int, int] = (512, 512), n: int = 60, seed: int
         u = (dx * np.cos(t) + dy * np.sin(t)) / a
         v = (-dx * np.sin(t) + dy * np.cos(t)) / b
         r2 = u * u + v * v
-        img = np.maximum(img, rng.uniform(0.45, 1.0) / (1.0 + np.exp((r2 - 1.0) * 8.0)))
+        img = np.maximum(img, rng.uniform(0.45, 1.0) / (1.0 + np.exp(np.minimum((r2 - 1.0) * 8.0, 50.0))))
     img *= 0.85 + 0.15 * rng.random(shape, dtype=np.float32)
     img += 0.04 * rng.random(shape, dtype=np.float32)
     return np.clip(img * 255, 0, 255).astype(np.uint8)

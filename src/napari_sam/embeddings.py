@@ -8,41 +8,46 @@ For (T, Z, Y, X) data pass ``data[t]`` (the store is per time point). Slices are
 256x64x64) under ``budget_bytes``; the least recently used are dropped first (the most recent one
 is always kept). All public methods are thread-safe; encoder calls are serialised.
 
-Disk cache (``cache_dir``): one zarr v3 group per key, ``<cache_dir>/<key>.zarr``, holding
-``features`` (n, C, h, w) float16 (one chunk per slice) and ``done`` (n,) uint64 (per slice the
-digest of the slice's raw bytes, 0 = not written; written *after* the features, so a crash leaves
-that slice to be recomputed). The key hashes (blake2b):
+Disk cache (``cache_dir``): ``<cache_dir>/<key>.zarr`` (layout in ``napari_sam._zarr_cache``), one
+chunk per slice, each marked done (with the digest of the slice's bytes) only after its features
+are written. The key hashes (blake2b):
 - the data: shape, dtype, axis and, with ``hash_mode='full'`` (default for numpy arrays), every
   byte of the volume (~0.1 s per 100 MB); with ``'lazy'`` (default for dask/zarr arrays, which may
   not fit in memory) only the first, middle and last slice, and then every slice read back from disk
-  is checked against its own digest in ``done`` before use (a changed slice is recomputed);
+  is checked against its own digest before use (a changed slice is recomputed);
 - the model: ``arch``, ``img_size``, pixel mean/std, and a fingerprint of the state dict (names,
   shapes, dtypes and up to 4096 evenly spaced values of every tensor);
-- the preprocessing: contrast limits, rgb, ``STORE_VERSION``.
+- the preprocessing: contrast limits, rgb, the store format version.
 A store whose attributes do not match the key, whose arrays have another shape, or that cannot be
-read is deleted and rebuilt; an unreadable slice is recomputed. Different data never shares a folder.
+read is deleted and rebuilt; an unreadable or unfinished slice is recomputed. Different data never
+shares a folder.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from napari_sam._zarr_cache import (
+    STORE_FORMAT,
+    STORE_VERSION,
+    ZarrSliceCache,
+    ident_key,
+    model_fingerprint,
+    slice_digest,
+)
 from napari_sam.images import PERCENTILES, to_sam_image
 from napari_sam.predictor import ImageEmbedding
 
-STORE_FORMAT = "napari-sam-embeddings"
-STORE_VERSION = 1
+__all__ = ["EmbeddingStore", "is_cancelled", "model_fingerprint", "slice_digest", "DEFAULT_BUDGET"]
+
 DEFAULT_BUDGET = 1 << 30  # 1 GiB: 512 SAM slices in float16
 
 Cancel = Callable[[], bool] | threading.Event | None
@@ -54,30 +59,6 @@ def is_cancelled(cancel: Cancel) -> bool:
     if cancel is None:
         return False
     return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Hex digest of arch, img_size, pixel mean/std and a strided sample of every state-dict tensor."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{getattr(model, 'arch', type(model).__name__)}|{getattr(model, 'img_size', '')}".encode())
-    tensors = dict(model.state_dict())
-    for name in ("pixel_mean", "pixel_std"):  # non-persistent buffers in napari_sam.models.sam
-        if hasattr(model, name):
-            tensors[name] = getattr(model, name)
-    for name, t in sorted(tensors.items()):
-        flat = t.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096].to("cpu", torch.float32)
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()
-
-
-def slice_digest(arr: np.ndarray) -> int:
-    """Non-zero uint64 digest of an array's shape, dtype and raw bytes."""
-    a = np.ascontiguousarray(arr)
-    h = hashlib.blake2b(f"{a.shape}{a.dtype.str}".encode(), digest_size=8)
-    h.update(a.data)
-    return int.from_bytes(h.digest(), "little") | 1
 
 
 class EmbeddingStore:
@@ -96,27 +77,39 @@ class EmbeddingStore:
         hash_mode: ``'full'``, ``'lazy'`` or ``'auto'`` (full for numpy arrays); see the module doc.
     """
 
-    def __init__(self, predictor, volume, axis: int = 0, budget_bytes: int = DEFAULT_BUDGET,
-                 cache_dir: str | Path | None = None, contrast_limits: tuple[float, float] | None = None,
-                 rgb: bool | None = None, hash_mode: str = "auto") -> None:
+    def __init__(
+        self,
+        predictor,
+        volume,
+        axis: int = 0,
+        budget_bytes: int = DEFAULT_BUDGET,
+        cache_dir: str | Path | None = None,
+        contrast_limits: tuple[float, float] | None = None,
+        rgb: bool | None = None,
+        hash_mode: str = "auto",
+    ) -> None:
         shape = tuple(int(s) for s in volume.shape)
         self.rgb = bool(len(shape) == 4 and shape[-1] in (3, 4)) if rgb is None else bool(rgb)
         if len(shape) != 3 + self.rgb:
-            raise ValueError(f"expected a (n, H, W) or (n, H, W, 3|4) volume, got shape {shape}; "
-                             "for (T, Z, Y, X) data pass data[t]")
+            raise ValueError(
+                f"expected a (n, H, W) or (n, H, W, 3|4) volume, got shape {shape}; "
+                "for (T, Z, Y, X) data pass data[t]"
+            )
         self.axis = axis % len(shape)
         if self.rgb and self.axis == len(shape) - 1:
             raise ValueError("the slice axis cannot be the colour axis")
         self.predictor, self.volume = predictor, volume
         self.n = shape[self.axis]
-        self.slice_shape = shape[: self.axis] + shape[self.axis + 1:]
+        self.slice_shape = shape[: self.axis] + shape[self.axis + 1 :]
         self.budget_bytes = int(budget_bytes)
         dtype = np.dtype(volume.dtype)
         if contrast_limits is None and dtype not in (np.uint8, np.bool_):
             picks = np.unique(np.linspace(0, self.n - 1, min(self.n, 16)).round().astype(int))
             sample = np.concatenate([self.slice(int(i)).reshape(-1) for i in picks]).astype(np.float64)
             sample = sample[np.isfinite(sample)]
-            contrast_limits = tuple(float(v) for v in np.percentile(sample, PERCENTILES)) if sample.size else None
+            contrast_limits = (
+                tuple(float(v) for v in np.percentile(sample, PERCENTILES)) if sample.size else None
+            )
         self.contrast_limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
         if hash_mode == "auto":
             hash_mode = "full" if isinstance(volume, np.ndarray) else "lazy"
@@ -125,30 +118,42 @@ class EmbeddingStore:
         self.hash_mode = hash_mode
         model = predictor.model
         ident = {
-            "format": STORE_FORMAT, "version": STORE_VERSION,
-            "data": {"shape": shape, "dtype": dtype.str, "axis": self.axis, "mode": hash_mode,
-                     "digest": self._data_digest()},
-            "model": {"arch": getattr(model, "arch", type(model).__name__), "fingerprint": model_fingerprint(model)},
-            "preprocess": {"img_size": int(predictor.img_size), "contrast_limits": self.contrast_limits,
-                           "rgb": self.rgb},
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "data": {
+                "shape": shape,
+                "dtype": dtype.str,
+                "axis": self.axis,
+                "mode": hash_mode,
+                "digest": self._data_digest(),
+            },
+            "model": {
+                "arch": getattr(model, "arch", type(model).__name__),
+                "fingerprint": model_fingerprint(model),
+            },
+            "preprocess": {
+                "img_size": int(predictor.img_size),
+                "contrast_limits": self.contrast_limits,
+                "rgb": self.rgb,
+            },
         }
-        self.key = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=20).hexdigest()
+        self.key = ident_key(ident)
         self._ident = ident
         self._mem: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._inflight: dict[int, threading.Event] = {}
         self._lock = threading.RLock()
         self._encode_lock = threading.Lock()
-        self._disk_lock = threading.Lock()
         self._gen = 0
         self._sizes: tuple[tuple[int, int], tuple[int, int]] | None = None  # original_size, input_size
         self.stats = {"computed": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt": 0}
         c = int(model.prompt_encoder.embed_dim) if hasattr(model, "prompt_encoder") else 256
         self.slice_nbytes = 2 * c * int(np.prod(predictor.embedding_size))
         self.path = None if cache_dir is None else Path(cache_dir) / f"{self.key}.zarr"
-        self._group: Any = None
-        self._done: np.ndarray | None = None
+        self._disk: ZarrSliceCache | None = None
         if self.path is not None:
-            self._open_disk()
+            self._disk = ZarrSliceCache(self.path, self.key, self.n, ident)
+            self.stats["rebuilt"] = int(self._disk.rebuilt)
+            self._sizes = self._disk.sizes
 
     # ------------------------------------------------------------------ data
     def __len__(self) -> int:
@@ -173,65 +178,19 @@ class EmbeddingStore:
         return i % self.n
 
     # ------------------------------------------------------------------ disk
-    def _open_disk(self) -> None:
-        import zarr
-
-        if self.path.exists():
-            try:
-                g = zarr.open_group(str(self.path), mode="r+")
-                ok = g.attrs.get("key") == self.key and g.attrs.get("version") == STORE_VERSION
-                if ok and "done" in g:
-                    ok = g["done"].shape == (self.n,) and g["features"].shape[0] == self.n
-                    self._done = np.asarray(g["done"][:], np.uint64) if ok else None
-                    self._sizes = tuple(tuple(v) for v in g.attrs["sizes"]) if ok else None
-            except Exception:
-                ok = False
-            if ok:
-                self._group = g
-                return
-            shutil.rmtree(self.path, ignore_errors=True)  # stale, foreign or broken: rebuild
-            self.stats["rebuilt"] += 1
-            self._done = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._group = zarr.open_group(str(self.path), mode="w")
-        self._group.attrs.update({"format": STORE_FORMAT, "version": STORE_VERSION, "key": self.key,
-                                  "ident": json.loads(json.dumps(self._ident))})
-
-    def _disk_valid(self, i: int) -> bool:
-        return self._done is not None and self._done[i] != 0
-
     def _read_disk(self, i: int) -> torch.Tensor | None:
-        if self._group is None or not self._disk_valid(i):
+        if self._disk is None or not self._disk.done[i]:
             return None
-        if self.hash_mode == "lazy" and int(self._done[i]) != slice_digest(self.slice(i)):
+        if self.hash_mode == "lazy" and int(self._disk.done[i]) != slice_digest(self.slice(i)):
             return None
-        try:
-            with self._disk_lock:
-                arr = self._group["features"][i]
-        except Exception:
-            return None  # unreadable chunk: recompute and overwrite
-        self.stats["disk_hits"] += 1
-        return torch.from_numpy(np.ascontiguousarray(arr))[None]
-
-    def _write_disk(self, i: int, feats: torch.Tensor, digest: int) -> None:
-        if self._group is None:
-            return
-        with self._disk_lock:
-            if "features" not in self._group:
-                self._group.create_array("features", shape=(self.n, *feats.shape[1:]), dtype="float16",
-                                         chunks=(1, *feats.shape[1:]), fill_value=0)
-                self._group.create_array("done", shape=(self.n,), dtype="uint64", chunks=(1,), fill_value=0)
-                self._group.attrs["sizes"] = [list(s) for s in self._sizes]
-                self._done = np.zeros(self.n, np.uint64)
-            self._group["features"][i] = feats[0].numpy()
-            self._group["done"][i] = np.uint64(digest)  # last: marks the slice complete
-            self._done[i] = digest
+        feats = self._disk.read(i)
+        if feats is not None:
+            self.stats["disk_hits"] += 1
+        return feats
 
     def disk_nbytes(self) -> int:
         """Bytes used by the disk cache (0 without one)."""
-        if self.path is None or not self.path.exists():
-            return 0
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return 0 if self._disk is None else self._disk.nbytes()
 
     # ------------------------------------------------------------------ memory / compute
     def _encode(self, i: int) -> tuple[torch.Tensor, int]:
@@ -269,7 +228,8 @@ class EmbeddingStore:
                 feats = self._read_disk(i)
                 if feats is None:
                     feats, digest = self._encode(i)
-                    self._write_disk(i, feats, digest)
+                    if self._disk is not None:
+                        self._disk.write(i, feats, digest, self._sizes)
                 with self._lock:
                     self._put(i, feats)
                 return feats
@@ -290,7 +250,7 @@ class EmbeddingStore:
     def is_cached(self, index: int) -> bool:
         """Whether slice ``index`` is in memory or complete on disk (no encoder call needed)."""
         i = self._check(index)
-        return i in self._mem or self._disk_valid(i)
+        return i in self._mem or (self._disk is not None and bool(self._disk.done[i]))
 
     def get(self, index: int) -> ImageEmbedding:
         """The embedding of slice ``index`` (features float32 on the predictor's device)."""
@@ -309,7 +269,7 @@ class EmbeddingStore:
             self._gen += 1
             gen = self._gen
         order = [i] + [j for d in range(1, radius + 1) for j in (i + d, i - d) if 0 <= j < self.n]
-        if self._group is None:
+        if self._disk is None:
             order = order[: self.capacity]
         done = 0
         for j in order:
@@ -325,9 +285,12 @@ class EmbeddingStore:
         Without a disk cache only the last ``capacity`` slices stay in memory (a warning says so).
         ``progress(done, n)`` is called after each slice; ``cancel`` stops between slices.
         """
-        if self._group is None and self.n > self.capacity:
-            warnings.warn(f"{self.n} slices do not fit in budget_bytes={self.budget_bytes} "
-                          f"({self.capacity} slices); give a cache_dir or a larger budget", stacklevel=2)
+        if self._disk is None and self.n > self.capacity:
+            warnings.warn(
+                f"{self.n} slices do not fit in budget_bytes={self.budget_bytes} "
+                f"({self.capacity} slices); give a cache_dir or a larger budget",
+                stacklevel=2,
+            )
         before = self.stats["computed"]
         for i in range(self.n):
             if is_cancelled(cancel):
@@ -342,8 +305,6 @@ class EmbeddingStore:
         """Forget the in-memory embeddings (and delete the disk cache too with ``disk=True``)."""
         with self._lock:
             self._mem.clear()
-            if disk and self.path is not None:
-                with self._disk_lock:
-                    shutil.rmtree(self.path, ignore_errors=True)
-                self._done = None
-                self._open_disk()
+            if disk and self._disk is not None:
+                self._disk.delete()
+                self._disk = ZarrSliceCache(self.path, self.key, self.n, self._ident)

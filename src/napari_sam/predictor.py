@@ -259,6 +259,12 @@ class SamPredictor:
             masks (B, C, H, W) bool, scores (B, C) float32, low_res_logits (B, C, 256, 256); numpy.
         """
         c, lab, b, m = self._prompts(point_coords, point_labels, boxes, mask_input, batch=True)
+        n = next((t.shape[0] for t in (c, b, m) if t is not None), None)
+        if n == 0:  # no objects: empty results of the right shapes
+            emb, k = self._embedding, 3 if multimask_output else 1
+            dt = np.float32 if return_logits else np.bool_
+            lo = np.zeros((0, k, *self.mask_input_size), np.float32)
+            return np.zeros((0, k, *emb.original_size), dt), np.zeros((0, k), np.float32), lo
         masks, scores, low = self.predict_torch(c, lab, b, m, multimask_output, return_logits)
         return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
 

@@ -28,16 +28,15 @@ from napari_sam._slicing import (
     SamUserError,
     box_arg_to_corners,
     box_rc_to_xy,
-    current_index,
     rc_to_xy,
-    slice_image,
     spatial_shape,
 )
+from napari_sam._viewer_embeddings import EmbeddingsMixin
 
 __all__ = ["SegmentAnything", "SamUserError"]
 
 
-class SegmentAnything(_prompts.PromptLayers):
+class SegmentAnything(EmbeddingsMixin, _prompts.PromptLayers):
     """Segment Anything bound to a napari viewer (the object behind the dock widget).
 
     Events (``sam.events``): ``model``, ``image_layer``, ``labels_layer``, ``preview`` (decoder ran),
@@ -133,84 +132,6 @@ class SegmentAnything(_prompts.PromptLayers):
             raise SamUserError(f"{getattr(layer, 'name', layer)!r} is not a Labels layer")
         self._labels_layer = layer
         self.events.labels_layer(value=layer)
-
-    # ------------------------------------------------------------------ slices and embeddings
-    def current_index(self) -> tuple[int, ...]:
-        """Leading-axis index (image data coordinates) of the slice on screen; () for 2D images."""
-        return current_index(self.viewer, self._require_image())
-
-    def _require_image(self) -> Image:
-        if self.image_layer is None:
-            raise SamUserError("choose an image layer first")
-        return self.image_layer
-
-    def _require_model(self) -> Any:
-        if self.predictor is None:
-            raise SamUserError("no SAM model is loaded: choose a model or load a checkpoint file")
-        return self.predictor
-
-    def _image_settings(self) -> tuple[tuple[float, float] | None, int | None]:
-        img = self._require_image()
-        limits = None if np.dtype(img.dtype) == np.uint8 else tuple(float(v) for v in img.contrast_limits)
-        return limits, (None if img.rgb else self.channel_axis)
-
-    def _key(self, index: tuple[int, ...]) -> tuple:
-        limits, chan = self._image_settings()
-        if chan is not None:
-            index = tuple(0 if i == chan else v for i, v in enumerate(index))
-        return (id(self.image_layer), index, limits, chan, self._model_version)
-
-    def encode_job(self, index: tuple[int, ...] | None = None) -> tuple[tuple, Any]:
-        """(cache key, job) where ``job()`` reads the slice and returns its ``ImageEmbedding``.
-
-        Settings are captured now, on the calling (GUI) thread; ``job`` may run in a worker thread.
-        """
-        from napari_sam.images import to_sam_image
-
-        predictor, img = self._require_model(), self._require_image()
-        index = self.current_index() if index is None else tuple(index)
-        limits, chan = self._image_settings()
-        key = self._key(index)
-
-        def job() -> Any:
-            arr, rgb = slice_image(img, index, chan)
-            return predictor.compute_embedding(to_sam_image(arr, contrast_limits=limits, rgb=rgb))
-
-        return key, job
-
-    def has_embedding(self, index: tuple[int, ...] | None = None) -> bool:
-        """Whether the embedding of the slice (default: on screen) is cached."""
-        index = self.current_index() if index is None else tuple(index)
-        return self._key(index) in self.cache
-
-    def store_embedding(self, key: tuple, embedding: Any) -> None:
-        """Cache an embedding computed by :meth:`encode_job` (ignored if the model changed since)."""
-        if key[-1] == self._model_version:
-            self.cache.put(key, embedding)
-            self.events.embedding(value=key)
-
-    def embedding(self, index: tuple[int, ...] | None = None) -> Any:
-        """The ``ImageEmbedding`` of a slice (default: on screen), computed synchronously if needed."""
-        key, job = self.encode_job(index)
-        emb = self.cache.get(key)
-        if emb is None:
-            emb = job()
-            self.store_embedding(key, emb)
-        return emb
-
-    def _use_embedding(self, index: tuple[int, ...], sync: bool) -> bool:
-        """Point the predictor at the slice's embedding; False (request sent) if not ready."""
-        key = self._key(index)
-        emb = self.cache.get(key)
-        if emb is None:
-            if not sync and self.request_embedding is not None:
-                self.request_embedding(index)
-                return False
-            emb = self.embedding(index)
-        if self._predictor_key != key:
-            self.predictor.set_image_embedding(emb)
-            self._predictor_key = key
-        return True
 
     # ------------------------------------------------------------------ decoding
     def decode(

@@ -63,16 +63,19 @@ def _predict(predictor, prompts: list[dict], multimask: bool):
     """One predict_batch for B prompt dicts of one kind -> masks (B,H,W), scores (B,), logits (B,1,h,w)."""
     b = len(prompts)
     coords = labels = boxes = mask_input = None
-    if prompts[0].get("points") is not None:
-        n = max(len(p["points"]) for p in prompts)
+    n = max((len(p["points"]) for p in prompts if p.get("points") is not None), default=0)
+    if n:
         coords, labels = np.zeros((b, n, 2), np.float32), np.full((b, n), -1, np.int64)
         for k, p in enumerate(prompts):
-            coords[k, : len(p["points"])], labels[k, : len(p["points"])] = p["points"], p["labels"]
+            if p.get("points") is not None and len(p["points"]):
+                coords[k, : len(p["points"])], labels[k, : len(p["points"])] = p["points"], p["labels"]
     if prompts[0].get("box") is not None:
         boxes = np.stack([np.asarray(p["box"], np.float32) for p in prompts])
     if prompts[0].get("mask_input") is not None:
         mask_input = np.stack([p["mask_input"] for p in prompts])
-    masks, scores, low = predictor.predict_batch(coords, labels, boxes, mask_input, multimask_output=multimask)
+    masks, scores, low = predictor.predict_batch(
+        coords, labels, boxes, mask_input, multimask_output=multimask
+    )
     best = scores.argmax(axis=1)
     idx = np.arange(b)
     return masks[idx, best], scores[idx, best], low[idx, best][:, None]
@@ -97,6 +100,7 @@ def segment_volume(
     min_area: int = 4,
     max_distance: int | None = None,
     multimask: bool = False,
+    negatives: bool = False,
     keep_seed_masks: bool = True,
     progress: Progress = None,
     cancel: Cancel = None,
@@ -117,6 +121,8 @@ def segment_volume(
         iou_threshold, stability_threshold, overlap_threshold, min_area: stop criteria (module doc).
         max_distance: stop after this many slices away from a keyframe (None: no limit).
         multimask: predict 3 masks per step and keep the best-scored (else SAM's single mask).
+        negatives: add, as negative points, the deepest points of the other objects (moving the
+            same way) that fall inside an object's box (helps with touching objects).
         keep_seed_masks: mask keyframes keep the given mask (else SAM re-predicts them from their
             box and interior point: refinement).
         progress: ``progress(done, total)`` after each slice step; cancel: see the module doc.
@@ -140,7 +146,8 @@ def segment_volume(
         keyframes.update(seeds_from_labels(labels, axis=store.axis))
     for oid, frames in (seeds or {}).items():
         keyframes.setdefault(int(oid), {}).update(
-            {store._check(z): Prompt.coerce(p, hw) for z, p in frames.items()})
+            {store._check(z): Prompt.coerce(p, hw) for z, p in frames.items()}
+        )
     keyframes = {oid: fr for oid, fr in keyframes.items() if fr}
 
     tracks: list[_Track] = []
@@ -194,7 +201,7 @@ def segment_volume(
             done += 1
             report()
         # 2. sweeps
-        for step in (() if cancelled else (+1, -1)):
+        for step in () if cancelled else (+1, -1):
             order = range(0, n) if step > 0 else range(n - 1, -1, -1)
             mine = [t for t in tracks if t.step == step]
             for z in order:
@@ -208,13 +215,19 @@ def segment_volume(
                 if is_cancelled(cancel):
                     cancelled = True
                     break
+                centres = [mask_point(t.mask) for t in active]
                 prompts = []
-                for t in active:
-                    p: dict = {}
-                    if "point" in use:
-                        p["points"], p["labels"] = mask_point(t.mask)[None], np.ones(1, np.int64)
+                for k, t in enumerate(active):
+                    box = mask_box(t.mask, box_margin, hw)
+                    pts = [centres[k]] if "point" in use else []
+                    lab = [1] * len(pts)
+                    if negatives:  # other objects' deepest points inside this object's box
+                        others = [c for j, c in enumerate(centres) if active[j].oid != t.oid]
+                        inside = [c for c in others if box[0] <= c[0] <= box[2] and box[1] <= c[1] <= box[3]]
+                        pts, lab = pts + inside, lab + [0] * len(inside)
+                    p: dict = {"points": np.array(pts, np.float32).reshape(-1, 2), "labels": np.array(lab)}
                     if "box" in use:
-                        p["box"] = mask_box(t.mask, box_margin, hw)
+                        p["box"] = box
                     if "mask" in use:
                         p["mask_input"] = t.logits
                     prompts.append(p)
@@ -225,9 +238,17 @@ def segment_volume(
                     m = masks[k]
                     inter = np.logical_and(m, t.mask).sum()
                     iou = inter / max(1, np.logical_or(m, t.mask).sum())
-                    reason = ("vanished" if m.sum() < min_area else "score" if scores[k] < iou_threshold
-                              else "stability" if stab[k] < stability_threshold
-                              else "overlap" if iou < overlap_threshold else "")
+                    reason = (
+                        "vanished"
+                        if m.sum() < min_area
+                        else "score"
+                        if scores[k] < iou_threshold
+                        else "stability"
+                        if stab[k] < stability_threshold
+                        else "overlap"
+                        if iou < overlap_threshold
+                        else ""
+                    )
                     if reason:
                         t.alive, t.reason = False, f"{reason} at slice {z}"
                         continue
@@ -249,8 +270,11 @@ def segment_volume(
             predictor.reset_image()
 
     def final(z: int) -> bool:
-        return ((z not in seed_slices or z in seeds_done) and (z not in up_cover or z <= up_pos)
-                and (z not in down_cover or z >= down_pos))
+        return (
+            (z not in seed_slices or z in seeds_done)
+            and (z not in up_cover or z <= up_pos)
+            and (z not in down_cover or z >= down_pos)
+        )
 
     out = VolumeResult(shape=(n, *hw), axis=store.axis, cancelled=cancelled)
     for oid, per in results.items():
@@ -259,8 +283,9 @@ def segment_volume(
                 out.masks.setdefault(z, {})[oid] = m
                 out.scores.setdefault(z, {})[oid] = s
     for t in tracks:
-        out.stopped.setdefault(t.oid, {})[f"{'up' if t.step > 0 else 'down'} from {t.start}"] = t.reason or "end"
+        out.stopped.setdefault(t.oid, {})[f"{'up' if t.step > 0 else 'down'} from {t.start}"] = (
+            t.reason or "end"
+        )
     if not cancelled and progress is not None:
         progress(total, total)
     return out
-

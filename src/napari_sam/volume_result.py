@@ -64,7 +64,11 @@ class Prompt:
         pts = None if p.points is None else np.asarray(p.points, np.float32).reshape(-1, 2)
         lab = None
         if pts is not None:
-            lab = np.ones(len(pts), np.int64) if p.labels is None else np.asarray(p.labels, np.int64).reshape(-1)
+            lab = (
+                np.ones(len(pts), np.int64)
+                if p.labels is None
+                else np.asarray(p.labels, np.int64).reshape(-1)
+            )
             if len(lab) != len(pts):
                 raise ValueError(f"{len(pts)} points but {len(lab)} labels")
         box = None if p.box is None else np.asarray(p.box, np.float32).reshape(4)

@@ -4,7 +4,8 @@
   identical to inference, augmentation, 256x256 training windows.
 - :mod:`.prompts`: prompt sampling (points, boxes, corrective clicks from the error region).
 - :mod:`.losses`: focal + dice mask loss and the IoU-head MSE, as SAM.
-- :mod:`.loop`: SAM's interactive training recipe, resumable checkpoints; :func:`finetune`.
+- :mod:`.loop`: SAM's interactive training recipe, resumable checkpoints.
+- :mod:`.tuning`: :func:`finetune` any registry model on your own images + Labels.
 - :mod:`.evaluate`: 1-click / box / corrective-click IoU and NoC@85/90 for any model via the predictor.
 
 Run ``python -m napari_sam.train --help``.
@@ -17,7 +18,7 @@ __all__ = ["finetune", "evaluate_model"]
 
 def __getattr__(name: str):
     if name == "finetune":
-        from .loop import finetune
+        from .tuning import finetune
 
         return finetune
     if name == "evaluate_model":

@@ -42,6 +42,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objects", type=int, default=4, help="objects per window")
     p.add_argument("--max-corrections", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--focal-weight", type=float, default=20.0, help="focal : dice = this : 1 (SAM: 20)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--freeze-encoder", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -55,7 +56,7 @@ def _config(a: argparse.Namespace):
     from .loop import TrainConfig
 
     return TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch=a.batch, window=a.window,
-                       objects=a.objects, max_corrections=a.max_corrections, lr=a.lr, warmup=a.warmup,
+                       objects=a.objects, max_corrections=a.max_corrections, lr=a.lr, focal_weight=a.focal_weight, warmup=a.warmup,
                        freeze_encoder=a.freeze_encoder, seed=a.seed, checkpoint_every_s=a.checkpoint_every,
                        log_every=a.log_every)
 
@@ -77,13 +78,22 @@ def cmd_fit(a: argparse.Namespace) -> None:
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
-    from .loop import finetune
+    from .tuning import finetune
 
     a.out.mkdir(parents=True, exist_ok=True)
     log = _log_to(a.out / "train.log")
     log("command: " + " ".join(sys.argv))
-    finetune(a.model, a.images, a.labels, out=a.out, config=_config(a), device=a.device, log=log,
-             threads=a.threads)
+    cfg = _config(a)
+    if not a.freeze_encoder and not a.train_encoder:  # auto: freeze big (ViT) encoders
+        import dataclasses
+
+        from ..weights import load_model
+
+        model = load_model(a.model, device=a.device)
+        big = sum(p.numel() for p in model.image_encoder.parameters()) > 20_000_000
+        cfg = dataclasses.replace(cfg, freeze_encoder=big)
+        a.model = model
+    finetune(a.model, a.images, a.labels, out=a.out, config=cfg, device=a.device, log=log, threads=a.threads)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -110,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", required=True, help="folder of images, or an (n,H,W[,C]) tif stack")
     p.add_argument("--labels", required=True, help="folder of instance label images, or an (n,H,W) tif stack")
     _add_train_args(p)
-    p.set_defaults(func=cmd_finetune, steps=2000, lr=1e-4, warmup=50)
+    p.add_argument("--train-encoder", action="store_true", help="also train a big (ViT) encoder")
+    p.set_defaults(func=cmd_finetune, steps=2000, lr=1e-4, warmup=50, device=None, checkpoint_every=120.0)
     p = sub.add_parser("evaluate", help="interactive-segmentation metrics of a model")
     p.add_argument("--model", default=None, help="registry name or checkpoint path")
     p.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"), help="dsb2018 (validation split)")

@@ -29,26 +29,18 @@ def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """(H,W) or (H,W,C) image -> (H,W,3) uint8 (percentile-free min/max scaling for non-uint8)."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = img.astype(np.float32)
-        lo, hi = float(img.min()), float(img.max())
-        img = ((img - lo) / max(hi - lo, 1e-8) * 255).round().astype(np.uint8)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    elif img.shape[2] >= 4:
-        img = img[:, :, :3]
-    return np.ascontiguousarray(img)
+    """(H,W) or (H,W,C) image of any dtype -> (H,W,3) uint8, exactly as the predictor converts it
+    (:func:`napari_sam.images.to_sam_image`)."""
+    from ..images import to_sam_image
+
+    return np.ascontiguousarray(to_sam_image(np.asarray(image)))
 
 
 def resize_image(image: np.ndarray, long_side: int) -> np.ndarray:
-    """uint8 (H,W,3) -> uint8 (h',w',3) via PIL bilinear, as the official ``ResizeLongestSide``."""
-    h, w = image.shape[:2]
-    nh, nw = preprocess_shape(h, w, long_side)
-    return np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    """uint8 (H,W,3) -> uint8 (h',w',3): :class:`napari_sam.transforms.ResizeLongestSide` (PIL bilinear)."""
+    from ..transforms import ResizeLongestSide
+
+    return ResizeLongestSide(long_side).apply_image(image)
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

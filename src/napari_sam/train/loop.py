@@ -41,6 +41,8 @@ class TrainConfig:
     box_prob: float = 0.5         # first prompt is a box (else one positive point)
     no_mask_input_prob: float = 0.2
     decoder_crops: tuple[int, ...] = (16, 16, 24, 32)  # decoder sees a d x d cell crop per object; () = whole window
+    focal_weight: float = 20.0     # SAM: focal 20 : dice 1
+    dice_weight: float = 1.0
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 200
@@ -184,9 +186,9 @@ class Trainer:
                 logits, iou_pred = self.model.mask_decoder.predict_masks(emb, pe, sparse, dense)
                 up = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
                 if grad:
-                    loss, iou = sam_loss(up[:, :1], iou_pred[:, :1], gt)
+                    loss, iou = sam_loss(up[:, :1], iou_pred[:, :1], gt, cfg.focal_weight, cfg.dice_weight)
                     if multi:
-                        l3, iou3 = sam_loss(up[:, 1:], iou_pred[:, 1:], gt)
+                        l3, iou3 = sam_loss(up[:, 1:], iou_pred[:, 1:], gt, cfg.focal_weight, cfg.dice_weight)
                         loss, iou = loss + l3, torch.maximum(iou, iou3)
                     losses.append(loss)
                     ious.append(iou.mean().item())

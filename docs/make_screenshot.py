@@ -1,0 +1,61 @@
+"""Screenshot of napari with the SAM widget docked and one committed object -> docs/images/widget.png.
+
+Run: ``xvfb-run -a python docs/make_screenshot.py``. Uses the default model when its weights are
+on disk, else a random-weight ``nano`` model (the mask is then arbitrary; the caption says so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "images" / "widget.png"
+
+
+def main() -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sam import weights
+    from napari_sam._qt.widget import SamWidget
+    from napari_sam._sample_data import nuclei_sample
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    widget = SamWidget(viewer, load_default=False)
+    viewer.window.add_dock_widget(widget, name="Segment Anything", area="right")
+    if weights.is_cached(weights.DEFAULT_MODEL):
+        widget.sam.set_model(weights.DEFAULT_MODEL, device="cpu")
+    else:
+        import torch
+
+        from napari_sam.models.sam import build_model
+
+        torch.manual_seed(0)
+        model = build_model("nano")
+        model.model_name = "nano (random weights)"
+        widget.sam.set_model(model, device="cpu")
+    [(data, kwargs, _)] = nuclei_sample()
+    viewer.add_image(data, **kwargs)
+    app = QApplication.instance()
+    sam = widget.sam
+    while not (sam.has_embedding() and not widget.encoder.busy):
+        app.processEvents()
+    # a blob near the centre: the brightest pixel of a central window
+    h, w = data.shape[:2]
+    win = np.asarray(data)[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3]
+    r, c = np.unravel_index(np.argmax(win), win.shape)
+    sam.add_point([r + h // 3, c + w // 3])
+    widget.commit()
+    sam.add_point([h // 4, w // 4])  # a live prompt + preview for the picture
+    for _ in range(20):
+        app.processEvents()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    viewer.window._qt_window.grab().save(str(OUT))
+    print(f"wrote {OUT}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
