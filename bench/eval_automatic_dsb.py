@@ -1,0 +1,110 @@
+"""Quality of "segment everything" on the dsb2018 validation split, per modality.
+
+For every validation image (``src/napari_sam/train/dsb2018_split.json``, key ``"val"``) the model's
+automatic labels (``AutomaticMaskGenerator.generate_labels``) are matched one-to-one to the ground
+truth nuclei (Hungarian assignment on IoU; a pair with IoU >= 0.5 is a true positive). Reported per
+modality (``index.csv``): F1 at IoU 0.5 over all objects (2TP / (2TP + FP + FN)), the mean IoU of
+matched pairs, and the mean per-image F1.
+
+    python bench/eval_automatic_dsb.py                       # nano_nuclei, default parameters
+    python bench/eval_automatic_dsb.py --model path.pt --points-per-side 32 --pred-iou-thresh 0.8 --limit 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared/data/dsb2018"
+SPLIT = ROOT / "src/napari_sam/train/dsb2018_split.json"
+
+
+def match(gt: np.ndarray, pred: np.ndarray, thresh: float = 0.5) -> tuple[int, int, int, list[float]]:
+    """(TP, FP, FN, IoUs of the matched pairs) between two (H, W) instance label images."""
+    from scipy.optimize import linear_sum_assignment
+
+    from napari_sam._amg_stack import iou_matrix
+
+    ids_g, ids_p, iou = iou_matrix(gt, pred)
+    ious: list[float] = []
+    if iou.size:
+        r, c = linear_sum_assignment(-iou)
+        ious = [float(v) for v in iou[r, c] if v >= thresh]
+    tp = len(ious)
+    return tp, len(ids_p) - tp, len(ids_g) - tp, ious
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="nano_nuclei", help="registry name or checkpoint path")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--split", default=str(SPLIT))
+    ap.add_argument("--limit", type=int, default=0, help="only the first N validation images (0: all)")
+    ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    ap.add_argument("--stability-score-thresh", type=float, default=0.95)
+    ap.add_argument("--box-nms-thresh", type=float, default=0.7)
+    ap.add_argument("--min-mask-region-area", type=int, default=0)
+    ap.add_argument("--crop-n-layers", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from PIL import Image
+
+    from napari_sam.automatic import AutomaticMaskGenerator
+    from napari_sam.weights import load_model
+
+    split = Path(args.split)
+    if not split.is_file():
+        sys.exit(f"split file {split} not found (written by the training step)")
+    val = json.loads(split.read_text())["val"]
+    if args.limit:
+        val = val[: args.limit]
+    with open(DATA / "index.csv") as f:
+        modality = {row["id"]: row["modality"] for row in csv.DictReader(f)}
+    model = load_model(args.model, device=args.device)
+    gen = AutomaticMaskGenerator(
+        model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
+        min_mask_region_area=args.min_mask_region_area, crop_n_layers=args.crop_n_layers,
+    )
+    print(f"# model {args.model}, {len(val)} validation images, {vars(args)}")
+    stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    t0 = time.perf_counter()
+    for k, image_id in enumerate(val, 1):
+        image = np.array(Image.open(DATA / "images" / f"{image_id}.png"))
+        gt = np.array(Image.open(DATA / "labels" / f"{image_id}.png")).astype(np.int64)
+        pred = gen.generate_labels(image)
+        tp, fp, fn, ious = match(gt, pred)
+        s = stats[modality[image_id]]
+        s["tp"].append(tp), s["fp"].append(fp), s["fn"].append(fn), s["ious"].extend(ious)
+        s["f1"].append(2 * tp / max(2 * tp + fp + fn, 1))
+        print(f"{k:3d}/{len(val)} {image_id[:10]} {modality[image_id]:12s} gt {tp + fn:3d} pred {tp + fp:3d} "
+              f"tp {tp:3d} F1 {s['f1'][-1]:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print("\nmodality       images  objects  F1@0.5  mean matched IoU  mean image F1")
+    for mod, s in sorted(stats.items()) + [("all", _merge(stats))]:
+        tp, fp, fn = sum(s["tp"]), sum(s["fp"]), sum(s["fn"])
+        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+        miou = float(np.mean(s["ious"])) if s["ious"] else float("nan")
+        print(f"{mod:14s} {len(s['f1']):6d} {tp + fn:8d}  {f1:6.3f}  {miou:16.3f}  {np.mean(s['f1']):13.3f}")
+
+
+def _merge(stats: dict) -> dict[str, list]:
+    out: dict[str, list] = defaultdict(list)
+    for s in stats.values():
+        for k, v in s.items():
+            out[k].extend(v)
+    return out
+
+
+if __name__ == "__main__":
+    main()
