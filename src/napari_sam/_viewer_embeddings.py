@@ -90,9 +90,14 @@ class EmbeddingsMixin:
         key, job = self.encode_job(index)
         emb = self.cache.get(key)
         if emb is None:
-            emb = job()
+            emb = self.stored_embedding(key[1])
+            emb = job() if emb is None else emb
             self.store_embedding(key, emb)
         return emb
+
+    def stored_embedding(self, index: tuple[int, ...]) -> Any | None:
+        """An embedding already held elsewhere (a stack store, see ``VolumeMixin``); None here."""
+        return None
 
     def _use_embedding(self, index: tuple[int, ...], sync: bool) -> bool:
         """Point the predictor at the slice's embedding; False (request sent) if not ready."""

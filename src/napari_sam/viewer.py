@@ -32,15 +32,19 @@ from napari_sam._slicing import (
     spatial_shape,
 )
 from napari_sam._viewer_embeddings import EmbeddingsMixin
+from napari_sam._viewer_everything import EverythingMixin
+from napari_sam._viewer_volume import VolumeMixin
 
 __all__ = ["SegmentAnything", "SamUserError"]
 
 
-class SegmentAnything(EmbeddingsMixin, _prompts.PromptLayers):
+class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.PromptLayers):
     """Segment Anything bound to a napari viewer (the object behind the dock widget).
 
     Events (``sam.events``): ``model``, ``image_layer``, ``labels_layer``, ``preview`` (decoder ran),
     ``embedding`` (an embedding arrived), ``committed`` (value: list of new ids).
+    Stacks and automatic masks: :meth:`segment_volume`, :meth:`extend_labels`,
+    :meth:`precompute_embeddings`, :meth:`segment_everything` (see docs/volume.md, docs/automatic.md).
     """
 
     def __init__(self, viewer: Any, cache_size: int = 8) -> None:
@@ -70,6 +74,7 @@ class SegmentAnything(EmbeddingsMixin, _prompts.PromptLayers):
         self.candidate = 0
         self.preview_index: tuple[int, ...] | None = None
         _prompts.PromptLayers.__init__(self)
+        self._init_volume()
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.dims.events.current_step.connect(self._on_slice_changed)
 

@@ -197,6 +197,8 @@ def segment_volume(
                     for t in tracks:
                         if t.oid == oid and t.start == z:
                             t.mask, t.logits = m, logits[k]
+                            if m.sum() < max(min_area, 1):
+                                t.alive, t.reason = False, f"empty keyframe at slice {z}"
             seeds_done.add(z)
             done += 1
             report()
@@ -236,19 +238,14 @@ def segment_volume(
                 stab = _stability(logits[:, 0])
                 for k, t in enumerate(active):
                     m = masks[k]
-                    inter = np.logical_and(m, t.mask).sum()
-                    iou = inter / max(1, np.logical_or(m, t.mask).sum())
-                    reason = (
-                        "vanished"
-                        if m.sum() < min_area
-                        else "score"
-                        if scores[k] < iou_threshold
-                        else "stability"
-                        if stab[k] < stability_threshold
-                        else "overlap"
-                        if iou < overlap_threshold
-                        else ""
+                    iou = np.logical_and(m, t.mask).sum() / max(1, np.logical_or(m, t.mask).sum())
+                    checks = (
+                        ("vanished", m.sum() < max(min_area, 1)),
+                        ("score", scores[k] < iou_threshold),
+                        ("stability", stab[k] < stability_threshold),
+                        ("overlap", iou < overlap_threshold),
                     )
+                    reason = next((name for name, failed in checks if failed), "")
                     if reason:
                         t.alive, t.reason = False, f"{reason} at slice {z}"
                         continue

@@ -1,9 +1,15 @@
-"""Background encoding: one ``thread_worker`` at a time, the latest request queued behind it."""
+"""Background encoding: one ``thread_worker`` at a time, the latest request queued behind it.
+
+After the requested slice of an nD in-memory (numpy) image, the neighbours along the last slider
+axis (``prefetch_radius`` on each side, nearest first) are encoded too while the runner is idle, so
+stepping through a stack costs decoder time only. A new request always goes before them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
@@ -24,6 +30,8 @@ class EncodeRunner:
         self._pending: tuple[int, ...] | None = None
         self._pending_set = False
         self.closed = False
+        self.prefetch_radius = 1  # neighbours encoded ahead on each side (0: off)
+        self._prefetch: list[tuple[int, ...]] = []
         sam.request_embedding = self.request
 
     @property
@@ -31,8 +39,11 @@ class EncodeRunner:
         """True while a slice is being encoded."""
         return self.worker is not None
 
-    def request(self, index: tuple[int, ...] | None = None) -> None:
-        """Encode slice ``index`` (None: on screen) unless cached or in flight; notifies user errors."""
+    def request(self, index: tuple[int, ...] | None = None, prefetch: bool = True) -> None:
+        """Encode slice ``index`` (None: on screen) unless cached or in flight; notifies user errors.
+
+        ``prefetch``: afterwards also encode the slice's neighbours (see the module doc).
+        """
         if self.closed or self.sam.image_layer is None or self.sam.predictor is None:
             return
         try:
@@ -40,7 +51,16 @@ class EncodeRunner:
         except SamUserError as exc:
             show_error(str(exc))
             return
+        if prefetch:
+            self._prefetch = self._neighbours(key[1])
         if key in self.sam.cache or key == self._busy_key:
+            self._next()
+            return
+        emb = self.sam.stored_embedding(key[1])
+        if emb is not None:  # a stack store has it (precomputed or propagated)
+            self.sam.store_embedding(key, emb)
+            self._on_returned(key, emb)
+            self._next()
             return
         if self.worker is not None:
             self._pending, self._pending_set = key[1] if index is None else tuple(index), True
@@ -75,6 +95,29 @@ class EncodeRunner:
         if self._pending_set and not self.closed:
             index, self._pending, self._pending_set = self._pending, None, False
             self.request(index)
+        else:
+            self._next()
+
+    def _neighbours(self, index: tuple[int, ...]) -> list[tuple[int, ...]]:
+        img = self.sam.image_layer
+        if not index or self.prefetch_radius <= 0 or not isinstance(getattr(img, "data", None), np.ndarray):
+            return []
+        if self.sam.channel_axis == len(index) - 1 and not img.rgb:
+            return []  # the slider axis is the composite's channel axis
+        n = int(img.data.shape[len(index) - 1])
+        near = [index[-1] + s * d for d in range(1, self.prefetch_radius + 1) for s in (1, -1)]
+        return [(*index[:-1], z) for z in near if 0 <= z < n]
+
+    def _next(self) -> None:
+        """Encode the next neighbour still missing (only when idle)."""
+        while self._prefetch and self.worker is None and not self.closed:
+            index = self._prefetch.pop(0)
+            try:
+                key = self.sam._key(index)
+            except SamUserError:
+                continue
+            if key not in self.sam.cache:
+                self.request(index, prefetch=False)
 
     def close(self) -> None:
         """Stop reacting to results (the running encode finishes in its thread and is dropped)."""

@@ -26,8 +26,11 @@ from qtpy.QtWidgets import (
 
 from napari_sam._prompts import PREVIEW_NAME
 from napari_sam._qt._encoder import EncodeRunner
+from napari_sam._qt._everything_panel import EverythingPanel
+from napari_sam._qt._jobs import JobRunner
 from napari_sam._qt._layer_combo import LayerCombo
 from napari_sam._qt._model_box import ModelBox
+from napari_sam._qt._volume_panel import VolumePanel
 from napari_sam._slicing import SamUserError
 from napari_sam.viewer import SegmentAnything
 
@@ -55,6 +58,12 @@ class SamWidget(QWidget):
         self.add_section("Layers", self._layers_panel())
         self.add_section("Prompts", self._prompts_panel())
         self.layout().addStretch(1)
+        # long jobs (3D propagation, precompute, segment everything): one at a time, cancellable
+        self.jobs = JobRunner(self)
+        self.volume_panel = VolumePanel(self.sam, self.jobs)
+        self.volume_box = self.add_section("Volume", self.volume_panel)
+        self.everything_panel = EverythingPanel(self.sam, self.jobs)
+        self.add_section("Segment everything", self.everything_panel)
 
         self.sam.events.image_layer.connect(self._on_sam_image)
         self.sam.events.labels_layer.connect(self._on_sam_labels)
@@ -164,6 +173,8 @@ class SamWidget(QWidget):
             show_error(str(exc))
             return
         self._fill_channels()
+        if getattr(self, "volume_box", None) is not None:
+            self.volume_box.setEnabled(layer is not None and layer.ndim - int(layer.rgb) >= 3)
         if layer is not None:
             self._bind_keys()
             self.encoder.request()
@@ -240,4 +251,5 @@ class SamWidget(QWidget):
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
         self.encoder.close()
+        self.jobs.close()
         super().closeEvent(event)

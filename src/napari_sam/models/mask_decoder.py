@@ -70,11 +70,10 @@ class MaskDecoder(nn.Module):
         Returns:
             low-res mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``, M = 3 or 1.
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, mask_slice], iou_pred[:, mask_slice]
+        return self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice
+        )
 
     def predict_masks(
         self,
@@ -82,30 +81,57 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        tokens: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` masks ``(B, T, 4h, 4w)`` and IoUs ``(B, T)``; see :meth:`forward`."""
+        """Masks ``(B, T, 4h, 4w)`` and IoUs ``(B, T)`` of the mask tokens ``tokens`` (default: all
+        ``num_mask_tokens``; token 0 is the single-mask output); see :meth:`forward`."""
         bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(bs, -1, -1)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        tokens_in = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
 
-        # Broadcasting replaces the official repeat_interleave: (1|B, C, h, w) + (B, C, h, w)
-        src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] != bs:
-            src = src.expand(bs, -1, -1, -1)
-        b, c, h, w = src.shape
+        # Broadcasting replaces the official repeat_interleave. When the image is shared and the dense
+        # prompt is the same for every prompt (no mask input: a stride-0 batch), the image tokens stay
+        # batch 1 through the first attention layer, whose image projections are then computed once.
+        dense = dense_prompt_embeddings
+        if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
+            dense = dense[:1]
+        src = image_embeddings + dense  # (1 | B, C, h, w)
+        h, w = src.shape[-2:]
 
-        hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0, :]
+        hs, keys = self.transformer(src, image_pe, tokens_in)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        chosen = range(self.num_mask_tokens)[tokens]  # only the masks asked for are computed
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in chosen], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        upscaled = self._upscale(keys)  # (B, 16*h*w, C/8), sub-pixel order (i, j, a, b, a2, b2)
+        masks = hyper_in @ upscaled.transpose(1, 2)  # (B, T, 16*h*w)
+        masks = masks.reshape(bs, -1, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return masks.reshape(bs, -1, 4 * h, 4 * w), iou_pred
+
+    def _upscale(self, keys: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` applied to image tokens ``(B, h*w, C)`` -> ``(B, 16*h*w, C/8)``.
+
+        A ConvTranspose2d with kernel = stride = 2 maps each input pixel to its own 2x2 output block, so
+        it is a matrix product on channels-last tokens. Computing it that way avoids the layout copies
+        and keeps the sub-pixel offsets as extra axes: output row ``4i + 2a + a2``, column ``4j + 2b + b2``
+        sits at token ``(i, j, a, b, a2, b2)``. Same arithmetic as the official convolution path.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        b = keys.shape[0]
+        x = F.linear(keys, _deconv_matrix(conv1.weight), conv1.bias.repeat(4))
+        x = x.reshape(b, -1, conv1.out_channels)  # (B, h*w*4, C/4)
+        x = act1(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+        x = F.linear(x, _deconv_matrix(conv2.weight), conv2.bias.repeat(4))
+        return act2(x.reshape(b, -1, conv2.out_channels))
+
+
+def _deconv_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """ConvTranspose2d weight ``(in, out, 2, 2)`` -> linear weight ``(4*out, in)``, rows ordered (a, b, out)."""
+    c_in, c_out = weight.shape[:2]
+    return weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in)
 
 
 class MLP(nn.Module):

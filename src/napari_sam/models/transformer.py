@@ -128,10 +128,22 @@ class Attention(nn.Module):
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
-        if k.shape[0] != q.shape[0]:  # broadcast a shared (batch 1) image over the prompts
-            k = k.expand(q.shape[0], -1, -1, -1)
-        if v.shape[0] != q.shape[0]:
-            v = v.expand(q.shape[0], -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        b = max(q.shape[0], k.shape[0], v.shape[0])  # a shared (batch 1) image is broadcast, not copied
+        q, k, v = (t if t.shape[0] == b else t.expand(b, -1, -1, -1) for t in (q, k, v))
+        if k.shape[-2] <= 64 and q.shape[-2] >= 8 * k.shape[-2]:
+            out = _few_keys_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+
+
+def _few_keys_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Softmax attention for many queries and few keys (image tokens attending to prompt tokens).
+
+    ``q (B, h, Nq, d)``, ``k, v (B, h, Nk, d)`` -> ``(B, h, Nq, d)``. The scores are laid out
+    ``(Nk, Nq)`` so that the softmax runs over a short, strided axis while vectorising over the
+    many queries: on CPU a softmax along a last axis of ~7 elements is several times slower.
+    """
+    scores = (k * q.shape[-1] ** -0.5) @ q.transpose(-1, -2)  # (B, h, Nk, Nq)
+    return scores.softmax(dim=-2).transpose(-1, -2) @ v

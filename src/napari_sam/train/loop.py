@@ -265,11 +265,12 @@ def train(
         tr.load(checkpoint)
         log(f"resumed from {checkpoint} at step {tr.step_idx} ({tr.elapsed:.0f} s)")
     log(f"config {json.dumps(asdict(cfg))}; window {tr.window}; {len(samples)} samples")
-    last_save, acc = time.time(), []
+    last_save, acc, first = time.time(), [], True
     while tr.progress() < 1.0:
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
             break
-        if threads == "auto" and tr.step_idx % 25 == 0:
+        if threads == "auto" and (first or tr.step_idx % 25 == 0):
+            first = False
             ncpu = os.cpu_count() or 1
             torch.set_num_threads(ncpu if os.getloadavg()[0] < ncpu + 0.5 else max(1, ncpu // 2))
         t0 = time.time()

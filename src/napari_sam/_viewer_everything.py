@@ -1,0 +1,92 @@
+"""Segment everything in ``SegmentAnything``: automatic masks of the slice (or stack) into the Labels layer.
+
+Same job/apply split as :mod:`napari_sam._viewer_volume`: ``everything_job`` returns a thread-safe
+``job(progress, cancel)`` (reads the image, runs ``AutomaticMaskGenerator`` on the background
+predictor) and ``apply(labels)`` (GUI thread: new ids above the existing ones, one undo step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from napari_sam._slicing import SamUserError, slice_image, spatial_shape
+from napari_sam._stack import StackSlices, next_label, stack_of, write_slices
+
+
+class EverythingMixin:
+    """Automatic masks for ``SegmentAnything`` (needs ``EmbeddingsMixin`` and ``background_predictor``)."""
+
+    def everything_job(
+        self, points_per_side: int = 32, pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
+        min_mask_region_area: int = 0, stack: bool = False, index: tuple[int, ...] | None = None, **amg: Any,
+    ) -> tuple[Callable[..., np.ndarray | None], Callable[[np.ndarray | None], list[int]]]:
+        """(job(progress, cancel) -> (k, H, W) labels or None if cancelled, apply(labels) -> new ids)."""
+        from napari_sam.automatic import AutomaticMaskGenerator, Cancelled
+        from napari_sam.images import to_sam_image
+
+        img = self._require_image()
+        self._require_model()
+        index = self.current_index() if index is None else tuple(index)
+        limits, chan = self._image_settings()
+        labels = self.labels_layer
+        if tuple(labels.data.shape) != spatial_shape(img):
+            raise SamUserError(f"labels layer {labels.name!r} does not have the image's shape {spatial_shape(img)}")
+        gen = AutomaticMaskGenerator(
+            self.background_predictor(), points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, min_mask_region_area=min_mask_region_area, **amg,
+        )
+        if stack:
+            st = stack_of(img, index, chan)
+            vol = StackSlices(img, st, limits, chan)
+            leads = [st.index(z) for z in range(st.n)]
+
+            def run(progress: Any, cancel: Any) -> np.ndarray:
+                return gen.generate_labels_stack(vol, axis=0, rgb=True, progress=progress, cancel=cancel)
+        else:
+            leads = [index]
+
+            def run(progress: Any, cancel: Any) -> np.ndarray:
+                arr, rgb = slice_image(img, index, chan)
+                image = to_sam_image(arr, contrast_limits=limits, rgb=rgb)
+                return gen.generate_labels(image, progress=progress, cancel=cancel)[None]
+
+        def job(progress: Any = None, cancel: Any = None) -> np.ndarray | None:
+            try:
+                return run(progress, cancel)
+            except Cancelled:
+                return None
+
+        def apply(result: np.ndarray | None) -> list[int]:
+            if result is None:
+                return []
+            offset = next_label(labels) - 1
+            slices = {
+                lead: (np.where(r > 0, r.astype(labels.data.dtype) + offset, 0), [])
+                for lead, r in zip(leads, result, strict=True) if r.any()
+            }
+            ids = write_slices(labels, slices, self.overwrite)
+            self.events.committed(value=ids)
+            return ids
+
+        return job, apply
+
+    def segment_everything(
+        self, points_per_side: int = 32, pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
+        min_mask_region_area: int = 0, progress: Any = None, cancel: Any = None, stack: bool = False,
+        index: tuple[int, ...] | None = None, **amg: Any,
+    ) -> list[int]:
+        """Automatic instance labels of the slice on screen (or its whole stack with ``stack=True``,
+        ids linked across slices) into :attr:`labels_layer`, one undo step.
+
+        New ids start above the layer's largest id; pixels of existing objects are kept unless
+        ``overwrite``. Parameters as ``AutomaticMaskGenerator`` (``amg`` passes the others, e.g.
+        ``crop_n_layers``, ``points_per_batch``). ``cancel`` (callable or Event): nothing is written
+        and ``[]`` returned. Returns the ids written.
+        """
+        job, apply = self.everything_job(
+            points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area, stack, index, **amg
+        )
+        return apply(job(progress, cancel))
