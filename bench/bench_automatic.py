@@ -94,20 +94,26 @@ class PeakRSS:
         self.mib = (self.peak - self.base) / 2**20
 
 
-def timed(fn, image, embed_owner, embed_attr, device):
-    """Run ``fn(image)``; return (total s, embedding s, n masks, peak MiB, GPU peak MiB)."""
-    spent = [0.0]
-    orig = getattr(embed_owner, embed_attr)
+def _timer(owner, attr, spent: list, i: int, device: str):
+    orig = getattr(owner, attr)
 
     def wrapped(*a, **k):
         t = time.perf_counter()
         out = orig(*a, **k)
         if device == "cuda":
             torch.cuda.synchronize()
-        spent[0] += time.perf_counter() - t
+        spent[i] += time.perf_counter() - t
         return out
 
-    setattr(embed_owner, embed_attr, wrapped)
+    setattr(owner, attr, wrapped)
+    return orig
+
+
+def timed(fn, image, embed_owner, embed_attr, decoder, device):
+    """Run ``fn(image)``; return (total s, embedding s, n masks, peak MiB, GPU peak MiB, decoder s)."""
+    spent = [0.0, 0.0]
+    orig = _timer(embed_owner, embed_attr, spent, 0, device)
+    _timer(decoder, "forward", spent, 1, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -119,8 +125,9 @@ def timed(fn, image, embed_owner, embed_attr, device):
             total = time.perf_counter() - t0
     finally:
         setattr(embed_owner, embed_attr, orig)
+        del decoder.forward
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
-    return total, spent[0], n, mem.mib, gpu
+    return total, spent[0], n, mem.mib, gpu, spent[1]
 
 
 def main() -> None:
@@ -151,19 +158,21 @@ def main() -> None:
         for r in range(args.repeats):
             for name in ("ours", "official"):
                 if name == "ours":
-                    res = timed(ours.generate, image, ours.predictor, "compute_embedding", args.device)
+                    res = timed(ours.generate, image, ours.predictor, "compute_embedding", model.mask_decoder, args.device)
                 else:
-                    res = timed(ref.generate, image, ref.predictor, "set_image", args.device)
+                    res = timed(ref.generate, image, ref.predictor, "set_image", twin.mask_decoder, args.device)
                 rows[name].append(res)
                 print(f"run {r} {name:9s} total {res[0]:7.2f} s  embedding {res[1]:6.2f} s  after {res[0] - res[1]:7.2f} s"
-                      f"  masks {res[2]:4d}  peak +{res[3]:7.1f} MiB  gpu {res[4]:.0f} MiB", flush=True)
-    med = {k: [statistics.median(x[i] for x in v) for i in range(5)] for k, v in rows.items()}
-    for k, (tot, emb, n, mib, gpu) in med.items():
-        print(f"{k:9s} median total {tot:7.2f} s  after embedding {tot - emb:7.2f} s  masks {n:.0f}  "
-              f"peak +{mib:.0f} MiB  gpu {gpu:.0f} MiB")
+                      f" (decoder {res[5]:7.2f} s, rest {res[0] - res[1] - res[5]:6.2f} s)  masks {res[2]:4d}  peak +{res[3]:7.1f} MiB"
+                      f"  gpu {res[4]:.0f} MiB", flush=True)
+    med = {k: [statistics.median(x[i] for x in v) for i in range(6)] for k, v in rows.items()}
+    for k, (tot, emb, n, mib, gpu, dec) in med.items():
+        print(f"{k:9s} median total {tot:7.2f} s  after embedding {tot - emb:7.2f} s  (decoder {dec:7.2f} s, "
+              f"rest {tot - emb - dec:6.2f} s)  masks {n:.0f}  peak +{mib:.0f} MiB  gpu {gpu:.0f} MiB")
     o, u = med["official"], med["ours"]
+    rest_o, rest_u = o[0] - o[1] - o[5], u[0] - u[1] - u[5]
     print(f"ratio official/ours: total {o[0] / u[0]:.2f}x  after embedding {(o[0] - o[1]) / (u[0] - u[1]):.2f}x  "
-          f"peak memory {o[3] / max(u[3], 1e-9):.1f}x")
+          f"outside encoder+decoder {rest_o / max(rest_u, 1e-9):.1f}x  peak memory {o[3] / max(u[3], 1e-9):.1f}x")
 
 
 if __name__ == "__main__":

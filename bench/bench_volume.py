@@ -114,10 +114,25 @@ def main(argv: list[str] | None = None) -> int:
         o["id"]: {int(round(o["center"][0])): {"points": [[o["center"][2], o["center"][1]]]}} for o in info
     }
     loose = dict(iou_threshold=-np.inf, overlap_threshold=0.0, min_area=0, stability_threshold=-1.0)
-    steps = []
+    steps, in_decoder = [], [0.0, 0]
+    decode = predictor.predict_batch
+
+    def timed_decode(*a, **k):  # how much of a propagation step is the decoder call itself
+        t = time.perf_counter()
+        try:
+            return decode(*a, **k)
+        finally:
+            in_decoder[0] += time.perf_counter() - t
+            in_decoder[1] += 1
+
+    predictor.predict_batch = timed_decode
     t0 = time.perf_counter()
     res = segment_volume(store, seeds=seeds, progress=lambda d, t: steps.append(d), **loose)
     dt = time.perf_counter() - t0
+    del predictor.predict_batch
+    out["propagation_decoder_calls"] = in_decoder[1]
+    out["propagation_decoder_share"] = in_decoder[0] / dt
+    out["propagation_overhead_s_per_step"] = (dt - in_decoder[0]) / max(1, in_decoder[1])
     calls = len(steps) - 1
     out["propagation_total_s"] = dt
     out["propagation_slice_steps"] = calls

@@ -132,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows = []
-    if args.quick_sweep:
+    if args.quick_sweep:  # most telling first: partial output is still useful
         configs = [
             {},
-            *({"prompt": p} for p in ["box", "box+point", "box+mask", "point+mask"]),
+            *({"prompt": p} for p in ["box+point", "box+mask", "box", "point+mask"]),
+            {"negatives": True},
             *({"overlap_threshold": t} for t in [0.0, 0.5]),
             *({"iou_threshold": t} for t in [0.0, 0.7]),
             *({"box_margin": m} for m in [0.0, 0.25]),
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             ({"overlap_threshold": t} for t in [0.0, 0.1, 0.2, 0.4, 0.5]),
             ({"iou_threshold": t} for t in [0.0, 0.3, 0.6, 0.7, 0.8]),
             ({"stability_threshold": t} for t in [0.5, 0.7, 0.85]),
-            ({"multimask": True},),
+            ({"multimask": True}, {"negatives": True}),
         )
         configs = [{}, *grid]
     else:

@@ -159,7 +159,7 @@ def test_low_res_screening_changes_nothing(synth, image, monkeypatch):
     monkeypatch.setattr(_amg_core, "STAB_MARGIN", 10.0)  # no screening: every mask upsampled
     b = AutomaticMaskGenerator(synth, device="cpu", **kw).generate(image)
     assert len(a) == len(b) > 5
-    assert all((r["segmentation"] == s["segmentation"]).all() for r, s in zip(a, b))
+    assert all((r["segmentation"] == s["segmentation"]).all() for r, s in zip(a, b, strict=True))
 
 
 def test_labels_rle_progress_cancel(synth, image):
@@ -175,7 +175,7 @@ def test_labels_rle_progress_cancel(synth, image):
     assert len(np.unique(labels[smallest])) == 1 and labels[smallest][0] > 0
     gen.output_mode = "uncompressed_rle"
     rles = gen.generate(image)
-    assert all((rle_to_mask(r["segmentation"]) == s["segmentation"]).all() for r, s in zip(rles, recs))
+    assert all((rle_to_mask(r["segmentation"]) == s["segmentation"]).all() for r, s in zip(rles, recs, strict=True))
     ev = threading.Event()
     ev.set()
     with pytest.raises(Cancelled):

@@ -111,7 +111,7 @@ class CropContext:
             del full
             b = mask_boxes(binary)
             boxes.append(b)
-            for m, (x0, y0, x1, y1) in zip(binary, b.tolist()):
+            for m, (x0, y0, x1, y1) in zip(binary, b.tolist(), strict=True):
                 crops.append(m[y0 : y1 + 1, x0 : x1 + 1].clone() if x1 >= x0 else m[:0, :0].clone())
         return torch.cat(inter).cpu(), torch.cat(union).cpu(), torch.cat(boxes).cpu(), crops
 

@@ -42,7 +42,7 @@ def link_slices(prev: np.ndarray, cur: np.ndarray, next_id: int, min_iou: float 
     linked = np.zeros(len(ids_c), dtype=bool)
     if iou.size:
         rows, cols = linear_sum_assignment(-iou)
-        for r, c in zip(rows, cols):
+        for r, c in zip(rows, cols, strict=True):
             if iou[r, c] >= min_iou:
                 mapping[ids_c[c]] = ids_p[r]
                 linked[c] = True

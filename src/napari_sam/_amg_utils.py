@@ -143,28 +143,14 @@ def interp_matrix(low: int, img_size: int, valid: int, out: int) -> torch.Tensor
 
     The official post-processing upsamples the (low) logits to ``img_size`` (bilinear,
     align_corners=False), crops the first ``valid`` samples, and resizes to ``out``. Bilinear
-    resizing is separable, so full-resolution logits are ``A_y @ L @ A_x.T``; any window of them
-    is a product of row slices of ``A_y``/``A_x`` with a small block of ``L``.
+    resizing is separable, so full-resolution logits are ``A_y @ L @ A_x.T``; ``A.sum(0)`` is the
+    footprint of each low-res sample (output samples it contributes to).
     """
     eye = torch.eye(low, dtype=torch.float64)[:, None, :]  # (low, 1, low): one unit impulse per row
     m = F.interpolate(eye, size=img_size, mode="linear", align_corners=False)[..., :valid]
     if valid != out:
         m = F.interpolate(m, size=out, mode="linear", align_corners=False)
     return m[:, 0, :].T.contiguous().float()
-
-
-def support_ranges(a: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For an (out, low) interpolation matrix: first/last low index read by each output sample,
-    and first/last output sample reading each low index (-1 / -2 when none)."""
-    nz = (a != 0).cpu().numpy()
-    out_idx, low_idx = np.arange(nz.shape[0]), np.arange(nz.shape[1])
-    lo_first = np.where(nz, low_idx[None, :], nz.shape[1]).min(1)
-    lo_last = np.where(nz, low_idx[None, :], -1).max(1)
-    out_first = np.where(nz, out_idx[:, None], nz.shape[0]).min(0)
-    out_last = np.where(nz, out_idx[:, None], -1).max(0)
-    out_first[out_last < 0] = -1
-    out_last[out_last < 0] = -2
-    return lo_first, lo_last, out_first, out_last
 
 
 # ----------------------------------------------------------------------------- RLE and cleanup
@@ -225,3 +211,18 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
         if not fill.any():
             fill[int(np.argmax(sizes)) + 1] = True
     return fill[regions], True
+
+
+def fill_holes_with_outside(p: np.ndarray, ring: np.ndarray, area: int) -> tuple[np.ndarray, bool]:
+    """Fill background components of ``p`` (bool) smaller than ``area`` (8-connectivity), except those
+    touching ``ring`` (they belong to the large background outside the mask's box)."""
+    from skimage.measure import label
+
+    regions = label(~p, connectivity=2, background=0)
+    sizes = np.bincount(regions.ravel())
+    sizes[np.unique(regions[ring])] = np.iinfo(sizes.dtype).max
+    small = np.flatnonzero(sizes < area)
+    small = small[small > 0]
+    if small.size == 0:
+        return p, False
+    return p | np.isin(regions, small), True

@@ -19,14 +19,15 @@ import torch
 from napari_sam._amg_core import CropContext, Masks, process_batch
 from napari_sam._amg_stack import link_slices, stack_labels
 from napari_sam._amg_utils import (
-    CancelLike,
     Cancelled,
+    CancelLike,
     ProgressLike,
     box_area,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
     check_cancel,
     coco_encode_rle,
+    fill_holes_with_outside,
     generate_crop_boxes,
     mask_to_rle,
     nms,
@@ -206,7 +207,7 @@ class AutomaticMaskGenerator:
         n_batches = [-(-len(self.point_grids[k]) // self.points_per_batch) for k in layers]
         total, done = sum(n_batches) + len(boxes), 0
         parts = []
-        for box, layer in zip(boxes, layers):
+        for box, layer in zip(boxes, layers, strict=True):
             check_cancel(cancel)
             x0, y0, x1, y1 = box
             emb = self.predictor.compute_embedding(img[y0:y1, x0:x1])
@@ -256,7 +257,7 @@ class AutomaticMaskGenerator:
                 ring = np.zeros_like(p)
                 ring[: pad[0][0]], ring[p.shape[0] - pad[0][1] :] = True, True
                 ring[:, : pad[1][0]], ring[:, p.shape[1] - pad[1][1] :] = True, True
-                q, ch1 = _fill_holes_with_outside(p, ring, area)
+                q, ch1 = fill_holes_with_outside(p, ring, area)
                 m = q[pad[0][0] : p.shape[0] - pad[0][1], pad[1][0] : p.shape[1] - pad[1][1]]
             m, ch2 = remove_small_regions(m, area, "islands")
             rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
@@ -273,23 +274,8 @@ class AutomaticMaskGenerator:
         return new.select(nms(new.boxes.float(), torch.tensor(scores), thresh))
 
 
-def _fill_holes_with_outside(p: np.ndarray, ring: np.ndarray, area: int) -> tuple[np.ndarray, bool]:
-    """Fill background components of ``p`` smaller than ``area``, except those touching ``ring``
-    (they belong to the large background outside the mask's box)."""
-    from skimage.measure import label
-
-    regions = label(~p, connectivity=2, background=0)
-    sizes = np.bincount(regions.ravel())
-    sizes[np.unique(regions[ring])] = np.iinfo(sizes.dtype).max
-    small = np.flatnonzero(sizes < area)
-    small = small[small > 0]
-    if small.size == 0:
-        return p, False
-    return p | np.isin(regions, small), True
-
-
 def paint_labels(data: Masks, size: tuple[int, int]) -> np.ndarray:
-    """Paint masks into (H, W) int32 labels: largest area first, smaller on top; ids 1..N by visibility."""
+    """Paint masks into (H, W) int32 labels: largest area first, smaller on top; ids 1..N in painting order."""
     labels = np.zeros(size, dtype=np.int32)
     if not len(data):
         return labels

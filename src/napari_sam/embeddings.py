@@ -198,8 +198,8 @@ class EmbeddingStore:
         rgb_img = to_sam_image(img, contrast_limits=self.contrast_limits, rgb=self.rgb)
         with self._encode_lock:
             emb = self.predictor.compute_embedding(rgb_img)
-        self._sizes = (tuple(emb.original_size), tuple(emb.input_size))
-        self.stats["computed"] += 1
+            self._sizes = (tuple(emb.original_size), tuple(emb.input_size))
+            self.stats["computed"] += 1
         return emb.features.detach().to("cpu", torch.float16).contiguous(), slice_digest(img)
 
     def _put(self, i: int, feats: torch.Tensor) -> None:

@@ -24,7 +24,8 @@ from napari_sam._slicing import SamUserError
 
 class JobRunner(QObject):
     """Runs one long job at a time (see the module doc). Signals: ``progressed(done, total)``,
-    ``running(bool)``, ``done(name, result)`` (after ``on_done``; result None on error)."""
+    ``running(bool)``, ``done(name, result)`` (last of all, after ``on_done`` and ``running(False)``;
+    result None on error)."""
 
     progressed = Signal(int, int)
     running = Signal(bool)
@@ -36,6 +37,7 @@ class JobRunner(QObject):
         self.name = ""
         self.cancel_event = threading.Event()
         self._pbar: progress | None = None
+        self._outcome: tuple[str, Any] = ("", None)
         self.closed = False
         self.progressed.connect(self._on_progress)
 
@@ -56,7 +58,7 @@ class JobRunner(QObject):
 
         worker = create_worker(run, _ignore_errors=True)
         self._pbar = progress(total=0, desc=f"SAM: {name}")
-        self.worker, self.name = worker, name
+        self.worker, self.name, self._outcome = worker, name, (name, None)
         worker.returned.connect(lambda result: self._on_returned(name, result, on_done))
         worker.errored.connect(lambda exc: self._on_errored(name, exc))
         worker.finished.connect(self._on_finished)
@@ -87,12 +89,11 @@ class JobRunner(QObject):
         except Exception as exc:  # a failed write must not break the event loop
             show_error(f"SAM: {name} failed: {type(exc).__name__}: {exc}")
             out = None
-        self.done.emit(name, out)
+        self._outcome = (name, out)
 
     def _on_errored(self, name: str, exc: BaseException) -> None:
         if not self.closed:
             show_error(f"SAM: {name} failed: {type(exc).__name__}: {exc}")
-            self.done.emit(name, None)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -101,6 +102,7 @@ class JobRunner(QObject):
             self._pbar = None
         if not self.closed:
             self.running.emit(False)
+            self.done.emit(*self._outcome)
 
     def close(self) -> None:
         """Cancel the running job and ignore its result."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import asymmetric_attention
+from .asymmetric_attention import worth_it
 from .common import MLPBlock
 
 
@@ -124,26 +126,17 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``q (B, Nq, C)``, ``k, v (B, Nk, C)`` -> ``(B, Nq, C)``."""
+        """``q (B | 1, Nq, C)``, ``k, v (B | 1, Nk, C)`` -> ``(B, Nq, C)`` (a batch-1 side is broadcast)."""
+        nq, nk = q.shape[1], k.shape[1]
+        if worth_it(self, nq, nk) and k.shape[0] == v.shape[0] == q.shape[0]:
+            return asymmetric_attention.tokens_to_image(self, q, k, v)
+        if worth_it(self, nk, nq) and k.shape[0] == v.shape[0]:
+            return asymmetric_attention.image_to_tokens(self, q, k, v)
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
         b = max(q.shape[0], k.shape[0], v.shape[0])  # a shared (batch 1) image is broadcast, not copied
         q, k, v = (t if t.shape[0] == b else t.expand(b, -1, -1, -1) for t in (q, k, v))
-        if k.shape[-2] <= 64 and q.shape[-2] >= 8 * k.shape[-2]:
-            out = _few_keys_attention(q, k, v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
-
-
-def _few_keys_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Softmax attention for many queries and few keys (image tokens attending to prompt tokens).
-
-    ``q (B, h, Nq, d)``, ``k, v (B, h, Nk, d)`` -> ``(B, h, Nq, d)``. The scores are laid out
-    ``(Nk, Nq)`` so that the softmax runs over a short, strided axis while vectorising over the
-    many queries: on CPU a softmax along a last axis of ~7 elements is several times slower.
-    """
-    scores = (k * q.shape[-1] ** -0.5) @ q.transpose(-1, -2)  # (B, h, Nk, Nq)
-    return scores.softmax(dim=-2).transpose(-1, -2) @ v

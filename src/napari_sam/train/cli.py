@@ -99,6 +99,8 @@ def cmd_finetune(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate_model, format_table
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     res = evaluate_model(a.model, data_root=a.data, images=a.images, labels=a.labels, device=a.device,
                          max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None))
     print(format_table(res))
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_evaluate)
     a = ap.parse_args(argv)
     a.func(a)

@@ -1,0 +1,65 @@
+"""Cheaper, exact evaluation of the mask decoder's cross-attentions between a few prompt tokens and
+many image tokens.
+
+In SAM's decoder, ``Nt`` prompt tokens (5 output tokens + the prompts, typically < 12) attend to
+``L = h*w`` image tokens (4096) and back. The official code projects all L image tokens to the
+attention width ``D`` (q/k/v projections, ``L*C*D`` multiply-adds each) and projects the L outputs
+back. Multi-head attention is linear in those projections, so the products can be reassociated to
+run through the small side instead:
+
+- tokens -> image: ``softmax(q_h (X Wk_h^T + bk_h)^T) (X Wv_h^T + bv_h)`` equals
+  ``softmax((q_h Wk_h) X^T) (P X) Wv_h^T + bv_h`` (the key bias adds a per-query constant, which the
+  softmax ignores; attention rows sum to one, so the value bias passes through),
+- image -> tokens: the query projection folds into the keys (``X (Wq_h^T K_h^T) + bq_h K_h^T``) and the
+  output projection into the values (``sum_h P_h (V_h Wo_h^T)``),
+
+costing ``L*C*heads*Nt`` instead of ``L*C*D``: about half when ``heads*Nt`` is well below ``D``.
+Results equal the plain computation up to float rounding (parity tests hold them to 1e-4).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .transformer import Attention
+
+
+def worth_it(attn: Attention, n_small: int, n_large: int) -> bool:
+    """Whether reassociating through ``n_small`` tokens saves work against ``n_large`` image tokens."""
+    return n_large >= 8 * n_small and 4 * attn.num_heads * n_small <= 3 * attn.internal_dim
+
+
+def tokens_to_image(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``q (B, Nt, C)`` prompt tokens attend to ``k, v (B, L, C)`` image tokens -> ``(B, Nt, C)``."""
+    h, dim = attn.num_heads, attn.internal_dim
+    d = dim // h
+    b, nt, c = q.shape
+    qh = attn.q_proj(q).reshape(b, nt, h, d).transpose(1, 2) * d**-0.5  # (B, h, Nt, d)
+    a = (qh @ attn.k_proj.weight.reshape(h, d, c)).reshape(b, h * nt, c)  # (B, h*Nt, C)
+    p = (a @ k.transpose(1, 2)).softmax(-1)  # (B, h*Nt, L); k, v have batch B (or B == 1)
+    px = (p @ v).reshape(b, h, nt, c)
+    out = px @ attn.v_proj.weight.reshape(h, d, c).transpose(1, 2) + attn.v_proj.bias.reshape(h, 1, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, nt, dim))
+
+
+def image_to_tokens(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``q (B | 1, L, C)`` image tokens attend to ``k, v (B, Nt, C)`` prompt tokens -> ``(B, L, C)``."""
+    h, dim = attn.num_heads, attn.internal_dim
+    d = dim // h
+    b, nt, c = k.shape
+    L = q.shape[1]
+    kh = attn.k_proj(k).reshape(b, nt, h, d).transpose(1, 2) * d**-0.5  # (B, h, Nt, d)
+    m = (kh @ attn.q_proj.weight.reshape(h, d, c)).reshape(b, h * nt, c)  # (B, h*Nt, C)
+    const = (kh @ attn.q_proj.bias.reshape(h, d, 1)).reshape(b, h * nt, 1)
+    if q.shape[0] == 1 and b > 1:
+        scores = (m.reshape(b * h * nt, c) @ q[0].T).reshape(b, h * nt, L)
+    else:
+        scores = m @ q.transpose(1, 2)  # (B, h*Nt, L)
+    # softmax over the few keys, laid out along a strided axis (a short last axis is slow on CPU)
+    p = (scores + const).reshape(b, h, nt, L).softmax(dim=-2).reshape(b, h * nt, L)
+    vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
+    n = vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (B, h, Nt, C_out)
+    return p.transpose(1, 2) @ n.reshape(b, h * nt, -1) + attn.out_proj.bias
