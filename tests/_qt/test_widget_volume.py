@@ -127,3 +127,27 @@ def test_slider_prefetches_neighbours(sam_widget, qtbot):
     qtbot.waitUntil(lambda: all(widget.sam.has_embedding((k,)) for k in (3, 4, 5)) and not widget.encoder.busy,
                     timeout=30000)
     assert widget.volume_box.isEnabled()
+
+
+def test_extend_labels_button_keeps_ids(sam_widget, qtbot, tiny_sam):
+    viewer, widget = sam_widget
+    img, _, _ = ellipsoid_volume((6, 64, 64), n_objects=1, seed=2)
+    viewer.add_image(img, name="stack")
+    lab = np.zeros(img.shape, np.int32)
+    lab[1, 10:30, 10:30] = 9
+    lab[4, 12:28, 12:28] = 9
+    layer = viewer.add_labels(lab.copy(), name="mine")
+    widget.labels_combo.setCurrentIndex(widget.labels_combo.findText("mine"))
+    wait_encoded(qtbot, widget)
+    panel = widget.volume_panel
+    panel.iou_spin.setValue(0)
+    panel.overlap_spin.setValue(0)
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000):
+        qtbot.mouseClick(panel.extend_button, Qt.MouseButton.LeftButton)
+    ref = segment_volume(EmbeddingStore(SamPredictor(tiny_sam, device="cpu"), img, axis=0), labels=lab,
+                         min_area=4, **NO_STOP)
+    assert set(np.unique(layer.data)) <= {0, 9}
+    np.testing.assert_array_equal(layer.data[ref.slices] > 0, ref.to_labels()[ref.slices] > 0)
+    np.testing.assert_array_equal(layer.data[[1, 4]], lab[[1, 4]])  # labelled slices keep their masks
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, lab)

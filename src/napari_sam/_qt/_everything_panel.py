@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QSpinBox, QWidget
 
 from napari_sam._qt._jobs import JobPanel, JobRunner
 
@@ -28,17 +28,19 @@ class EverythingPanel(JobPanel):
             box.setSingleStep(0.01)
             box.setDecimals(2)
             box.setValue(value)
+        self.iou_spin.setToolTip("keep masks whose predicted IoU is above this (pred_iou_thresh)")
+        self.stability_spin.setToolTip("keep masks whose stability score is at least this (stability_score_thresh)")
         self.area_spin = QSpinBox()
         self.area_spin.setRange(0, 10**7)
         self.area_spin.setToolTip("fill holes and remove islands smaller than this (pixels; 0: off)")
         self.stack_check = QCheckBox("whole stack (ids linked across slices)")
-        form = QFormLayout()
-        form.addRow("points per side", self.points_spin)
-        form.addRow("min predicted IoU", self.iou_spin)
-        form.addRow("min stability", self.stability_spin)
-        form.addRow("min region area", self.area_spin)
+        grid = QGridLayout()
+        for k, (text, box) in enumerate((("points/side", self.points_spin), ("min IoU", self.iou_spin),
+                                         ("min area", self.area_spin), ("min stability", self.stability_spin))):
+            grid.addWidget(QLabel(text), k // 2, 2 * (k % 2))
+            grid.addWidget(box, k // 2, 2 * (k % 2) + 1)
         self.run_button = QPushButton("Segment everything")
-        self.column.addLayout(form)
+        self.column.addLayout(grid)
         self.column.addWidget(self.stack_check)
         self.column.addWidget(self.run_button)
         self.finish_layout()

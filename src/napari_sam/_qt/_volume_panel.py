@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
 
 from napari_sam._qt._jobs import JobPanel, JobRunner
 
@@ -35,8 +35,6 @@ class VolumePanel(JobPanel):
     def __init__(self, sam: Any, jobs: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(sam, jobs, parent)
         p = sam.volume_params
-        help_label = QLabel(HELP)
-        help_label.setWordWrap(True)
         self.iou_spin = _spin(p["iou_threshold"], 0, 1, 0.05, "stop when SAM's predicted IoU falls below this (0: never)")
         self.overlap_spin = _spin(p["overlap_threshold"], 0, 1, 0.05,
                                   "stop when the mask overlaps the previous slice's less than this (IoU; 0: never)")
@@ -46,12 +44,13 @@ class VolumePanel(JobPanel):
         self.distance_spin.setSpecialValueText("no limit")
         self.distance_spin.setValue(p["max_distance"] or 0)
         self.distance_spin.setToolTip("stop this many slices away from a prompted slice (0: no limit)")
-        form = QFormLayout()
-        form.addRow("min IoU", self.iou_spin)
-        form.addRow("min overlap", self.overlap_spin)
-        form.addRow("min stability", self.stability_spin)
-        form.addRow("max slices", self.distance_spin)
+        grid = QGridLayout()
+        for k, (text, box) in enumerate((("min IoU", self.iou_spin), ("min overlap", self.overlap_spin),
+                                         ("min stability", self.stability_spin), ("max slices", self.distance_spin))):
+            grid.addWidget(QLabel(text), k // 2, 2 * (k % 2))
+            grid.addWidget(box, k // 2, 2 * (k % 2) + 1)
         self.segment_button = QPushButton("Segment object in 3D")
+        self.segment_button.setToolTip(HELP)
         self.extend_button = QPushButton("Extend labels in 3D")
         self.extend_button.setToolTip("use the labels already in the stack as seeds: fill gaps, extend ends, keep ids")
         self.precompute_button = QPushButton("Precompute embeddings")
@@ -59,8 +58,7 @@ class VolumePanel(JobPanel):
         row = QHBoxLayout()
         for b in (self.segment_button, self.extend_button):
             row.addWidget(b)
-        self.column.addWidget(help_label)
-        self.column.addLayout(form)
+        self.column.addLayout(grid)
         self.column.addLayout(row)
         self.column.addWidget(self.precompute_button)
         self.finish_layout()

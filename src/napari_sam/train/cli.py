@@ -29,6 +29,10 @@ def _log_to(path: Path | None):
     return log
 
 
+def _ints(v: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in v.split(",") if t.strip())
+
+
 def _threads(v: str) -> int | str:
     return v if v == "auto" else int(v)
 
@@ -42,6 +46,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objects", type=int, default=4, help="objects per window")
     p.add_argument("--max-corrections", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--decoder-crops", default="16,16,24,32", help="decoder crop sides in embedding cells")
+    p.add_argument("--late-from", type=float, default=1.0, help="schedule fraction where the late phase starts")
+    p.add_argument("--late-window", type=int, default=0, help="window side in the late phase")
+    p.add_argument("--late-decoder-crops", default="", help="decoder crops in the late phase")
+    p.add_argument("--no-mask-input-prob", type=float, default=0.2, help="corrective rounds without mask_input")
     p.add_argument("--focal-weight", type=float, default=20.0, help="focal : dice = this : 1 (SAM: 20)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--freeze-encoder", action="store_true")
@@ -56,7 +65,9 @@ def _config(a: argparse.Namespace):
     from .loop import TrainConfig
 
     return TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch=a.batch, window=a.window,
-                       objects=a.objects, max_corrections=a.max_corrections, lr=a.lr, focal_weight=a.focal_weight, warmup=a.warmup,
+                       objects=a.objects, max_corrections=a.max_corrections, decoder_crops=_ints(a.decoder_crops),
+                       late_from=a.late_from, late_window=a.late_window, late_decoder_crops=_ints(a.late_decoder_crops), lr=a.lr, focal_weight=a.focal_weight,
+                       no_mask_input_prob=a.no_mask_input_prob, warmup=a.warmup,
                        freeze_encoder=a.freeze_encoder, seed=a.seed, checkpoint_every_s=a.checkpoint_every,
                        log_every=a.log_every)
 

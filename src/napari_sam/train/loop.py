@@ -41,6 +41,11 @@ class TrainConfig:
     box_prob: float = 0.5         # first prompt is a box (else one positive point)
     no_mask_input_prob: float = 0.2
     decoder_crops: tuple[int, ...] = (16, 16, 24, 32)  # decoder sees a d x d cell crop per object; () = whole window
+    multimask_always: bool = True  # train the 3 multimask outputs on every prompt (widgets use them for boxes
+    #                                and several clicks too), not only on single clicks as SAM
+    late_from: float = 1.0        # from this schedule fraction on, train with late_window / late_decoder_crops
+    late_window: int = 0          # (bigger context, closer to inference on the full frame)
+    late_decoder_crops: tuple[int, ...] = ()
     focal_weight: float = 20.0     # SAM: focal 20 : dice 1
     dice_weight: float = 1.0
     lr: float = 1e-3
@@ -117,11 +122,11 @@ class Trainer:
         return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * cos)
 
     # -- one step ---------------------------------------------------------------------------------
-    def _windows(self) -> list[Window]:
+    def _windows(self, side: int) -> list[Window]:
         out: list[Window] = []
         while len(out) < self.cfg.batch:
             s = self.samples[int(self.rng.integers(len(self.samples)))]
-            w = random_window(s, self.rng, self.window, self.img_size)
+            w = random_window(s, self.rng, side, self.img_size)
             if w is not None:
                 out.append(w)
         return out
@@ -129,7 +134,7 @@ class Trainer:
     def _crops(self, wins: list[Window], d: int):
         """Per-object decoder crops: returns (window idx, cell y, cell x, gt mask crop) per object."""
         cfg, rng, st = self.cfg, self.rng, self.stride
-        g = self.window // st
+        g = wins[0].labels.shape[0] // st
         out = []
         for b, w in enumerate(wins):
             for m in _pick_objects(w, cfg.objects, rng):
@@ -150,11 +155,14 @@ class Trainer:
             self.model.image_encoder.eval()
         for grp in self.opt.param_groups:
             grp["lr"] = self.lr()
-        g = self.window // st
-        d = min(g, int(rng.choice(cfg.decoder_crops))) if cfg.decoder_crops else g
+        late = self.progress() >= cfg.late_from
+        side = min(self.img_size, cfg.late_window) if late and cfg.late_window else self.window
+        crops = cfg.late_decoder_crops if late and cfg.late_decoder_crops else cfg.decoder_crops
+        g = side // st
+        d = min(g, int(rng.choice(crops))) if crops else g
         objs: list = []
         while not objs:
-            wins = self._windows()
+            wins = self._windows(side)
             objs = self._crops(wins, d)
         x = torch.stack([_window_tensor(w, dev) for w in wins])
         with torch.set_grad_enabled(not cfg.freeze_encoder):
@@ -166,7 +174,7 @@ class Trainer:
         off = np.array([[fx * st, fy * st] for fy, fx in frame], np.float32)  # crop origin in the frame, xy
         masks = [o[3] for o in objs]
         gt = torch.from_numpy(np.stack(masks)).to(dev, torch.float32)
-        n, side = len(objs), d * st
+        n, crop_side = len(objs), d * st
         n_corr = int(rng.integers(1, cfg.max_corrections + 1))
         box_first = rng.random() < cfg.box_prob
         pts, lbl, boxes = _first_prompts(masks, rng, box_first)
@@ -184,10 +192,10 @@ class Trainer:
                 if mask_in is None:
                     dense = dense[..., :d, :d]
                 logits, iou_pred = self.model.mask_decoder.predict_masks(emb, pe, sparse, dense)
-                up = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
+                up = F.interpolate(logits, size=(crop_side, crop_side), mode="bilinear", align_corners=False)
                 if grad:
                     loss, iou = sam_loss(up[:, :1], iou_pred[:, :1], gt, cfg.focal_weight, cfg.dice_weight)
-                    if multi:
+                    if multi or cfg.multimask_always:
                         l3, iou3 = sam_loss(up[:, 1:], iou_pred[:, 1:], gt, cfg.focal_weight, cfg.dice_weight)
                         loss, iou = loss + l3, torch.maximum(iou, iou3)
                     losses.append(loss)
