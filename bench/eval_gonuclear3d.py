@@ -138,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             *({"prompt": p} for p in ["box+point", "box+mask", "box", "point+mask"]),
             {"negatives": True},
             *({"overlap_threshold": t} for t in [0.0, 0.5]),
-            *({"iou_threshold": t} for t in [0.0, 0.7]),
+            *({"iou_threshold": t} for t in [0.0, 0.3, 0.7]),
+            {"iou_threshold": 0.0, "stability_threshold": 0.7},
+            {"iou_threshold": 0.0, "multimask": True},
+            {"iou_threshold": 0.0, "negatives": True},
             *({"box_margin": m} for m in [0.0, 0.25]),
         ]
     elif args.sweep:

@@ -9,8 +9,8 @@ import torch
 from napari_sam.models.nano import build_nano
 from napari_sam.train import data, prompts
 from napari_sam.train.evaluate import evaluate_image
-from napari_sam.train.losses import sam_loss
 from napari_sam.train.loop import TrainConfig, Trainer, train
+from napari_sam.train.losses import sam_loss
 
 
 def _disks(seed: int, n: int = 4, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +103,7 @@ def test_steps_reduce_loss_and_resume(samples, tmp_path):
     tr2 = Trainer(build_nano(img_size=128), samples, cfg)
     tr2.load(ck)
     assert tr2.step_idx == 30
-    for (k, a), b in zip(model.state_dict().items(), tr2.model.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), tr2.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
     # train() resumes from the checkpoint and stops at the schedule's end
     cfg2 = TrainConfig(**{**cfg.__dict__, "steps": 32})
@@ -138,7 +138,7 @@ def test_evaluate_perfect_predictions():
     img, lab = _disks(5)
     res = evaluate_image(_Oracle(lab), img, lab, clicks=5)
     assert len(res["point"]) == lab.max()
-    for key in ("point", "point_single", "box", "click3", "click5"):
+    for key in ("point", "point_single", "box", "box_multi", "click3", "click5"):
         assert np.allclose(res[key], 1.0), key
     assert np.allclose(res["noc85"], 1.0) and np.allclose(res["noc90"], 1.0)
 
@@ -147,7 +147,7 @@ def test_finetune_on_arrays(tmp_path):
     from napari_sam.train import finetune
     from napari_sam.weights import load_model
 
-    imgs, labs = zip(*[_disks(s) for s in (7, 8)])
+    imgs, labs = zip(*[_disks(s) for s in (7, 8)], strict=True)
     model = finetune(build_nano(img_size=128), list(imgs), list(labs), out=tmp_path, steps=2, threads=None,
                      device="cpu")
     assert not model.training

@@ -116,6 +116,7 @@ class AutomaticMaskGenerator:
         self.crop_n_layers = int(crop_n_layers)
         self.crop_nms_thresh = float(crop_nms_thresh)
         self.crop_overlap_ratio = float(crop_overlap_ratio)
+        self.crop_n_points_downscale_factor = int(crop_n_points_downscale_factor)
         self.min_mask_region_area = int(min_mask_region_area)
         self.output_mode = output_mode
         self.tile_size, self.tile_overlap = tile_size, int(tile_overlap)

@@ -70,7 +70,10 @@ class ModelBox(QWidget):
             self._names.append(current)
         for info in infos:
             size = f", {info.size_mb:g} MB" if getattr(info, "size_mb", None) else ""
-            state = "downloaded" if cached(info.name) else f"not downloaded{size}"
+            if getattr(info, "packaged", None):
+                state = "built in"
+            else:
+                state = "downloaded" if cached(info.name) else f"not downloaded{size}"
             self.model_combo.addItem(f"{info.name} ({info.arch}, {state})")
             self._names.append(info.name)
         self.model_combo.addItem(LOAD_FILE)

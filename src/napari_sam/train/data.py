@@ -151,7 +151,7 @@ def read_pairs(images: str | Path | list, labels: str | Path | list) -> list[tup
     if len(imgs) != len(labs):
         raise ValueError(f"{len(imgs)} images but {len(labs)} label images")
     out: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for k, (im, lb) in enumerate(zip(imgs, labs)):
+    for k, (im, lb) in enumerate(zip(imgs, labs, strict=True)):
         if lb.ndim == 3:  # a stack: (n, H, W) labels with (n, H, W[, C]) image
             if im.shape[0] != lb.shape[0]:
                 raise ValueError(f"image stack {im.shape} does not match label stack {lb.shape}")

@@ -15,9 +15,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .data import PIXEL_MEAN, PIXEL_STD, Sample, Window, random_window
 from .losses import sam_loss
-from .prompts import corrective_point, jitter_box, random_point, center_point
+from .prompts import center_point, corrective_point, jitter_box, random_point
 
 
 @dataclass
