@@ -12,6 +12,7 @@ click decoded on the GUI thread never races a propagation running in a worker.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,11 +23,13 @@ import numpy as np
 from napari_sam._prompts import assign_points_to_boxes
 from napari_sam._slicing import SamUserError, box_rc_to_xy, in_slice, rc_to_xy, spatial_shape, to_image_data
 from napari_sam._stack import Stack, StackSlices, next_label, stack_of, write_slices
+from napari_sam.volume import segment_volume
 
 MAX_STORES = 2  # stacks (image layer x outer index x settings) whose embeddings are kept
+# the widget's defaults are the engine's (chosen by measurement, see docs/volume.md)
 VOLUME_DEFAULTS: dict[str, Any] = {
-    "prompt": "box+point+mask", "iou_threshold": 0.5, "stability_threshold": 0.0,
-    "overlap_threshold": 0.3, "min_area": 4, "max_distance": None,
+    name: inspect.signature(segment_volume).parameters[name].default
+    for name in ("prompt", "iou_threshold", "stability_threshold", "overlap_threshold", "min_area", "max_distance")
 }
 
 
@@ -180,7 +183,6 @@ class VolumeMixin:
         extend_labels: bool = False, ids: list[int] | None = None, **params: Any,
     ) -> tuple[Callable[..., Any], Callable[[Any], list[int]]]:
         """(job(progress, cancel) -> VolumeResult, apply(result) -> ids written); see :meth:`segment_volume`."""
-        from napari_sam.volume import segment_volume
 
         img = self._require_image()
         self._require_model()
