@@ -35,7 +35,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for info in list_models():
         state = "packaged" if info.packaged else ("cached" if is_cached(info.name) else "not downloaded")
-        print(f"{info.name:24s} {info.arch:6s} {info.size_mb:8.1f} MB  {state:15s} {info.description}")
+        size = f"{info.size_mb:8.1f} MB" if info.size_mb else " " * 11
+        print(f"{info.name:24s} {info.arch:6s} {size}  {state:15s} {info.description}")
     return 0
 
 
@@ -61,7 +62,13 @@ def _cmd_auto(args: argparse.Namespace) -> int:
 
     image = np.asarray(io.imread(args.image))
     model = load_model(args.model, device=args.device)
-    generator = AutomaticMaskGenerator(model, points_per_side=args.points_per_side)
+    generator = AutomaticMaskGenerator(
+        model,
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        min_mask_region_area=args.min_area,
+    )
     labels = generator.generate_labels(image)
     tifffile.imwrite(args.output, labels)
     print(f"{args.output}: {int(labels.max())} objects")
@@ -91,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--model", default=None, help="registry name or checkpoint path (default: packaged)")
     auto.add_argument("--device", default=None)
     auto.add_argument("--points-per-side", type=int, default=32)
+    auto.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    auto.add_argument("--stability-score-thresh", type=float, default=0.95)
+    auto.add_argument("--min-area", type=int, default=0, help="remove holes/islands below this area (px)")
     auto.set_defaults(func=_cmd_auto)
     return parser
 

@@ -1,0 +1,53 @@
+"""The ``napari-sam`` command line (batch use)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_sam import cli
+from napari_sam.automatic import AutomaticMaskGenerator
+from napari_sam.models import build_model
+from napari_sam.weights import REGISTRY, load_model
+
+
+def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vit_b", "vit_t", "nano_nuclei"):
+        assert name in out
+    assert len(out.strip().splitlines()) == len(REGISTRY)
+
+
+def test_auto_writes_the_same_labels_as_the_api(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    ckpt = tmp_path / "nano_random.pt"
+    torch.save(build_model("nano").state_dict(), ckpt)  # the official state-dict format
+    rng = np.random.default_rng(0)
+    image = (rng.random((96, 128)) * 255).astype(np.uint8)
+    src, out = tmp_path / "image.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(src, image)
+    args = ["auto", str(src), "-o", str(out), "--model", str(ckpt), "--points-per-side", "4"]
+    args += ["--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    assert cli.main(args) == 0
+    written = tifffile.imread(out)
+    expected = AutomaticMaskGenerator(
+        load_model(ckpt), points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    ).generate_labels(image)
+    assert written.shape == image.shape
+    np.testing.assert_array_equal(written, expected)
+    assert f"{int(expected.max())} objects" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((8, 8), np.uint8))
+    assert cli.main(["auto", str(image), "-o", str(tmp_path / "o.tif"), "--model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-sam: error:") and "broken.pt" in err
+    assert cli.main(["fetch", "no_such_model"]) == 2
+    assert "no_such_model" in capsys.readouterr().err
