@@ -1,0 +1,1 @@
+"""Packaged model weights (``nano_nuclei.pt``, see docs/training.md)."""
