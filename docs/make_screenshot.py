@@ -42,12 +42,15 @@ def main() -> None:
     sam = widget.sam
     while not (sam.has_embedding() and not widget.encoder.busy):
         app.processEvents()
-    # a blob near the centre: the brightest pixel of a central window
+    # click the centres of a few bright nuclei (local maxima of the smoothed image), one object each
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian
+
     h, w = data.shape[:2]
-    win = np.asarray(data)[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3]
-    r, c = np.unravel_index(np.argmax(win), win.shape)
-    sam.add_point([r + h // 3, c + w // 3])
-    widget.commit()
+    smooth = gaussian(np.asarray(data, dtype=np.float32), sigma=4)
+    for r, c in peak_local_max(smooth, min_distance=40, num_peaks=6, exclude_border=30):
+        sam.add_point([r, c])
+        widget.commit()
     sam.add_point([h // 4, w // 4])  # a live prompt + preview for the picture
     for _ in range(20):
         app.processEvents()
