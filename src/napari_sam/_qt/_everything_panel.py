@@ -64,4 +64,13 @@ class EverythingPanel(JobPanel):
     def _report(self, ids: list[int] | None) -> str:
         if ids is None:
             return ""
-        return f"{len(ids)} object(s) written" if ids else "nothing written (cancelled, or no mask passed)"
+        if ids:
+            return f"{len(ids)} object(s) written"
+        from napari.utils.notifications import show_warning
+
+        show_warning(
+            "Segment everything wrote nothing: it was cancelled, or no mask passed min IoU "
+            f"{self.iou_spin.value():.2f} and min stability {self.stability_spin.value():.2f}. "
+            "Lower them: the built-in nano_nuclei model's scores are lower than SAM's (try 0.5 and 0.8)."
+        )
+        return "nothing written (cancelled, or no mask passed the thresholds)"
