@@ -1,0 +1,230 @@
+"""The model registry: what each checkpoint is (architecture, URL, hash, size, licence).
+
+Data only, plus two look-ups; downloading and loading live in :mod:`napari_sam.weights`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One entry of the model registry.
+
+    ``sha256``/``xxh128`` are None where no hash is known (the download is then not verified).
+    ``url`` is None where there is no direct download: the file must be put in the cache by hand.
+    ``packaged`` is a path relative to the ``napari_sam`` package for weights that ship with it.
+    ``size_mb`` is approximate (MB, 10**6 bytes), None when not known.
+    """
+
+    name: str
+    arch: str
+    url: str | None
+    sha256: str | None
+    size_mb: float | None
+    licence: str
+    description: str
+    filename: str
+    packaged: str | None = None
+    xxh128: str | None = None
+    homepage: str | None = None
+
+    @property
+    def downloadable(self) -> bool:
+        """True when the weights ship with the package or have a download URL."""
+        return self.packaged is not None or self.url is not None
+
+    def known_hash(self) -> str | None:
+        """The hash in pooch's format, None when none is known.
+
+        xxh128 when known and the optional ``xxhash`` package is installed, else sha256.
+        """
+        if self.xxh128:
+            try:
+                import xxhash  # noqa: F401
+
+                return f"xxh128:{self.xxh128}"
+            except ImportError:
+                pass
+        return self.sha256
+
+
+_SAM_HOME = "https://github.com/facebookresearch/segment-anything"
+_MICRO_HOME = "https://github.com/computational-cell-analytics/micro-sam"
+_BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
+
+
+def _micro(
+    name: str, arch: str, url: str | None, xxh: str | None, size: float | None, what: str
+) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        arch=arch,
+        url=url,
+        sha256=None,
+        size_mb=size,
+        licence="CC-BY-4.0",
+        description=what,
+        filename=f"{name}.pt",
+        xxh128=xxh,
+        homepage=_MICRO_HOME,
+    )
+
+
+# URLs and xxh128 hashes of the SAM, MobileSAM and micro-sam files: copied from micro_sam/util.py:models()
+# of micro-sam 1.8.14 (PyPI). sha256 of the three official SAM files: as published in micro-sam's former
+# (< 1.0) sha256 registry, not re-checked by a download here. Unknown hashes are None, never guessed.
+_ENTRIES: list[ModelInfo] = [
+    ModelInfo(
+        name="nano_nuclei",
+        arch="nano",
+        url=None,
+        sha256=None,
+        size_mb=None,
+        licence="Apache-2.0",
+        description="napari-sam's own small model for nuclei in light microscopy; ships with the "
+        "package, runs fast on a CPU.",
+        filename="nano_nuclei.pt",
+        packaged="_weights/nano_nuclei.pt",
+    ),
+    ModelInfo(
+        name="vit_b",
+        arch="vit_b",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        size_mb=375,
+        licence="Apache-2.0",
+        description="Segment Anything ViT-B (Meta AI), the smallest official SAM.",
+        filename="sam_vit_b_01ec64.pth",
+        xxh128="6923c33df3637b6a922d7682bfc9a86b",
+        homepage=_SAM_HOME,
+    ),
+    ModelInfo(
+        name="vit_l",
+        arch="vit_l",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        size_mb=1250,
+        licence="Apache-2.0",
+        description="Segment Anything ViT-L (Meta AI).",
+        filename="sam_vit_l_0b3195.pth",
+        xxh128="a82beb3c660661e3dd38d999cc860e9a",
+        homepage=_SAM_HOME,
+    ),
+    ModelInfo(
+        name="vit_h",
+        arch="vit_h",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        size_mb=2560,
+        licence="Apache-2.0",
+        description="Segment Anything ViT-H (Meta AI), the largest and most accurate official SAM; "
+        "slow without a GPU.",
+        filename="sam_vit_h_4b8939.pth",
+        xxh128="97698fac30bd929c2e6d8d8cc15933c2",
+        homepage=_SAM_HOME,
+    ),
+    ModelInfo(
+        name="vit_t",
+        arch="vit_t",
+        url="https://owncloud.gwdg.de/index.php/s/TuDzuwVDHd1ZDnQ/download",
+        sha256=None,
+        size_mb=40.7,
+        licence="Apache-2.0",
+        description="MobileSAM (TinyViT encoder, SAM decoder): fast on a CPU. The file is "
+        "mobile_sam.pt of ChaoningZhang/MobileSAM, served from micro-sam's mirror; "
+        "sha256 not known (xxh128 is checked when xxhash is installed).",
+        filename="mobile_sam.pt",
+        xxh128="8eadbc88aeb9d8c7e0b4b60c3db48bd0",
+        homepage="https://github.com/ChaoningZhang/MobileSAM",
+    ),
+    _micro(
+        "vit_t_lm",
+        "vit_t",
+        f"{_BIOIMAGEIO}/faithful-chicken/1.1/files/vit_t.pt",
+        "72ec5074774761a6e5c05a08942f981e",
+        40.7,
+        "micro-sam's light-microscopy generalist (cells, nuclei), MobileSAM encoder.",
+    ),
+    _micro(
+        "vit_b_lm",
+        "vit_b",
+        f"{_BIOIMAGEIO}/diplomatic-bug/1.2/files/vit_b.pt",
+        "fe9252a29f3f4ea53c15a06de471e186",
+        375,
+        "micro-sam's light-microscopy generalist (cells, nuclei), ViT-B.",
+    ),
+    _micro(
+        "vit_l_lm",
+        "vit_l",
+        f"{_BIOIMAGEIO}/idealistic-rat/1.2/files/vit_l.pt",
+        "017f20677997d628426dec80a8018f9d",
+        1250,
+        "micro-sam's light-microscopy generalist (cells, nuclei), ViT-L.",
+    ),
+    _micro(
+        "vit_h_lm",
+        "vit_h",
+        None,
+        None,
+        2560,
+        "micro-sam's earlier (0.x) ViT-H light-microscopy model. micro-sam 1.x no longer "
+        "publishes it, so there is no download URL or hash here: put the file in the cache "
+        "folder by hand (or pass its path).",
+    ),
+    _micro(
+        "vit_t_em_organelles",
+        "vit_t",
+        f"{_BIOIMAGEIO}/greedy-whale/1/files/vit_t.pt",
+        "253474720c497cce605e57c9b1d18fd9",
+        40.7,
+        "micro-sam's electron-microscopy model for organelles (mitochondria, nuclei), MobileSAM encoder.",
+    ),
+    _micro(
+        "vit_b_em_organelles",
+        "vit_b",
+        f"{_BIOIMAGEIO}/noisy-ox/1.2/files/vit_b.pt",
+        "f3bf2ed83d691456bae2c3f9a05fb438",
+        375,
+        "micro-sam's electron-microscopy model for organelles (mitochondria, nuclei), ViT-B.",
+    ),
+    _micro(
+        "vit_l_em_organelles",
+        "vit_l",
+        f"{_BIOIMAGEIO}/humorous-crab/1.2/files/vit_l.pt",
+        "810b084b6e51acdbf760a993d8619f2d",
+        1250,
+        "micro-sam's electron-microscopy model for organelles (mitochondria, nuclei), ViT-L.",
+    ),
+    ModelInfo(
+        name="medsam_vit_b",
+        arch="vit_b",
+        url=None,
+        sha256=None,
+        size_mb=375,
+        licence="Apache-2.0",
+        description="MedSAM (SAM ViT-B fine-tuned on medical images; best with box prompts). "
+        "Published on Google Drive only (link in the MedSAM README), so there is no direct "
+        "download: save medsam_vit_b.pth in the cache folder by hand.",
+        filename="medsam_vit_b.pth",
+        homepage="https://github.com/bowang-lab/MedSAM",
+    ),
+]
+
+REGISTRY: dict[str, ModelInfo] = {info.name: info for info in _ENTRIES}
+DEFAULT_MODEL = "nano_nuclei"
+
+
+
+def list_models() -> list[ModelInfo]:
+    """All registry entries, in registry order."""
+    return list(REGISTRY.values())
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``; KeyError listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}") from None
