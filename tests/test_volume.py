@@ -246,8 +246,6 @@ def test_trained_model_propagates_gonuclear_nuclei(shared_data):
 
     from napari_sam import weights
 
-    if not weights.is_cached(weights.DEFAULT_MODEL):
-        pytest.skip(f"{weights.DEFAULT_MODEL} weights are not packaged yet")
     raw = tifffile.imread(shared_data / "gonuclear3d" / "1135_mini_raw.tif")[30:70]
     gt = tifffile.imread(shared_data / "gonuclear3d" / "1135_mini_labels.tif")[30:70].astype(np.int32)
     ids = [i for i in np.unique(gt[20]) if i and (gt == i).any(axis=(1, 2)).sum() >= 8][:4]

@@ -6,7 +6,7 @@ project's own small model (``models/nano.py`` registers ``"nano"``).
 
 from __future__ import annotations
 
-from .sam import Sam, available_archs, build_model, build_sam, infer_arch, register_arch
 from . import nano  # noqa: E402,F401  (registers the "nano" architecture)
+from .sam import Sam, available_archs, build_model, build_sam, infer_arch, register_arch
 
 __all__ = ["Sam", "available_archs", "build_model", "build_sam", "infer_arch", "register_arch"]
