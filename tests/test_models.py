@@ -314,3 +314,32 @@ def test_register_custom_arch_with_build_sam():
         assert masks.shape == (1, 3, 32, 32) and iou.shape == (1, 3)
     finally:
         sam_module._ARCHS.pop("_test_tiny", None)
+
+
+@pytest.mark.parametrize("shared_image", [True, False])
+def test_decoder_chunks_and_iou_filter(shared_image):
+    """A batch larger than one cache-sized chunk gives the per-prompt results; ``predict_filtered``
+    returns exactly the masks of ``forward`` whose IoU passes, and only those."""
+    torch.manual_seed(0)
+    model = build_model("nano").eval()
+    dec = model.mask_decoder
+    n = 19  # nano: 8 prompts per chunk -> chunks of 8, 8, 3
+    emb = torch.randn(1 if shared_image else n, 128, 64, 64)
+    pts = torch.rand(n, 2, 2) * 512
+    lab = torch.tensor([[1, 0]] * n, dtype=torch.int)
+    pe = model.prompt_encoder.get_dense_pe()
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder((pts, lab), None, None)
+        masks, iou = dec(emb, pe, sparse, dense, True)
+        assert masks.shape == (n, 3, 256, 256) and iou.shape == (n, 3)
+        for i in (0, 9, 18):  # one prompt alone, in each chunk
+            m1, i1 = dec(emb[i : i + 1] if not shared_image else emb, pe, sparse[i : i + 1], dense[i : i + 1], True)
+            torch.testing.assert_close(m1[0], masks[i], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(i1[0], iou[i], atol=1e-5, rtol=1e-5)
+        thr = float(iou.median())
+        iou_f, keep, kept = dec.predict_filtered(emb, pe, sparse, dense, True, thr)
+        torch.testing.assert_close(iou_f, iou)
+        assert torch.equal(keep, iou > thr) and 0 < int(keep.sum()) < 3 * n
+        torch.testing.assert_close(kept, masks[keep], atol=1e-4, rtol=1e-4)
+        _, keep0, none = dec.predict_filtered(emb, pe, sparse, dense, False, float("inf"))
+        assert keep0.shape == (n, 1) and not keep0.any() and none.shape == (0, 256, 256)

@@ -130,6 +130,17 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where((y1 >= 0)[:, None], out, torch.zeros_like(out))
 
 
+def decode_filtered(decoder, features, pe, sparse, dense, min_iou: float):
+    """Multimask decoding keeping masks with predicted IoU > ``min_iou``: IoUs (B, 3), keep (B, 3),
+    kept low-res logits (K, 256, 256). Our decoder never upscales the dropped masks; any other
+    decoder with the official ``forward`` is run whole and filtered."""
+    if hasattr(decoder, "predict_filtered"):
+        return decoder.predict_filtered(features, pe, sparse, dense, True, min_iou)
+    low, iou = decoder(features, pe, sparse, dense, True)
+    keep = iou > min_iou
+    return iou, keep, low[keep]
+
+
 def process_batch(gen, ctx: CropContext, points: np.ndarray, orig_size: tuple[int, int]) -> Masks:
     """Decode a batch of (B, 2) point prompts (x, y, crop pixels) and keep the masks that pass the filters."""
     model, dev = gen.predictor.model, gen.predictor.device
@@ -138,23 +149,18 @@ def process_batch(gen, ctx: CropContext, points: np.ndarray, orig_size: tuple[in
     lab = torch.ones(c.shape[0], 1, dtype=torch.int, device=dev)
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder(points=(c, lab), boxes=None, masks=None)
-        low, iou = model.mask_decoder(
-            image_embeddings=ctx.features, image_pe=ctx.pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=True,
-        )
-        n_out = low.shape[1]
-        low, iou = low.flatten(0, 1).float(), iou.flatten(0, 1).float()
-        keep = torch.ones_like(iou, dtype=torch.bool)
-        if gen.pred_iou_thresh > 0.0:
-            keep &= iou > gen.pred_iou_thresh
-        if gen.stability_score_thresh > 0.0 and bool(keep.any()):
-            est = torch.zeros_like(iou)
-            est[keep] = ctx.approx_stability(low[keep])
-            keep &= est >= gen.stability_score_thresh - STAB_MARGIN
+        min_iou = gen.pred_iou_thresh if gen.pred_iou_thresh > 0.0 else float("-inf")
+        iou, keep, low = decode_filtered(model.mask_decoder, ctx.features, ctx.pe, sparse, dense, min_iou)
+        n_out = iou.shape[1]
+        iou, keep, low = iou.flatten(0, 1).float(), keep.flatten(), low.float()  # low: (keep.sum(), 256, 256)
+        if gen.stability_score_thresh > 0.0 and low.shape[0]:
+            ok = ctx.approx_stability(low) >= gen.stability_score_thresh - STAB_MARGIN
+            low = low[ok]
+            keep[keep.clone()] = ok
         idx = torch.nonzero(keep).flatten()
         if idx.numel() == 0:
             return Masks()
-        inter, union, boxes, crops = ctx.exact(low[idx])
+        inter, union, boxes, crops = ctx.exact(low)
         stab = inter.float() / union.float()
         x0, y0 = ctx.crop_box[:2]
         boxes = boxes + torch.tensor([x0, y0, x0, y0])

@@ -85,6 +85,76 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks ``(B, T, 4h, 4w)`` and IoUs ``(B, T)`` of the mask tokens ``tokens`` (default: all
         ``num_mask_tokens``; token 0 is the single-mask output); see :meth:`forward`."""
+        parts = [
+            self._decode(img, image_pe, sparse, dense, tokens)
+            for img, sparse, dense in self._chunks(
+                image_embeddings, sparse_prompt_embeddings, dense_prompt_embeddings
+            )
+        ]
+        if len(parts) == 1:
+            return parts[0][0], parts[0][1]
+        return torch.cat([m for m, _, _ in parts]), torch.cat([i for _, i, _ in parts])
+
+    def predict_filtered(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+        min_iou: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward`, but decodes only the masks whose predicted IoU is ``> min_iou``.
+
+        The IoU head reads the output tokens, so masks that a caller would drop on their IoU (the
+        automatic generator's ``pred_iou_thresh``) need no upscaling at all.
+
+        Returns:
+            IoU predictions ``(B, M)``, the kept entries ``(B, M)`` bool, and their low-res logits
+            ``(K, 4h, 4w)`` in row-major order of ``keep`` (K = ``keep.sum()``).
+        """
+        tokens = slice(1, None) if multimask_output else slice(0, 1)
+        ious, keeps, masks = [], [], []
+        for img, sparse, dense in self._chunks(
+            image_embeddings, sparse_prompt_embeddings, dense_prompt_embeddings
+        ):
+            m, iou, keep = self._decode(img, image_pe, sparse, dense, tokens, min_iou)
+            ious.append(iou)
+            keeps.append(keep)
+            masks.append(m)
+        return torch.cat(ious), torch.cat(keeps), torch.cat(masks)
+
+    def _chunks(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
+        """Split a batch into pieces whose image-token tensors ``(b, h*w, C)`` stay cache-sized.
+
+        Past the first layer every prompt has its own copy of the image tokens; a batch of 64 of them
+        is hundreds of MB and each element-wise pass then runs at memory speed. A few prompts at a
+        time keep those passes in cache (same numbers: each prompt is computed independently).
+        Yields ``(image_embeddings, sparse, dense)`` pieces.
+        """
+        bs = sparse.shape[0]
+        c, h, w = dense.shape[1:]
+        step = max(1, _CACHE_ELEMENTS // (c * h * w))
+        if bs <= step:
+            yield image_embeddings, sparse, dense
+            return
+        shared = image_embeddings.shape[0] == 1
+        for s in range(0, bs, step):
+            e = min(bs, s + step)
+            img = image_embeddings if shared else image_embeddings[s:e]
+            yield img, sparse[s:e], dense[s:e]
+
+    def _decode(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        tokens: slice,
+        min_iou: float | None = None,
+    ):
+        """One chunk: ``(masks (B, T, 4h, 4w), iou, None)``; with ``min_iou``, ``(kept masks
+        (K, 4h, 4w), iou, keep)``."""
         bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(bs, -1, -1)
@@ -101,6 +171,11 @@ class MaskDecoder(nn.Module):
 
         hs, keys = self.transformer(src, image_pe, tokens_in)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
+        keep = None
+        if min_iou is not None:
+            keep = iou_pred > min_iou
+            rows = keep.any(1).nonzero().flatten()  # prompts with at least one mask to decode
+            hs, keys = hs[rows], keys[rows]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         chosen = range(self.num_mask_tokens)[tokens]  # only the masks asked for are computed
         hyper_in = torch.stack(
@@ -108,8 +183,12 @@ class MaskDecoder(nn.Module):
         )
         upscaled = self._upscale(keys)  # (B, 16*h*w, C/8), sub-pixel order (i, j, a, b, a2, b2)
         masks = hyper_in @ upscaled.transpose(1, 2)  # (B, T, 16*h*w)
-        masks = masks.reshape(bs, -1, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-        return masks.reshape(bs, -1, 4 * h, 4 * w), iou_pred
+        if keep is not None:
+            masks = masks[keep[rows]]  # (K, 16*h*w)
+        masks = masks.reshape(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
+        if keep is not None:
+            return masks, iou_pred, keep
+        return masks.reshape(bs, -1, 4 * h, 4 * w), iou_pred, None
 
     def _upscale(self, keys: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` applied to image tokens ``(B, h*w, C)`` -> ``(B, 16*h*w, C/8)``.
@@ -120,12 +199,16 @@ class MaskDecoder(nn.Module):
         sits at token ``(i, j, a, b, a2, b2)``. Same arithmetic as the official convolution path.
         """
         conv1, norm, act1, conv2, act2 = self.output_upscaling
-        b = keys.shape[0]
+        b, n = keys.shape[:2]
         x = F.linear(keys, _deconv_matrix(conv1.weight), conv1.bias.repeat(4))
-        x = x.reshape(b, -1, conv1.out_channels)  # (B, h*w*4, C/4)
+        x = x.reshape(b, 4 * n, conv1.out_channels)  # (B, h*w*4, C/4)
         x = act1(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
         x = F.linear(x, _deconv_matrix(conv2.weight), conv2.bias.repeat(4))
-        return act2(x.reshape(b, -1, conv2.out_channels))
+        return act2(x.reshape(b, 16 * n, conv2.out_channels))
+
+
+# elements of image-token tensors per decoder chunk (16 MiB of float32)
+_CACHE_ELEMENTS = 2**22
 
 
 def _deconv_matrix(weight: torch.Tensor) -> torch.Tensor:
