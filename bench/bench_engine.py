@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # -- prompt-to-mask: same random embedding in both, one point, multimask, full-res masks
     feats = torch.randn(1, 256, *ours.embedding_size, device=device)
-    for h, w in [(1024, 1024), (2048, 1536)]:
+    for h, w in [(1024, 1024), (2048, 1536)] if args.decoder_runs > 0 else []:
         input_size = ours.transform.get_preprocess_shape(h, w, ours.img_size)
         ours.set_image_embedding(ImageEmbedding(feats, (h, w), input_size))
         ref.reset_image()

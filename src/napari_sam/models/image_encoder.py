@@ -152,11 +152,48 @@ class Attention(nn.Module):
         B, H, W, C = x.shape
         # (3, B, heads, H*W, head_dim), views only
         q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        mask = None
-        if self.use_rel_pos:
-            mask = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        if self.use_rel_pos and H * W * H * W > _MASK_CHUNK:
+            x = self._chunked_rel_pos_attention(q, k, v, (H, W))
+        else:
+            mask = None
+            if self.use_rel_pos:
+                mask = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(B, H, W, C))
+
+    def _chunked_rel_pos_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Global attention with the relative-position mask built one head and a few query rows at a
+        time: ``q, k, v (B, heads, H*W, d) -> (B, heads, H*W, d)``.
+
+        The whole mask of a 64x64 grid is heads x 4096 x 4096 floats (805 MB for ViT-B); written once
+        and read once it costs as much as the attention itself. Built per (head, row block) it stays in
+        cache. Same arithmetic per query as the full mask.
+        """
+        H, W = size
+        B, nh, L, _ = q.shape
+        Rh = get_rel_pos(H, H, self.rel_pos_h).to(q.dtype)
+        Rw = get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)
+        r_q = q.reshape(B, nh, H, W, -1)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()  # (B, nh, H, W, H)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()  # (B, nh, H, W, W)
+        rows = max(1, _MASK_CHUNK // (B * W * L))
+        out = torch.empty_like(q)
+        for n in range(nh):
+            kn, vn = k[:, n : n + 1], v[:, n : n + 1]
+            for i in range(0, H, rows):
+                r = min(rows, H - i)
+                sl = slice(i * W, (i + r) * W)
+                mask = rel_h[:, n, i : i + r, :, :, None] + rel_w[:, n, i : i + r, :, None, :]
+                out[:, n : n + 1, sl] = F.scaled_dot_product_attention(
+                    q[:, n : n + 1, sl], kn, vn, attn_mask=mask.view(B, 1, r * W, L), scale=self.scale
+                )
+        return out
+
+
+# attention-mask elements built at a time (8 MiB of float32): larger masks are built in chunks
+_MASK_CHUNK = 2**21
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -220,6 +257,8 @@ def rel_pos_bias(
     Rw = get_rel_pos(q_w, k_w, rel_pos_w).to(q.dtype)
     B, nh, _, dim = q.shape
     r_q = q.reshape(B, nh, q_h, q_w, dim)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
+    # contiguous factors make the broadcast sum below write a contiguous mask, which the reshape then
+    # views (einsum's output strides would otherwise make it a second full copy of the mask)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
     return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, q_h * q_w, k_h * k_w)
