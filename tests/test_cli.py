@@ -41,6 +41,20 @@ def test_auto_writes_the_same_labels_as_the_api(tmp_path, capsys: pytest.Capture
     assert f"{int(expected.max())} objects" in capsys.readouterr().out
 
 
+def test_auto_default_model_uses_its_thresholds(tmp_path) -> None:
+    """No model and no thresholds: the packaged nano_nuclei with its registry thresholds (0.5/0.8)."""
+    rng = np.random.default_rng(1)
+    image = (rng.random((64, 80)) * 255).astype(np.uint8)
+    image[20:40, 30:50] = 250
+    src, out = tmp_path / "image.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(src, image)
+    assert cli.main(["auto", str(src), "-o", str(out), "--points-per-side", "4", "--device", "cpu"]) == 0
+    expected = AutomaticMaskGenerator(
+        load_model(device="cpu"), points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.8
+    ).generate_labels(image)
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")

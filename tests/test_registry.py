@@ -30,3 +30,11 @@ def test_default_model_ships_with_the_package() -> None:
 def test_unknown_name_lists_the_known_ones() -> None:
     with pytest.raises(KeyError, match="vit_b"):
         get_model_info("vit_x")
+
+
+def test_automatic_thresholds():
+    from napari_sam.registry import automatic_thresholds
+
+    assert automatic_thresholds("nano_nuclei") == (0.5, 0.8)
+    assert automatic_thresholds("vit_b") == (0.88, 0.95)
+    assert automatic_thresholds("/some/file.pth") == automatic_thresholds(None) == (0.88, 0.95)

@@ -149,6 +149,19 @@ def test_segment_everything_slice_and_stack(stack_sam, tiny_sam):
     assert sam.segment_everything(cancel=lambda: True, **kw) == []
 
 
+def test_segment_everything_default_thresholds_follow_the_model(stack_sam, tiny_sam):
+    """Thresholds not given are the model's (registry): nano_nuclei's 0.5/0.8, SAM's 0.88/0.95 else."""
+    viewer, sam, img, info = stack_sam
+    viewer.dims.set_current_step(0, 3)
+    assert sam.automatic_thresholds() == (0.88, 0.95)
+    sam.model_name = "nano_nuclei"  # the name decides (the network stays the tiny one)
+    assert sam.automatic_thresholds() == (0.5, 0.8)
+    sam.segment_everything(points_per_side=4)
+    gen = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), points_per_side=4,
+                                 pred_iou_thresh=0.5, stability_score_thresh=0.8)
+    np.testing.assert_array_equal(sam.labels_layer.data[3], gen.generate_labels(to_sam_image(img[3])))
+
+
 def test_2d_image_has_no_stack(make_napari_viewer, tiny_sam):
     viewer = make_napari_viewer()
     sam = SegmentAnything(viewer)

@@ -50,3 +50,13 @@ def test_segment_everything_cancel_writes_nothing(sam_widget, qtbot):
     assert sig.args[1] == []
     assert not widget.sam.labels_layer.data.any()
     assert "nothing written" in panel.status_label.text()
+
+
+def test_thresholds_follow_the_model(sam_widget):
+    """The built-in nano_nuclei model scores lower than SAM: its own thresholds are preset (registry)."""
+    viewer, widget = sam_widget
+    panel = widget.everything_panel
+    assert (panel.iou_spin.value(), panel.stability_spin.value()) == (0.88, 0.95)  # a custom model: SAM's
+    widget.sam.set_model("nano_nuclei", device="cpu")
+    assert (panel.iou_spin.value(), panel.stability_spin.value()) == (0.5, 0.8)
+    assert panel.params()["pred_iou_thresh"] == 0.5

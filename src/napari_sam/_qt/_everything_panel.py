@@ -47,6 +47,12 @@ class EverythingPanel(JobPanel):
         self.action_buttons = [self.run_button]
         self.run_button.clicked.connect(self.run)
 
+    def use_model_thresholds(self) -> None:
+        """Set min IoU / min stability to the current model's defaults (called when a model loads)."""
+        iou, stability = self.sam.automatic_thresholds()
+        self.iou_spin.setValue(iou)
+        self.stability_spin.setValue(stability)
+
     def params(self) -> dict[str, Any]:
         """``segment_everything`` keywords set in the panel."""
         return {
@@ -71,6 +77,6 @@ class EverythingPanel(JobPanel):
         show_warning(
             "Segment everything wrote nothing: it was cancelled, or no mask passed min IoU "
             f"{self.iou_spin.value():.2f} and min stability {self.stability_spin.value():.2f}. "
-            "Lower them: the built-in nano_nuclei model's scores are lower than SAM's (try 0.5 and 0.8)."
+            "Lower them to find more objects."
         )
         return "nothing written (cancelled, or no mask passed the thresholds)"

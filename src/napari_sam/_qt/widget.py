@@ -162,6 +162,7 @@ class SamWidget(QWidget):
 
     # ------------------------------------------------------------------ event handlers
     def _on_model_loaded(self, event: Any = None) -> None:
+        self.everything_panel.use_model_thresholds()
         self.encoder.request()
         self._on_status()
 
