@@ -328,12 +328,15 @@ def test_decoder_chunks_and_iou_filter(shared_image):
     pts = torch.rand(n, 2, 2) * 512
     lab = torch.tensor([[1, 0]] * n, dtype=torch.int)
     pe = model.prompt_encoder.get_dense_pe()
+    if not shared_image:  # per-prompt embeddings and positional encodings (as in training)
+        pe = pe.expand(n, -1, -1, -1) + 0.01 * torch.randn(n, 1, 1, 1)
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder((pts, lab), None, None)
         masks, iou = dec(emb, pe, sparse, dense, True)
         assert masks.shape == (n, 3, 256, 256) and iou.shape == (n, 3)
         for i in (0, 9, 18):  # one prompt alone, in each chunk
-            m1, i1 = dec(emb[i : i + 1] if not shared_image else emb, pe, sparse[i : i + 1], dense[i : i + 1], True)
+            one = slice(0, 1) if shared_image else slice(i, i + 1)
+            m1, i1 = dec(emb[one], pe[one], sparse[i : i + 1], dense[i : i + 1], True)
             torch.testing.assert_close(m1[0], masks[i], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(i1[0], iou[i], atol=1e-5, rtol=1e-5)
         thr = float(iou.median())

@@ -86,10 +86,8 @@ class MaskDecoder(nn.Module):
         """Masks ``(B, T, 4h, 4w)`` and IoUs ``(B, T)`` of the mask tokens ``tokens`` (default: all
         ``num_mask_tokens``; token 0 is the single-mask output); see :meth:`forward`."""
         parts = [
-            self._decode(img, image_pe, sparse, dense, tokens)
-            for img, sparse, dense in self._chunks(
-                image_embeddings, sparse_prompt_embeddings, dense_prompt_embeddings
-            )
+            self._decode(*chunk, tokens)
+            for chunk in self._chunks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         ]
         if len(parts) == 1:
             return parts[0][0], parts[0][1]
@@ -115,34 +113,33 @@ class MaskDecoder(nn.Module):
         """
         tokens = slice(1, None) if multimask_output else slice(0, 1)
         ious, keeps, masks = [], [], []
-        for img, sparse, dense in self._chunks(
-            image_embeddings, sparse_prompt_embeddings, dense_prompt_embeddings
-        ):
-            m, iou, keep = self._decode(img, image_pe, sparse, dense, tokens, min_iou)
+        for chunk in self._chunks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
+            m, iou, keep = self._decode(*chunk, tokens, min_iou)
             ious.append(iou)
             keeps.append(keep)
             masks.append(m)
         return torch.cat(ious), torch.cat(keeps), torch.cat(masks)
 
-    def _chunks(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
+    def _chunks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
         """Split a batch into pieces whose image-token tensors ``(b, h*w, C)`` stay cache-sized.
 
         Past the first layer every prompt has its own copy of the image tokens; a batch of 64 of them
         is hundreds of MB and each element-wise pass then runs at memory speed. A few prompts at a
         time keep those passes in cache (same numbers: each prompt is computed independently).
-        Yields ``(image_embeddings, sparse, dense)`` pieces.
+        Yields ``(image_embeddings, image_pe, sparse, dense)`` pieces (a batch-1 image or
+        positional encoding is shared by all pieces).
         """
         bs = sparse.shape[0]
         c, h, w = dense.shape[1:]
         step = max(1, _CACHE_ELEMENTS // (c * h * w))
         if bs <= step:
-            yield image_embeddings, sparse, dense
+            yield image_embeddings, image_pe, sparse, dense
             return
-        shared = image_embeddings.shape[0] == 1
         for s in range(0, bs, step):
             e = min(bs, s + step)
-            img = image_embeddings if shared else image_embeddings[s:e]
-            yield img, sparse[s:e], dense[s:e]
+            img = image_embeddings if image_embeddings.shape[0] == 1 else image_embeddings[s:e]
+            pe = image_pe if image_pe.shape[0] == 1 else image_pe[s:e]
+            yield img, pe, sparse[s:e], dense[s:e]
 
     def _decode(
         self,
