@@ -346,3 +346,11 @@ def test_decoder_chunks_and_iou_filter(shared_image):
         torch.testing.assert_close(kept, masks[keep], atol=1e-4, rtol=1e-4)
         _, keep0, none = dec.predict_filtered(emb, pe, sparse, dense, False, float("inf"))
         assert keep0.shape == (n, 1) and not keep0.any() and none.shape == (0, 256, 256)
+        if shared_image:  # the image's prepared first-layer work gives the same numbers
+            prep = dec.prepare_image(emb, pe, dense)
+            m2, i2 = dec(emb, pe, sparse, dense, True, prepared=prep)
+            torch.testing.assert_close(m2, masks, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(i2, iou, atol=1e-5, rtol=1e-5)
+            _, keep2, kept2 = dec.predict_filtered(emb, pe, sparse, dense, True, thr, prep)
+            assert torch.equal(keep2, keep)
+            torch.testing.assert_close(kept2, kept, atol=1e-4, rtol=1e-4)

@@ -73,6 +73,7 @@ class SamPredictor:
         self.mask_input_size: tuple[int, int] = (4 * grid[0], 4 * grid[1])
         self._embedding: ImageEmbedding | None = None
         self._dense_pe: torch.Tensor | None = None
+        self._prepared = None  # the decoder's per-image work for prompts without mask_input
 
     # ------------------------------------------------------------------ image / embedding state
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -117,11 +118,13 @@ class SamPredictor:
         self._embedding = emb.to(self.device)
         with torch.inference_mode():
             self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        self._prepared = None
 
     def reset_image(self) -> None:
         """Forget the current image."""
         self._embedding = None
         self._dense_pe = None
+        self._prepared = None
 
     @property
     def embedding(self) -> ImageEmbedding | None:
@@ -289,12 +292,18 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         with torch.inference_mode():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            prepared = None
+            if mask_input is None and hasattr(self.model.mask_decoder, "prepare_image"):
+                if self._prepared is None:  # once per image: the decoder's prompt-independent work
+                    self._prepared = self.model.mask_decoder.prepare_image(emb.features, self._dense_pe, dense)
+                prepared = self._prepared
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=emb.features,  # (1, C, h, w): the decoder broadcasts it over the batch
                 image_pe=self._dense_pe,
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
+                **({"prepared": prepared} if prepared is not None else {}),
             )
             masks = self.postprocess_masks(low_res, emb.input_size, emb.original_size, return_logits)
         return masks, iou, low_res
@@ -313,19 +322,20 @@ class SamPredictor:
         rows/columns that reach the crop are upsampled, and an identity resize is skipped.
         """
         s = self.img_size
-        lh, lw = low_res.shape[-2:]
+        b, c, lh, lw = low_res.shape
+        # one plane per mask: the CPU bilinear kernel takes a slow channels-last route for C = 3
+        low = low_res.reshape(b * c, 1, lh, lw)
         h, w = int(input_size[0]), int(input_size[1])
         if s % lh == 0 and s // lh == s // lw and s % lw == 0:
             f = s // lh  # output row y reads rows floor((y + .5) / f - .5) and the next one
             rh, rw = min(lh, -(-h // f) + 1), min(lw, -(-w // f) + 1)
-            x = F.interpolate(
-                low_res[..., :rh, :rw], scale_factor=float(f), mode="bilinear", align_corners=False
-            )
+            x = F.interpolate(low[..., :rh, :rw], scale_factor=float(f), mode="bilinear", align_corners=False)
         else:
-            x = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+            x = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
         x = x[..., :h, :w]
         if (h, w) != tuple(original_size):
             x = F.interpolate(x, tuple(int(v) for v in original_size), mode="bilinear", align_corners=False)
+        x = x.reshape(b, c, *x.shape[-2:])
         if return_logits:
             return x
         return x > self.model.mask_threshold

@@ -63,3 +63,36 @@ def image_to_tokens(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
     n = vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (B, h, Nt, C_out)
     return p.transpose(1, 2) @ n.reshape(b, h * nt, -1) + attn.out_proj.bias
+
+
+def tokens_to_projected(attn: Attention, q: Tensor, kp: Tensor, vp: Tensor) -> Tensor:
+    """Prompt tokens ``q (B, Nt, C)`` attend to image tokens whose key/value projections are given:
+    ``kp, vp (1, L, D)`` (``attn.k_proj``/``attn.v_proj`` of the shared image, bias included) ->
+    ``(B, Nt, C)``. The batch-1 image is never copied: heads are the bmm batch, prompts its rows."""
+    h, dim = attn.num_heads, attn.internal_dim
+    d = dim // h
+    b, nt, _ = q.shape
+    L = kp.shape[1]
+    qh = attn.q_proj(q).reshape(b * nt, h, d).transpose(0, 1)  # (h, B*Nt, d)
+    kh = kp.reshape(L, h, d).transpose(0, 1)  # (h, L, d) views
+    vh = vp.reshape(L, h, d).transpose(0, 1)
+    p = (qh @ kh.transpose(1, 2) * d**-0.5).softmax(-1)  # (h, B*Nt, L)
+    out = (p @ vh).transpose(0, 1).reshape(b, nt, dim)
+    return attn.out_proj(out)
+
+
+def projected_to_tokens(attn: Attention, qp: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Image tokens whose query projection is given, ``qp (1, L, D)`` (``attn.q_proj`` of the shared
+    image), attend to prompt tokens ``k, v (B, Nt, C)`` -> ``(B, L, C)``; the output projection is
+    folded into the values as in :func:`image_to_tokens`."""
+    h, dim = attn.num_heads, attn.internal_dim
+    d = dim // h
+    b, nt, _ = k.shape
+    L = qp.shape[1]
+    kh = attn.k_proj(k).reshape(b, nt, h, d).permute(2, 3, 0, 1).reshape(h, d, b * nt) * d**-0.5
+    scores = qp.reshape(L, h, d).transpose(0, 1) @ kh  # (h, L, B*Nt)
+    # softmax over each prompt's Nt keys, along a strided axis (a short last axis is slow on CPU)
+    p = scores.reshape(h, L, b, nt).permute(2, 0, 3, 1).softmax(dim=2)  # (B, h, Nt, L)
+    vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
+    n = vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (B, h, Nt, C_out)
+    return p.reshape(b, h * nt, L).transpose(1, 2) @ n.reshape(b, h * nt, -1) + attn.out_proj.bias

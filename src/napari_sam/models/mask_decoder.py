@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
+from .transformer import PreparedImage
 
 
 class MaskDecoder(nn.Module):
@@ -58,6 +59,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -66,14 +68,27 @@ class MaskDecoder(nn.Module):
             sparse_prompt_embeddings: ``(B, K, C)``.
             dense_prompt_embeddings: ``(B, C, h, w)``.
             multimask_output: return the 3 multimask outputs instead of the single one.
+            prepared: :meth:`prepare_image` of this (batch-1) image and dense prompt; the image
+                arguments are then not read (same numbers, less work per call).
 
         Returns:
             low-res mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``, M = 3 or 1.
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, prepared
         )
+
+    def prepare_image(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
+    ) -> PreparedImage:
+        """The prompt-independent work of one image, done once for all its prompts.
+
+        ``image_embeddings (1, C, h, w)``, ``image_pe (1, C, h, w)``, ``dense_prompt_embeddings``
+        ``(1, C, h, w)`` (or broadcastable: the no-mask embedding); valid for prompts with that
+        dense prompt, i.e. without ``mask_input``.
+        """
+        return self.transformer.prepare(image_embeddings + dense_prompt_embeddings[:1], image_pe)
 
     def predict_masks(
         self,
@@ -82,11 +97,12 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         tokens: slice = slice(None),
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks ``(B, T, 4h, 4w)`` and IoUs ``(B, T)`` of the mask tokens ``tokens`` (default: all
         ``num_mask_tokens``; token 0 is the single-mask output); see :meth:`forward`."""
         parts = [
-            self._decode(*chunk, tokens)
+            self._decode(*chunk, tokens, prepared=prepared)
             for chunk in self._chunks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         ]
         if len(parts) == 1:
@@ -101,6 +117,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         min_iou: float,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`forward`, but decodes only the masks whose predicted IoU is ``> min_iou``.
 
@@ -114,7 +131,7 @@ class MaskDecoder(nn.Module):
         tokens = slice(1, None) if multimask_output else slice(0, 1)
         ious, keeps, masks = [], [], []
         for chunk in self._chunks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
-            m, iou, keep = self._decode(*chunk, tokens, min_iou)
+            m, iou, keep = self._decode(*chunk, tokens, min_iou, prepared)
             ious.append(iou)
             keeps.append(keep)
             masks.append(m)
@@ -137,8 +154,8 @@ class MaskDecoder(nn.Module):
             return
         for s in range(0, bs, step):
             e = min(bs, s + step)
-            img = image_embeddings if image_embeddings.shape[0] == 1 else image_embeddings[s:e]
-            pe = image_pe if image_pe.shape[0] == 1 else image_pe[s:e]
+            img = image_embeddings if image_embeddings is None or len(image_embeddings) == 1 else image_embeddings[s:e]
+            pe = image_pe if image_pe is None or len(image_pe) == 1 else image_pe[s:e]
             yield img, pe, sparse[s:e], dense[s:e]
 
     def _decode(
@@ -149,6 +166,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         tokens: slice,
         min_iou: float | None = None,
+        prepared: PreparedImage | None = None,
     ):
         """One chunk: ``(masks (B, T, 4h, 4w), iou, None)``; with ``min_iou``, ``(kept masks
         (K, 4h, 4w), iou, keep)``."""
@@ -160,13 +178,16 @@ class MaskDecoder(nn.Module):
         # Broadcasting replaces the official repeat_interleave. When the image is shared and the dense
         # prompt is the same for every prompt (no mask input: a stride-0 batch), the image tokens stay
         # batch 1 through the first attention layer, whose image projections are then computed once.
-        dense = dense_prompt_embeddings
-        if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
-            dense = dense[:1]
-        src = image_embeddings + dense  # (1 | B, C, h, w)
-        h, w = src.shape[-2:]
-
-        hs, keys = self.transformer(src, image_pe, tokens_in)
+        if prepared is not None:
+            h, w = prepared.size
+            hs, keys = self.transformer(None, None, tokens_in, prepared)
+        else:
+            dense = dense_prompt_embeddings
+            if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
+                dense = dense[:1]
+            src = image_embeddings + dense  # (1 | B, C, h, w)
+            h, w = src.shape[-2:]
+            hs, keys = self.transformer(src, image_pe, tokens_in)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
         keep = None
         if min_iou is not None:

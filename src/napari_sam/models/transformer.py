@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import asymmetric_attention
 from .asymmetric_attention import worth_it
 from .common import MLPBlock
+
+
+@dataclass
+class PreparedImage:
+    """The prompt-independent part of the first two-way layer for one image, computed once.
+
+    ``src`` (1, L, C) image tokens (embedding + the no-mask dense prompt), ``pe`` (1, L, C) their
+    positional encoding, ``k`` = src + pe; ``t2i_k``/``t2i_v`` (1, L, D): the first layer's
+    token-to-image key/value projections; ``i2t_q`` (1, L, D): its image-to-token query projection;
+    ``size`` the grid (h, w), L = h * w.
+    """
+
+    src: Tensor
+    pe: Tensor
+    k: Tensor
+    t2i_k: Tensor
+    t2i_v: Tensor
+    i2t_q: Tensor
+    size: tuple[int, int]
 
 
 class TwoWayTransformer(nn.Module):
@@ -41,26 +62,52 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    def prepare(self, image_embedding: Tensor, image_pe: Tensor) -> PreparedImage:
+        """``image_embedding (1, C, h, w)`` (already plus the dense prompt), ``image_pe (1, C, h, w)``
+        -> the :class:`PreparedImage` that :meth:`forward` takes instead of them."""
+        src = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        k = src + pe
+        first = self.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        size = (int(image_embedding.shape[-2]), int(image_embedding.shape[-1]))
+        return PreparedImage(src, pe, k, t2i.k_proj(k), t2i.v_proj(src), i2t.q_proj(k), size)
+
     def forward(
-        self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+        self,
+        image_embedding: Tensor | None,
+        image_pe: Tensor | None,
+        point_embedding: Tensor,
+        prepared: PreparedImage | None = None,
     ) -> tuple[Tensor, Tensor]:
         """
         Args:
-            image_embedding: ``(B, C, h, w)``.
-            image_pe: ``(1 | B, C, h, w)`` positional encoding (broadcast over the batch).
+            image_embedding: ``(B, C, h, w)``; None with ``prepared``.
+            image_pe: ``(1 | B, C, h, w)`` positional encoding (broadcast over the batch); None with
+                ``prepared``.
             point_embedding: ``(B, N, C)`` prompt tokens.
+            prepared: a shared image's :meth:`prepare` (same numbers, less work per call).
 
         Returns:
             queries ``(B, N, C)`` and keys ``(B, h*w, C)``.
         """
-        image_embedding = image_embedding.flatten(2).transpose(1, 2)
-        image_pe = image_pe.flatten(2).transpose(1, 2)
+        if prepared is not None:
+            queries, keys = self.layers[0](point_embedding, prepared.src, point_embedding, prepared.pe, prepared)
+            for layer in self.layers[1:]:
+                queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=prepared.pe)
+            return self._final(queries, keys, point_embedding, prepared.pe)
+        # token layout (B, h*w, C), made contiguous once: element-wise passes over a transposed
+        # view read with a stride of h*w and run several times slower
+        image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe)
+        return self._final(queries, keys, point_embedding, image_pe)
+
+    def _final(self, queries: Tensor, keys: Tensor, point_embedding: Tensor, image_pe: Tensor):
         attn_out = self.final_attn_token_to_image(q=queries + point_embedding, k=keys + image_pe, v=keys)
-        queries = self.norm_final_attn(queries + attn_out)
-        return queries, keys
+        return self.norm_final_attn(queries + attn_out), keys
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -87,9 +134,10 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor, prepared: PreparedImage | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``."""
+        """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``;
+        ``prepared``: the image's projections for this (first) layer, ``keys`` being its ``src``."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -97,11 +145,21 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         queries = self.norm1(queries)
 
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys))
+        if prepared is not None:
+            attn = self.cross_attn_token_to_image
+            out = asymmetric_attention.tokens_to_projected(attn, queries + query_pe, prepared.t2i_k, prepared.t2i_v)
+        else:
+            k = keys + key_pe
+            out = self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys)
+        queries = self.norm2(queries + out)
         queries = self.norm3(queries + self.mlp(queries))
 
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries))
+        if prepared is not None:
+            attn = self.cross_attn_image_to_token
+            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, queries + query_pe, queries)
+        else:
+            out = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries)
+        keys = self.norm4(keys + out)
         return queries, keys
 
 
