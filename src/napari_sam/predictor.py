@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam._device import autocast_dtype, pick_device
+from napari_sam._postprocess import MaskUpsampler
 from napari_sam.images import to_sam_image
 from napari_sam.transforms import ResizeLongestSide
 
@@ -74,6 +75,7 @@ class SamPredictor:
         self._embedding: ImageEmbedding | None = None
         self._dense_pe: torch.Tensor | None = None
         self._prepared = None  # the decoder's per-image work for prompts without mask_input
+        self._upsampler = MaskUpsampler(self.img_size)
 
     # ------------------------------------------------------------------ image / embedding state
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -321,21 +323,5 @@ class SamPredictor:
         upsampling to ``original_size`` (bilinear, align_corners=False), but only the low-res
         rows/columns that reach the crop are upsampled, and an identity resize is skipped.
         """
-        s = self.img_size
-        b, c, lh, lw = low_res.shape
-        # one plane per mask: the CPU bilinear kernel takes a slow channels-last route for C = 3
-        low = low_res.reshape(b * c, 1, lh, lw)
-        h, w = int(input_size[0]), int(input_size[1])
-        if s % lh == 0 and s // lh == s // lw and s % lw == 0:
-            f = s // lh  # output row y reads rows floor((y + .5) / f - .5) and the next one
-            rh, rw = min(lh, -(-h // f) + 1), min(lw, -(-w // f) + 1)
-            x = F.interpolate(low[..., :rh, :rw], scale_factor=float(f), mode="bilinear", align_corners=False)
-        else:
-            x = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
-        x = x[..., :h, :w]
-        if (h, w) != tuple(original_size):
-            x = F.interpolate(x, tuple(int(v) for v in original_size), mode="bilinear", align_corners=False)
-        x = x.reshape(b, c, *x.shape[-2:])
-        if return_logits:
-            return x
-        return x > self.model.mask_threshold
+        threshold = None if return_logits else self.model.mask_threshold
+        return self._upsampler(low_res, input_size, original_size, threshold)

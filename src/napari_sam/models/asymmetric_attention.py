@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def image_to_tokens(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     p = (scores + const).reshape(b, h, nt, L).softmax(dim=-2).reshape(b, h * nt, L)
     vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
     n = vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (B, h, Nt, C_out)
-    return p.transpose(1, 2) @ n.reshape(b, h * nt, -1) + attn.out_proj.bias
+    return torch.baddbmm(attn.out_proj.bias, p.transpose(1, 2), n.reshape(b, h * nt, -1))
 
 
 def tokens_to_projected(attn: Attention, q: Tensor, kp: Tensor, vp: Tensor) -> Tensor:
@@ -95,4 +96,4 @@ def projected_to_tokens(attn: Attention, qp: Tensor, k: Tensor, v: Tensor) -> Te
     p = scores.reshape(h, L, b, nt).permute(2, 0, 3, 1).softmax(dim=2)  # (B, h, Nt, L)
     vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
     n = vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (B, h, Nt, C_out)
-    return p.reshape(b, h * nt, L).transpose(1, 2) @ n.reshape(b, h * nt, -1) + attn.out_proj.bias
+    return torch.baddbmm(attn.out_proj.bias, p.reshape(b, h * nt, L).transpose(1, 2), n.reshape(b, h * nt, -1))

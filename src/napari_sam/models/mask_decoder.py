@@ -199,14 +199,25 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in chosen], dim=1
         )
-        upscaled = self._upscale(keys)  # (B, 16*h*w, C/8), sub-pixel order (i, j, a, b, a2, b2)
-        masks = hyper_in @ upscaled.transpose(1, 2)  # (B, T, 16*h*w)
+        masks = self._masks(hyper_in, keys)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
         if keep is not None:
             masks = masks[keep[rows]]  # (K, 16*h*w)
         masks = masks.reshape(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
         if keep is not None:
             return masks, iou_pred, keep
         return masks.reshape(bs, -1, 4 * h, 4 * w), iou_pred, None
+
+    def _masks(self, hyper_in: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``hyper_in (B, T, C/8)`` . upscaled ``keys (B, L, C)`` -> ``(B, T, 16*L)``, a few hundred
+        image tokens at a time: each token upscales to its own 4x4 block, so the pieces are exact, and
+        their intermediates (16x the tokens) stay in cache instead of being fresh multi-MB buffers."""
+        b, L, c = keys.shape
+        step = max(1, _CACHE_ELEMENTS // (16 * 2 * max(b, 1) * c))  # deconv-2 output of a piece: ~1/16 of the budget
+        if step >= L:
+            return hyper_in @ self._upscale(keys).transpose(1, 2)
+        return torch.cat(
+            [hyper_in @ self._upscale(keys[:, i : i + step]).transpose(1, 2) for i in range(0, L, step)], dim=2
+        )
 
     def _upscale(self, keys: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` applied to image tokens ``(B, h*w, C)`` -> ``(B, 16*h*w, C/8)``.
@@ -220,13 +231,20 @@ class MaskDecoder(nn.Module):
         b, n = keys.shape[:2]
         x = F.linear(keys, _deconv_matrix(conv1.weight), conv1.bias.repeat(4))
         x = x.reshape(b, 4 * n, conv1.out_channels)  # (B, h*w*4, C/4)
-        x = act1(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+        x = _act(act1, F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
         x = F.linear(x, _deconv_matrix(conv2.weight), conv2.bias.repeat(4))
-        return act2(x.reshape(b, 16 * n, conv2.out_channels))
+        return _act(act2, x.reshape(b, 16 * n, conv2.out_channels))
 
 
 # elements of image-token tensors per decoder chunk (16 MiB of float32)
 _CACHE_ELEMENTS = 2**22
+
+
+def _act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place for (exact) GELU outside autograd: a large fresh buffer fewer."""
+    if type(act) is nn.GELU and act.approximate == "none" and not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.ops.aten.gelu_(x)
+    return act(x)
 
 
 def _deconv_matrix(weight: torch.Tensor) -> torch.Tensor:
