@@ -1,6 +1,7 @@
 """SAM's mask post-processing (low-res logits -> masks at the original image size), the official
 arithmetic with less work: only the low-res rows/columns that reach the crop are upsampled, an
-identity resize is skipped, and bool masks are made one plane at a time in reused buffers.
+identity resize is skipped, bool masks are made one plane at a time in reused buffers, and the last
+resize of a bool mask is evaluated only where its sign is in doubt (:func:`resize_threshold`).
 """
 
 from __future__ import annotations
@@ -52,9 +53,19 @@ class MaskUpsampler:
             return x.reshape(b, c, *x.shape[-2:])
         out = torch.empty((b * c, 1, *size), dtype=torch.bool, device=low.device)
         for i in range(b * c):
-            x = self._buffer("first", first, low)
-            torch._C._nn.upsample_bilinear2d(low[i : i + 1], first, False, *scales, out=x)
-            x = x[..., :h, :w]
+            smooth = _mostly_decided(low[i, 0], threshold)
+            x = None
+            if size == (h, w):  # one resize, straight to the bool mask
+                m = resize_threshold(low[i, 0], [(first, (h, w))], threshold) if smooth else None
+            else:  # both resizes on the undecided tiles only
+                m = resize_threshold(low[i, 0], [(first, (h, w)), (size, size)], threshold) if smooth else None
+            if m is not None:
+                out[i, 0] = m
+                continue
+            if x is None:  # the plain path: interpolate the whole plane
+                x = self._buffer("first", first, low)
+                torch._C._nn.upsample_bilinear2d(low[i : i + 1], first, False, *scales, out=x)
+                x = x[..., :h, :w]
             if size != (h, w):
                 y = self._buffer("final", size, low)
                 torch._C._nn.upsample_bilinear2d(x, size, False, None, None, out=y)
@@ -74,3 +85,122 @@ class MaskUpsampler:
         if size[0] * size[1] <= _KEEP_BUFFER:
             self._buffers[key] = buf
         return buf
+
+
+_TILE = 32  # output tiles of this side are decided together
+
+
+def _mostly_decided(low: torch.Tensor, threshold: float, block: int = 4) -> bool:
+    """Whether at most a quarter of the ``block`` x ``block`` cells of low-res logits ``(h, w)``
+    straddle the threshold, i.e. the mask is made of regions, not noise (random weights)."""
+    h, w = low.shape
+    pos = (low[: h - h % block, : w - w % block] > threshold).reshape(h // block, block, w // block, block)
+    n = pos.sum((1, 3))
+    return bool(((n > 0) & (n < block * block)).float().mean() <= _MAX_MIXED) if n.numel() else False
+_MAX_MIXED = 0.25  # above this fraction of undecided tiles, interpolate the whole plane
+
+
+def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """PyTorch's bilinear (align_corners=False) source taps along one axis: indices i0, i1 (n_out,)
+    and weights w0, w1 (float32), as ``upsample_bilinear2d`` computes them."""
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
+    src = (scale * (torch.arange(n_out, dtype=torch.float32) + 0.5) - 0.5).clamp_(min=0)
+    i0 = src.long()
+    i1 = i0 + (i0 < n_in - 1).long()
+    w1 = (src - i0).clamp_(0, 1)
+    return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
+
+
+def resize_threshold(
+    x: torch.Tensor, stages: list[tuple[tuple[int, int], tuple[int, int]]], threshold: float
+) -> torch.Tensor | None:
+    """``resize(x) > threshold`` for one plane ``x (h, w)``, where ``resize`` is a chain of bilinear
+    resizes (``F.interpolate``, align_corners=False) each followed by a top-left crop: ``stages`` is
+    ``[(size, kept), ...]``. Returns the ``(H, W)`` bool mask of the last ``kept``, computing the
+    interpolation only where the answer is in doubt.
+
+    Every output pixel is a convex combination of source pixels, so where all the source pixels
+    that a tile of output reads are above the threshold (or all at or below it) the whole tile is
+    decided without arithmetic; the other tiles (along mask edges) are interpolated with the
+    kernel's taps and weights, stage by stage on the tile's source patch. Results equal the full
+    computation except for values within float rounding of the threshold. Returns None when more
+    than a quarter of the tiles are in doubt (a noisy plane, e.g. from random weights): then the
+    plain path is faster.
+    """
+    dev = x.device
+    h, w = x.shape
+    rows: list[tuple[torch.Tensor, ...]] = []  # per stage: taps (i0, i1, w0, w1) of the kept outputs
+    cols: list[tuple[torch.Tensor, ...]] = []
+    n_r, n_c = h, w
+    for size, kept in stages:
+        rows.append(tuple(t[: kept[0]] for t in _linear_taps(n_r, size[0], dev)))
+        cols.append(tuple(t[: kept[1]] for t in _linear_taps(n_c, size[1], dev)))
+        n_r, n_c = kept
+    H, W, T = n_r, n_c, _TILE
+    ty, tx = -(-H // T), -(-W // T)
+    t = torch.arange(T, device=dev)
+    yy = (torch.arange(ty, device=dev)[:, None] * T + t).clamp_(max=H - 1)  # (ty, T) output rows
+    xx = (torch.arange(tx, device=dev)[:, None] * T + t).clamp_(max=W - 1)
+    a0, a1 = _source_range(yy[:, 0], yy[:, -1], rows)
+    b0, b1 = _source_range(xx[:, 0], xx[:, -1], cols)
+    # integral image of positives: count over any source rectangle in O(1)
+    integ = torch.zeros((h + 1, w + 1), dtype=torch.int32, device=dev)
+    integ[1:, 1:] = (x > threshold).int().cumsum(0).cumsum(1)
+    count = integ[a1][:, b1] - integ[a0][:, b1] - integ[a1][:, b0] + integ[a0][:, b0]
+    area = (a1 - a0)[:, None] * (b1 - b0)[None, :]
+    mixed = ((count > 0) & (count < area)).nonzero()  # (n, 2) tiles along an edge
+    if len(mixed) > _MAX_MIXED * ty * tx:
+        return None
+    out = (count > 0)[:, None, :, None].expand(ty, T, tx, T).reshape(ty * T, tx * T)
+    if len(mixed):
+        val = _interpolate_tiles(x, yy[mixed[:, 0]], xx[mixed[:, 1]], rows, cols)  # (n, T, T)
+        tiles = out.view(ty, T, tx, T).permute(0, 2, 1, 3)
+        tiles[mixed[:, 0], mixed[:, 1]] = val > threshold
+    return out[:H, :W]
+
+
+def _source_range(first: torch.Tensor, last: torch.Tensor, taps: list[tuple[torch.Tensor, ...]]):
+    """Output index ranges [first, last] (per tile) -> source ranges [lo, hi) through all stages."""
+    for i0, i1, _, _ in reversed(taps):
+        first, last = i0[first], i1[last]
+    return first, last + 1
+
+
+def _interpolate_tiles(x: torch.Tensor, yy: torch.Tensor, xx: torch.Tensor, rows, cols) -> torch.Tensor:
+    """Values of the resize chain at output rows ``yy (n, T)`` x columns ``xx (n, T)`` of n tiles:
+    per stage, (rows out x rows in) tap matrix @ patch @ (cols in x cols out), columns first as
+    the kernel does. Each stage reads a window of the previous one starting at the window origin."""
+    wins_r = _windows(yy, rows)  # per stage: (origin (n,), size, local indices of its outputs)
+    wins_c = _windows(xx, cols)
+    (r_org, r_len, _), (c_org, c_len, _) = wins_r[0], wins_c[0]
+    ri = (r_org[:, None] + torch.arange(r_len, device=x.device)).clamp_(max=x.shape[0] - 1)
+    ci = (c_org[:, None] + torch.arange(c_len, device=x.device)).clamp_(max=x.shape[1] - 1)
+    val = x[ri[:, :, None], ci[:, None, :]]  # (n, r_len, c_len) source patch
+    for k, ((i0, i1, w0, w1), (j0, j1, v0, v1)) in enumerate(zip(rows, cols, strict=True)):
+        r_out, c_out = wins_r[k][2], wins_c[k][2]  # (n, m) output indices of this stage (global)
+        ro, co = wins_r[k][0][:, None], wins_c[k][0][:, None]
+        ry = _tap_matrix(i0[r_out] - ro, i1[r_out] - ro, w0[r_out], w1[r_out], val.shape[1])
+        cx = _tap_matrix(j0[c_out] - co, j1[c_out] - co, v0[c_out], v1[c_out], val.shape[2])
+        val = ry @ (val @ cx.transpose(1, 2))
+    return val
+
+
+def _windows(out_idx: torch.Tensor, taps) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+    """For each stage (first to last): the origin (n,) and length of the source window that the
+    stage reads, and the stage's output indices (n, m) (global in that stage's output)."""
+    wins = []
+    idx = out_idx
+    for i0, i1, _, _ in reversed(taps):
+        org = i0[idx[:, 0]]
+        length = int((i1[idx[:, -1]] - org).max()) + 1
+        wins.append((org, length, idx))
+        n_in = int(i1.max()) + 1
+        idx = (org[:, None] + torch.arange(length, device=idx.device)).clamp_(max=n_in - 1)
+    return wins[::-1]
+
+
+def _tap_matrix(i0: torch.Tensor, i1: torch.Tensor, w0: torch.Tensor, w1: torch.Tensor, n: int) -> torch.Tensor:
+    """(k, T) local tap indices and weights -> (k, T, n) sparse interpolation rows."""
+    m = torch.zeros((*i0.shape, n), dtype=w0.dtype, device=w0.device)
+    m.scatter_add_(2, i0[..., None], w0[..., None])
+    return m.scatter_add_(2, i1[..., None], w1[..., None])

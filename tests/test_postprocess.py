@@ -1,0 +1,68 @@
+"""Mask post-processing: the official upsample-crop-upsample-threshold, computed with less work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_sam._postprocess import MaskUpsampler, resize_threshold
+
+
+def _blobs(n: int = 3, seed: int = 0) -> torch.Tensor:
+    """(n, 1, 256, 256) low-res logits of a few round objects (signed distance-like), as real masks."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    out = torch.full((n, 1, 256, 256), -8.0)
+    for i in range(n):
+        for _ in range(4):
+            cy, cx, r = (torch.rand(3, generator=g) * torch.tensor([256, 256, 30]) + torch.tensor([0, 0, 6])).tolist()
+            d = r - torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+            out[i, 0] = torch.maximum(out[i, 0], d)
+    return out
+
+
+def _official(low: torch.Tensor, input_size, original_size) -> torch.Tensor:
+    x = F.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, original_size, mode="bilinear", align_corners=False) > 0
+
+
+@pytest.mark.parametrize("kind", ["blobs", "noise"])
+@pytest.mark.parametrize(
+    "original", [(1024, 1024), (2048, 1536), (1000, 750), (700, 1100), (333, 517), (12, 9)]
+)
+def test_upsampler_equals_official(kind, original):
+    torch.manual_seed(1)
+    low = _blobs() if kind == "blobs" else torch.randn(3, 1, 256, 256)
+    s = max(original)
+    input_size = (int(original[0] * 1024 / s + 0.5), int(original[1] * 1024 / s + 0.5))
+    ref = _official(low, input_size, original)
+    up = MaskUpsampler(1024)
+    got = up(low.reshape(1, 3, 256, 256), input_size, original)
+    assert got.shape == (1, 3, *original) and got.dtype == torch.bool
+    assert int((got[0] != ref[:, 0]).sum()) <= 2  # equal up to values within rounding of 0
+    logits = up(low.reshape(1, 3, 256, 256), input_size, original, threshold=None)
+    torch.testing.assert_close(logits[0] > 0, ref[:, 0])
+
+
+def test_resize_threshold_decides_tiles_without_arithmetic():
+    """A smooth plane is mostly decided from the signs of its source pixels; noise is refused."""
+    low = _blobs(1)[0, 0]
+    ref = F.interpolate(low[None, None], (2048, 2048), mode="bilinear", align_corners=False)[0, 0] > 0
+    assert torch.equal(resize_threshold(low, [((2048, 2048), (2048, 2048))], 0.0), ref)
+    crop = resize_threshold(low[:200, :150], [((800, 600), (790, 590))], 0.0)
+    ref = F.interpolate(low[None, None, :200, :150], (800, 600), mode="bilinear", align_corners=False)
+    assert torch.equal(crop, ref[0, 0, :790, :590] > 0)
+    assert resize_threshold(torch.randn(256, 256), [((1024, 1024), (1024, 1024))], 0.0) is None
+
+
+@pytest.mark.parametrize("original", [(2048, 1536), (1000, 750), (333, 517)])
+def test_resize_chain_on_tiles_equals_official(original):
+    """Both resizes of the official post-processing, evaluated on the undecided tiles only."""
+    low = _blobs(1)
+    s = max(original)
+    input_size = (int(original[0] * 1024 / s + 0.5), int(original[1] * 1024 / s + 0.5))
+    ref = _official(low, input_size, original)[0, 0]
+    got = resize_threshold(low[0, 0], [((1024, 1024), input_size), (original, original)], 0.0)
+    assert got is not None and int((got != ref).sum()) <= 2
