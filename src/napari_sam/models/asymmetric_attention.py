@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -63,7 +62,7 @@ def image_to_tokens(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     p = (scores + const).reshape(b, h, nt, L).softmax(dim=-2).reshape(b, h * nt, L)
     vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
     n = vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (B, h, Nt, C_out)
-    return torch.baddbmm(attn.out_proj.bias, p.transpose(1, 2), n.reshape(b, h * nt, -1))
+    return p.transpose(1, 2) @ _with_bias(n, attn).reshape(b, h * nt, -1)
 
 
 def tokens_to_projected(attn: Attention, q: Tensor, kp: Tensor, vp: Tensor) -> Tensor:
@@ -96,4 +95,11 @@ def projected_to_tokens(attn: Attention, qp: Tensor, k: Tensor, v: Tensor) -> Te
     p = scores.reshape(h, L, b, nt).permute(2, 0, 3, 1).softmax(dim=2)  # (B, h, Nt, L)
     vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
     n = vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (B, h, Nt, C_out)
-    return torch.baddbmm(attn.out_proj.bias, p.reshape(b, h * nt, L).transpose(1, 2), n.reshape(b, h * nt, -1))
+    return p.reshape(b, h * nt, L).transpose(1, 2) @ _with_bias(n, attn).reshape(b, h * nt, -1)
+
+
+def _with_bias(n: Tensor, attn: Attention) -> Tensor:
+    """Folds the output bias into the per-(head, token) values ``n (B, h, Nt, C)``: each head's
+    attention weights sum to one, so adding ``bias / heads`` to every value adds ``bias`` to every
+    output row, without a pass over the (B, L, C) output."""
+    return n + attn.out_proj.bias / attn.num_heads
