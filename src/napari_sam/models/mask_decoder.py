@@ -213,13 +213,19 @@ class MaskDecoder(nn.Module):
         their intermediates (16x the tokens) stay in cache instead of being fresh multi-MB buffers."""
         b, L, c = keys.shape
         step = max(1, _CACHE_ELEMENTS // (16 * 2 * max(b, 1) * c))  # deconv-2 output of a piece: ~1/16 of the budget
+        mats = self._upscale_mats()  # once per call, not per piece
         if step >= L:
-            return hyper_in @ self._upscale(keys).transpose(1, 2)
+            return hyper_in @ self._upscale(keys, mats).transpose(1, 2)
         return torch.cat(
-            [hyper_in @ self._upscale(keys[:, i : i + step]).transpose(1, 2) for i in range(0, L, step)], dim=2
+            [hyper_in @ self._upscale(keys[:, i : i + step], mats).transpose(1, 2) for i in range(0, L, step)], dim=2
         )
 
-    def _upscale(self, keys: torch.Tensor) -> torch.Tensor:
+    def _upscale_mats(self) -> tuple[torch.Tensor, ...]:
+        """The two deconvolutions as (weight (4*out, in), bias (4*out,)) of linear maps."""
+        conv1, conv2 = self.output_upscaling[0], self.output_upscaling[3]
+        return (_deconv_matrix(conv1.weight), conv1.bias.repeat(4), _deconv_matrix(conv2.weight), conv2.bias.repeat(4))
+
+    def _upscale(self, keys: torch.Tensor, mats: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """``output_upscaling`` applied to image tokens ``(B, h*w, C)`` -> ``(B, 16*h*w, C/8)``.
 
         A ConvTranspose2d with kernel = stride = 2 maps each input pixel to its own 2x2 output block, so
@@ -228,11 +234,12 @@ class MaskDecoder(nn.Module):
         sits at token ``(i, j, a, b, a2, b2)``. Same arithmetic as the official convolution path.
         """
         conv1, norm, act1, conv2, act2 = self.output_upscaling
+        mats = mats or self._upscale_mats()
         b, n = keys.shape[:2]
-        x = F.linear(keys, _deconv_matrix(conv1.weight), conv1.bias.repeat(4))
+        x = F.linear(keys, mats[0], mats[1])
         x = x.reshape(b, 4 * n, conv1.out_channels)  # (B, h*w*4, C/4)
         x = _act(act1, F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
-        x = F.linear(x, _deconv_matrix(conv2.weight), conv2.bias.repeat(4))
+        x = F.linear(x, mats[2], mats[3])
         return _act(act2, x.reshape(b, 16 * n, conv2.out_channels))
 
 
