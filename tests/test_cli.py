@@ -42,7 +42,7 @@ def test_auto_writes_the_same_labels_as_the_api(tmp_path, capsys: pytest.Capture
 
 
 def test_auto_default_model_uses_its_thresholds(tmp_path) -> None:
-    """No model and no thresholds: the packaged nano_nuclei with its registry thresholds (0.5/0.8)."""
+    """No model and no thresholds: the packaged nano_nuclei with its registry defaults."""
     rng = np.random.default_rng(1)
     image = (rng.random((64, 80)) * 255).astype(np.uint8)
     image[20:40, 30:50] = 250
@@ -50,7 +50,8 @@ def test_auto_default_model_uses_its_thresholds(tmp_path) -> None:
     tifffile.imwrite(src, image)
     assert cli.main(["auto", str(src), "-o", str(out), "--points-per-side", "4", "--device", "cpu"]) == 0
     expected = AutomaticMaskGenerator(
-        load_model(device="cpu"), points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.8
+        load_model(device="cpu"), points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.9,
+        box_nms_thresh=0.3,
     ).generate_labels(image)
     np.testing.assert_array_equal(tifffile.imread(out), expected)
 

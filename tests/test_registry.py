@@ -32,9 +32,10 @@ def test_unknown_name_lists_the_known_ones() -> None:
         get_model_info("vit_x")
 
 
-def test_automatic_thresholds():
-    from napari_sam.registry import automatic_thresholds
+def test_automatic_defaults():
+    from napari_sam.registry import automatic_defaults
 
-    assert automatic_thresholds("nano_nuclei") == (0.5, 0.8)
-    assert automatic_thresholds("vit_b") == (0.88, 0.95)
-    assert automatic_thresholds("/some/file.pth") == automatic_thresholds(None) == (0.88, 0.95)
+    sam = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
+    assert automatic_defaults("nano_nuclei") == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.9,
+                                                 "box_nms_thresh": 0.3}
+    assert automatic_defaults("vit_b") == automatic_defaults("/some/file.pth") == automatic_defaults(None) == sam

@@ -19,11 +19,12 @@ from napari_sam._stack import StackSlices, next_label, stack_of, write_slices
 class EverythingMixin:
     """Automatic masks for ``SegmentAnything`` (needs ``EmbeddingsMixin`` and ``background_predictor``)."""
 
-    def automatic_thresholds(self) -> tuple[float, float]:
-        """(pred_iou_thresh, stability_score_thresh) used when not given: the current model's (registry)."""
-        from napari_sam.registry import automatic_thresholds
+    def automatic_defaults(self) -> dict[str, float]:
+        """``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh`` used when not given:
+        the current model's (registry; SAM's 0.88/0.95/0.7 for files)."""
+        from napari_sam.registry import automatic_defaults
 
-        return automatic_thresholds(getattr(self, "model_name", None))
+        return automatic_defaults(getattr(self, "model_name", None))
 
     def everything_job(
         self, points_per_side: int = 32, pred_iou_thresh: float | None = None,
@@ -32,7 +33,8 @@ class EverythingMixin:
     ) -> tuple[Callable[..., np.ndarray | None], Callable[[np.ndarray | None], list[int]]]:
         """(job(progress, cancel) -> (k, H, W) labels or None if cancelled, apply(labels) -> new ids).
 
-        Thresholds left None are the model's :meth:`automatic_thresholds`."""
+        Thresholds left None (and ``box_nms_thresh`` when not in ``amg``) are the model's
+        :meth:`automatic_defaults`."""
         from napari_sam.automatic import AutomaticMaskGenerator, Cancelled
         from napari_sam.images import to_sam_image
 
@@ -43,9 +45,11 @@ class EverythingMixin:
         labels = self.labels_layer
         if tuple(labels.data.shape) != spatial_shape(img):
             raise SamUserError(f"labels layer {labels.name!r} does not have the image's shape {spatial_shape(img)}")
-        iou_default, stab_default = self.automatic_thresholds()
-        pred_iou_thresh = iou_default if pred_iou_thresh is None else pred_iou_thresh
-        stability_score_thresh = stab_default if stability_score_thresh is None else stability_score_thresh
+        defaults = self.automatic_defaults()
+        pred_iou_thresh = defaults["pred_iou_thresh"] if pred_iou_thresh is None else pred_iou_thresh
+        if stability_score_thresh is None:
+            stability_score_thresh = defaults["stability_score_thresh"]
+        amg.setdefault("box_nms_thresh", defaults["box_nms_thresh"])
         gen = AutomaticMaskGenerator(
             self.background_predictor(), points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, min_mask_region_area=min_mask_region_area, **amg,
@@ -97,7 +101,8 @@ class EverythingMixin:
         New ids start above the layer's largest id; pixels of existing objects are kept unless
         ``overwrite``. Parameters as ``AutomaticMaskGenerator`` (``amg`` passes the others, e.g.
         ``crop_n_layers``, ``points_per_batch``), except that thresholds left None are the model's
-        :meth:`automatic_thresholds` (0.5/0.8 for the built-in nano_nuclei, SAM's 0.88/0.95 otherwise). ``cancel`` (callable or Event): nothing is written
+        :meth:`automatic_defaults` (0.5/0.9 and NMS 0.3 for the built-in nano_nuclei, SAM's
+        0.88/0.95/0.7 otherwise). ``cancel`` (callable or Event): nothing is written
         and ``[]`` returned. Returns the ids written.
         """
         job, apply = self.everything_job(

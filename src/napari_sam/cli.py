@@ -58,17 +58,21 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from skimage import io
 
     from .automatic import AutomaticMaskGenerator
-    from .registry import DEFAULT_MODEL, automatic_thresholds
+    from .registry import DEFAULT_MODEL, automatic_defaults
     from .weights import load_model
 
     image = np.asarray(io.imread(args.image))
     model = load_model(args.model, device=args.device)
-    iou, stability = automatic_thresholds(args.model or DEFAULT_MODEL)
+    given = {
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+        "box_nms_thresh": args.box_nms_thresh,
+    }
+    defaults = automatic_defaults(args.model or DEFAULT_MODEL)
     generator = AutomaticMaskGenerator(
         model,
         points_per_side=args.points_per_side,
-        pred_iou_thresh=iou if args.pred_iou_thresh is None else args.pred_iou_thresh,
-        stability_score_thresh=stability if args.stability_score_thresh is None else args.stability_score_thresh,
+        **{k: defaults[k] if v is None else v for k, v in given.items()},
         min_mask_region_area=args.min_area,
     )
     labels = generator.generate_labels(image)
@@ -100,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--model", default=None, help="registry name or checkpoint path (default: packaged)")
     auto.add_argument("--device", default=None)
     auto.add_argument("--points-per-side", type=int, default=32)
-    thr = "(default: the model's; 0.5/0.8 for nano_nuclei, SAM's 0.88/0.95 otherwise)"
+    thr = "(default: the model's; nano_nuclei 0.5 / 0.9 / 0.3, SAM's 0.88 / 0.95 / 0.7 otherwise)"
     auto.add_argument("--pred-iou-thresh", type=float, default=None, help=f"min predicted IoU {thr}")
     auto.add_argument("--stability-score-thresh", type=float, default=None, help=f"min stability {thr}")
+    auto.add_argument("--box-nms-thresh", type=float, default=None, help=f"box IoU for duplicates {thr}")
     auto.add_argument("--min-area", type=int, default=0, help="remove holes/islands below this area (px)")
     auto.set_defaults(func=_cmd_auto)
     return parser

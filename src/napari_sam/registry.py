@@ -16,7 +16,7 @@ class ModelInfo:
     ``url`` is None where there is no direct download: the file must be put in the cache by hand.
     ``packaged`` is a path relative to the ``napari_sam`` package for weights that ship with it.
     ``size_mb`` is approximate (MB, 10**6 bytes), None when not known.
-    ``automatic_thresholds`` are the (pred_iou_thresh, stability_score_thresh) that "segment
+    ``automatic`` is the (pred_iou_thresh, stability_score_thresh, box_nms_thresh) that "segment
     everything" uses by default with this model: SAM's own defaults unless the model's scores were
     measured to need others (docs/automatic.md).
     """
@@ -32,7 +32,7 @@ class ModelInfo:
     packaged: str | None = None
     xxh128: str | None = None
     homepage: str | None = None
-    automatic_thresholds: tuple[float, float] = (0.88, 0.95)
+    automatic: tuple[float, float, float] = (0.88, 0.95, 0.7)
 
     @property
     def downloadable(self) -> bool:
@@ -91,8 +91,9 @@ _ENTRIES: list[ModelInfo] = [
         "package, runs fast on a CPU.",
         filename="nano_nuclei.pt",
         packaged="_weights/nano_nuclei.pt",
-        # its IoU head scores lower than SAM's: at 0.88/0.95 almost no mask passes (F1 0.003 on dsb2018)
-        automatic_thresholds=(0.5, 0.8),
+        # its IoU head scores lower than SAM's: at 0.88/0.95 almost no mask passes (F1 0.003 on dsb2018);
+        # chosen on the first 12 validation images (docs/automatic.md)
+        automatic=(0.5, 0.9, 0.3),
     ),
     ModelInfo(
         name="vit_b",
@@ -228,11 +229,16 @@ def list_models() -> list[ModelInfo]:
     return list(REGISTRY.values())
 
 
-def automatic_thresholds(name: str | None) -> tuple[float, float]:
-    """Default (pred_iou_thresh, stability_score_thresh) of "segment everything" for a model name:
-    the registry entry's, SAM's (0.88, 0.95) for files and unknown names."""
+_AUTOMATIC_KEYS = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
+
+
+def automatic_defaults(name: str | None) -> dict[str, float]:
+    """Default ``pred_iou_thresh``, ``stability_score_thresh`` and ``box_nms_thresh`` of "segment
+    everything" for a model name: the registry entry's; SAM's (0.88, 0.95, 0.7) for files and
+    unknown names."""
     info = REGISTRY.get(name) if name else None
-    return info.automatic_thresholds if info is not None else (0.88, 0.95)
+    values = info.automatic if info is not None else ModelInfo.automatic
+    return dict(zip(_AUTOMATIC_KEYS, values, strict=True))
 
 
 def get_model_info(name: str) -> ModelInfo:

@@ -58,5 +58,5 @@ def test_thresholds_follow_the_model(sam_widget):
     panel = widget.everything_panel
     assert (panel.iou_spin.value(), panel.stability_spin.value()) == (0.88, 0.95)  # a custom model: SAM's
     widget.sam.set_model("nano_nuclei", device="cpu")
-    assert (panel.iou_spin.value(), panel.stability_spin.value()) == (0.5, 0.8)
+    assert (panel.iou_spin.value(), panel.stability_spin.value()) == (0.5, 0.9)
     assert panel.params()["pred_iou_thresh"] == 0.5

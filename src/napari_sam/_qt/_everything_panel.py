@@ -49,9 +49,9 @@ class EverythingPanel(JobPanel):
 
     def use_model_thresholds(self) -> None:
         """Set min IoU / min stability to the current model's defaults (called when a model loads)."""
-        iou, stability = self.sam.automatic_thresholds()
-        self.iou_spin.setValue(iou)
-        self.stability_spin.setValue(stability)
+        defaults = self.sam.automatic_defaults()
+        self.iou_spin.setValue(defaults["pred_iou_thresh"])
+        self.stability_spin.setValue(defaults["stability_score_thresh"])
 
     def params(self) -> dict[str, Any]:
         """``segment_everything`` keywords set in the panel."""
