@@ -32,9 +32,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from PIL import Image
-
     from _reference import official
+    from PIL import Image
 
     from napari_sam import SamPredictor, load_model
 
@@ -53,8 +52,8 @@ def main() -> None:
         input_size = pred.transform.get_preprocess_shape(*size, s)
         with torch.inference_mode():
             fns = {
-                "ours": lambda: pred.postprocess_masks(low, input_size, size),
-                "official": lambda: sa.modeling.Sam.postprocess_masks(ref_self, low, input_size, size) > 0,
+                "ours": lambda i=input_size, o=size: pred.postprocess_masks(low, i, o),
+                "official": lambda i=input_size, o=size: sa.modeling.Sam.postprocess_masks(ref_self, low, i, o) > 0,
             }
             for fn in fns.values():
                 fn()

@@ -6,11 +6,16 @@ resize of a bool mask is evaluated only where its sign is in doubt (:func:`resiz
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 # a reused buffer is kept up to this many float elements (64 MiB); larger ones are made per call
 _KEEP_BUFFER = 2**24
+_TILE = 32  # output tiles of this side are decided together
+_MAX_MIXED = 0.25  # above this fraction of undecided tiles, interpolate the whole plane
+_TILE_MIN_PIXELS = 2**21  # smaller masks: the plain kernel is as fast (measured, 2 threads)
 
 
 class MaskUpsampler:
@@ -53,19 +58,16 @@ class MaskUpsampler:
             return x.reshape(b, c, *x.shape[-2:])
         out = torch.empty((b * c, 1, *size), dtype=torch.bool, device=low.device)
         for i in range(b * c):
-            smooth = size[0] * size[1] >= _TILE_MIN_PIXELS and _mostly_decided(low[i, 0], threshold)
-            x = None
-            if size == (h, w):  # one resize, straight to the bool mask
-                m = resize_threshold(low[i, 0], [(first, (h, w))], threshold) if smooth else None
-            else:  # both resizes on the undecided tiles only
-                m = resize_threshold(low[i, 0], [(first, (h, w)), (size, size)], threshold) if smooth else None
-            if m is not None:
-                out[i, 0] = m
-                continue
-            if x is None:  # the plain path: interpolate the whole plane
-                x = self._buffer("first", first, low)
-                torch._C._nn.upsample_bilinear2d(low[i : i + 1], first, False, *scales, out=x)
-                x = x[..., :h, :w]
+            if size[0] * size[1] >= _TILE_MIN_PIXELS and _mostly_decided(low[i, 0], threshold):
+                # both resizes (or the one) on the undecided tiles only
+                stages = [(first, (h, w))] if size == (h, w) else [(first, (h, w)), (size, size)]
+                m = resize_threshold(low[i, 0], stages, threshold)
+                if m is not None:
+                    out[i, 0] = m
+                    continue
+            x = self._buffer("first", first, low)  # the plain path: interpolate the whole plane
+            torch._C._nn.upsample_bilinear2d(low[i : i + 1], first, False, *scales, out=x)
+            x = x[..., :h, :w]
             if size != (h, w):
                 y = self._buffer("final", size, low)
                 torch._C._nn.upsample_bilinear2d(x, size, False, None, None, out=y)
@@ -87,7 +89,6 @@ class MaskUpsampler:
         return buf
 
 
-_TILE = 32  # output tiles of this side are decided together
 
 
 def _mostly_decided(low: torch.Tensor, threshold: float, block: int = 4) -> bool:
@@ -97,19 +98,20 @@ def _mostly_decided(low: torch.Tensor, threshold: float, block: int = 4) -> bool
     pos = (low[: h - h % block, : w - w % block] > threshold).reshape(h // block, block, w // block, block)
     n = pos.sum((1, 3))
     return bool(((n > 0) & (n < block * block)).float().mean() <= _MAX_MIXED) if n.numel() else False
-_MAX_MIXED = 0.25  # above this fraction of undecided tiles, interpolate the whole plane
-_TILE_MIN_PIXELS = 2**21  # smaller masks: the plain kernel is as fast (measured, 2 threads)
 
 
+@functools.lru_cache(maxsize=32)
 def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     """PyTorch's bilinear (align_corners=False) source taps along one axis: indices i0, i1 (n_out,)
-    and weights w0, w1 (float32), as ``upsample_bilinear2d`` computes them."""
-    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
-    src = (scale * (torch.arange(n_out, dtype=torch.float32) + 0.5) - 0.5).clamp_(min=0)
-    i0 = src.long()
-    i1 = i0 + (i0 < n_in - 1).long()
-    w1 = (src - i0).clamp_(0, 1)
-    return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
+    and weights w0, w1 (float32), as ``upsample_bilinear2d`` computes them. Cached per size: normal
+    (not inference-mode) tensors, read-only."""
+    with torch.inference_mode(False):
+        scale = torch.tensor(n_in, dtype=torch.float32) / n_out
+        src = (scale * (torch.arange(n_out, dtype=torch.float32) + 0.5) - 0.5).clamp_(min=0)
+        i0 = src.long()
+        i1 = i0 + (i0 < n_in - 1).long()
+        w1 = (src - i0).clamp_(0, 1)
+        return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
 
 
 def resize_threshold(

@@ -294,18 +294,18 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         with torch.inference_mode():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            prepared = None
+            extra = {}  # our decoder: the image's prompt-independent work, once per image
             if mask_input is None and hasattr(self.model.mask_decoder, "prepare_image"):
-                if self._prepared is None:  # once per image: the decoder's prompt-independent work
+                if self._prepared is None:
                     self._prepared = self.model.mask_decoder.prepare_image(emb.features, self._dense_pe, dense)
-                prepared = self._prepared
+                extra["prepared"] = self._prepared
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=emb.features,  # (1, C, h, w): the decoder broadcasts it over the batch
                 image_pe=self._dense_pe,
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
-                **({"prepared": prepared} if prepared is not None else {}),
+                **extra,
             )
             masks = self.postprocess_masks(low_res, emb.input_size, emb.original_size, return_logits)
         return masks, iou, low_res

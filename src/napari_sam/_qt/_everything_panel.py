@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QCheckBox, QPushButton, QSpinBox, QWidget
 
-from napari_sam._qt._jobs import JobPanel, JobRunner
+from napari_sam._qt._jobs import JobPanel, JobRunner, labelled_grid, spin
 
 
 class EverythingPanel(JobPanel):
@@ -21,24 +21,16 @@ class EverythingPanel(JobPanel):
         self.points_spin.setRange(1, 128)
         self.points_spin.setValue(32)
         self.points_spin.setToolTip("grid of points_per_side x points_per_side prompts")
-        self.iou_spin = QDoubleSpinBox()
-        self.stability_spin = QDoubleSpinBox()
-        for box, value in ((self.iou_spin, 0.88), (self.stability_spin, 0.95)):
-            box.setRange(0, 1)
-            box.setSingleStep(0.01)
-            box.setDecimals(2)
-            box.setValue(value)
-        self.iou_spin.setToolTip("keep masks whose predicted IoU is above this (pred_iou_thresh)")
-        self.stability_spin.setToolTip("keep masks whose stability score is at least this (stability_score_thresh)")
+        self.iou_spin = spin(0.88, 0, 1, 0.01, "keep masks whose predicted IoU is above this (pred_iou_thresh)")
+        self.stability_spin = spin(
+            0.95, 0, 1, 0.01, "keep masks whose stability score is at least this (stability_score_thresh)"
+        )
         self.area_spin = QSpinBox()
         self.area_spin.setRange(0, 10**7)
         self.area_spin.setToolTip("fill holes and remove islands smaller than this (pixels; 0: off)")
         self.stack_check = QCheckBox("whole stack (ids linked across slices)")
-        grid = QGridLayout()
-        for k, (text, box) in enumerate((("points/side", self.points_spin), ("min IoU", self.iou_spin),
-                                         ("min area", self.area_spin), ("min stability", self.stability_spin))):
-            grid.addWidget(QLabel(text), k // 2, 2 * (k % 2))
-            grid.addWidget(box, k // 2, 2 * (k % 2) + 1)
+        grid = labelled_grid((("points/side", self.points_spin), ("min IoU", self.iou_spin),
+                              ("min area", self.area_spin), ("min stability", self.stability_spin)))
         self.run_button = QPushButton("Segment everything")
         self.column.addLayout(grid)
         self.column.addWidget(self.stack_check)

@@ -17,7 +17,15 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QGridLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_sam._slicing import SamUserError
 
@@ -178,3 +186,23 @@ class JobPanel(QWidget):
                 self._mine = False
         except RuntimeError:
             pass
+
+
+def spin(value: float, lo: float, hi: float, step: float, tip: str) -> QDoubleSpinBox:
+    """A two-decimal spin box for a panel parameter."""
+    box = QDoubleSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setDecimals(2)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+def labelled_grid(pairs: tuple[tuple[str, QWidget], ...]) -> QGridLayout:
+    """(label, box) pairs laid out two per row."""
+    grid = QGridLayout()
+    for k, (text, box) in enumerate(pairs):
+        grid.addWidget(QLabel(text), k // 2, 2 * (k % 2))
+        grid.addWidget(box, k // 2, 2 * (k % 2) + 1)
+    return grid

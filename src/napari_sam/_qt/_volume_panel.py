@@ -9,24 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QSpinBox, QWidget
 
-from napari_sam._qt._jobs import JobPanel, JobRunner
+from napari_sam._qt._jobs import JobPanel, JobRunner, labelled_grid, spin
 
 HELP = (
     "Prompt the object on one slice (or several), then 'Segment object in 3D': it is carried slice by "
     "slice along the last slider axis (z, or t) and written as a new id. Several boxes = several objects."
 )
-
-
-def _spin(value: float, lo: float, hi: float, step: float, tip: str) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setDecimals(2)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box
 
 
 class VolumePanel(JobPanel):
@@ -35,20 +25,17 @@ class VolumePanel(JobPanel):
     def __init__(self, sam: Any, jobs: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(sam, jobs, parent)
         p = sam.volume_params
-        self.iou_spin = _spin(p["iou_threshold"], 0, 1, 0.05, "stop when SAM's predicted IoU falls below this (0: never)")
-        self.overlap_spin = _spin(p["overlap_threshold"], 0, 1, 0.05,
+        self.iou_spin = spin(p["iou_threshold"], 0, 1, 0.05, "stop when SAM's predicted IoU falls below this (0: never)")
+        self.overlap_spin = spin(p["overlap_threshold"], 0, 1, 0.05,
                                   "stop when the mask overlaps the previous slice's less than this (IoU; 0: never)")
-        self.stability_spin = _spin(p["stability_threshold"], 0, 1, 0.05, "stop below this stability score (0: never)")
+        self.stability_spin = spin(p["stability_threshold"], 0, 1, 0.05, "stop below this stability score (0: never)")
         self.distance_spin = QSpinBox()
         self.distance_spin.setRange(0, 100000)
         self.distance_spin.setSpecialValueText("no limit")
         self.distance_spin.setValue(p["max_distance"] or 0)
         self.distance_spin.setToolTip("stop this many slices away from a prompted slice (0: no limit)")
-        grid = QGridLayout()
-        for k, (text, box) in enumerate((("min IoU", self.iou_spin), ("min overlap", self.overlap_spin),
-                                         ("min stability", self.stability_spin), ("max slices", self.distance_spin))):
-            grid.addWidget(QLabel(text), k // 2, 2 * (k % 2))
-            grid.addWidget(box, k // 2, 2 * (k % 2) + 1)
+        grid = labelled_grid((("min IoU", self.iou_spin), ("min overlap", self.overlap_spin),
+                              ("min stability", self.stability_spin), ("max slices", self.distance_spin)))
         self.segment_button = QPushButton("Segment object in 3D")
         self.segment_button.setToolTip(HELP)
         self.extend_button = QPushButton("Extend labels in 3D")

@@ -173,11 +173,7 @@ class Attention(nn.Module):
         """
         H, W = size
         B, nh, L, _ = q.shape
-        Rh = get_rel_pos(H, H, self.rel_pos_h).to(q.dtype)
-        Rw = get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)
-        r_q = q.reshape(B, nh, H, W, -1)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()  # (B, nh, H, W, H)
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()  # (B, nh, H, W, W)
+        rel_h, rel_w = rel_pos_factors(q, self.rel_pos_h, self.rel_pos_w, size, size)
         rows = max(1, _MASK_CHUNK // (B * W * L))
         out = torch.empty_like(q)
         for n in range(nh):
@@ -240,6 +236,28 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative_coords.long()]
 
 
+def rel_pos_factors(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of the decomposed bias: ``q (B, heads, q_h * q_w, C)`` ->
+    ``rel_h (B, heads, q_h, q_w, k_h)`` and ``rel_w (B, heads, q_h, q_w, k_w)`` (contiguous)."""
+    q_h, q_w = q_size
+    k_h, k_w = k_size
+    Rh = get_rel_pos(q_h, k_h, rel_pos_h).to(q.dtype)
+    Rw = get_rel_pos(q_w, k_w, rel_pos_w).to(q.dtype)
+    B, nh, _, dim = q.shape
+    r_q = q.reshape(B, nh, q_h, q_w, dim)
+    # contiguous factors make the broadcast sum of rel_pos_bias write a contiguous mask, which the
+    # reshape then views (einsum's output strides would otherwise make it a second full copy)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
+    return rel_h, rel_w
+
+
 def rel_pos_bias(
     q: torch.Tensor,
     rel_pos_h: torch.Tensor,
@@ -251,14 +269,7 @@ def rel_pos_bias(
 
     ``q: (B, heads, q_h * q_w, C)`` (unscaled) -> ``(B, heads, q_h * q_w, k_h * k_w)``.
     """
-    q_h, q_w = q_size
-    k_h, k_w = k_size
-    Rh = get_rel_pos(q_h, k_h, rel_pos_h).to(q.dtype)
-    Rw = get_rel_pos(q_w, k_w, rel_pos_w).to(q.dtype)
-    B, nh, _, dim = q.shape
-    r_q = q.reshape(B, nh, q_h, q_w, dim)
-    # contiguous factors make the broadcast sum below write a contiguous mask, which the reshape then
-    # views (einsum's output strides would otherwise make it a second full copy of the mask)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
+    rel_h, rel_w = rel_pos_factors(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    B, nh = q.shape[:2]
+    (q_h, q_w), (k_h, k_w) = q_size, k_size
     return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, q_h * q_w, k_h * k_w)

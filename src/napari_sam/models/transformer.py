@@ -159,9 +159,9 @@ class TwoWayAttentionBlock(nn.Module):
             out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, queries + query_pe, queries)
         else:
             out = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries)
-        # in place: `out` is this block's own fresh (B, L, C) tensor; one 4 MB allocation fewer per
-        # layer (fresh large buffers cost page faults that rival the arithmetic on CPU)
-        keys = self.norm4(out.add_(keys) if out.shape == keys.shape else keys + out)
+        # in place: `out` is this block's own fresh (B, L, C) tensor (keys are (1 | B, L, C)); one 4 MB
+        # allocation fewer per layer (fresh large buffers cost page faults that rival the arithmetic)
+        keys = self.norm4(out.add_(keys))
         return queries, keys
 
 
