@@ -1,4 +1,5 @@
-"""The project's own small SAM architecture, ``"nano"``: a 512-px FPN encoder + a slim SAM decoder.
+"""The project's own small SAM architectures, ``"nano"`` and ``"nano_l"``: a 512-px FPN encoder + a slim
+SAM decoder (``nano_l``: a wider, deeper encoder, same decoder).
 
 Same three parts and the same prompt/mask interfaces as SAM, so the predictor, widget, volume loop
 and automatic masks work unchanged:
@@ -31,10 +32,18 @@ NANO_CONFIG: dict[str, Any] = {
 }
 
 
-def build_nano(img_size: int = 512) -> Sam:
-    """A randomly initialised ``"nano"`` Sam (load ``nano_nuclei`` weights via ``napari_sam.weights``)."""
+#: encoder sizes per variant: channels at strides 2/4/8/16/32, blocks at 8/16/32, attention heads
+NANO_ENCODERS: dict[str, dict[str, Any]] = {
+    "nano": {"dims": (24, 48, 80, 128, 192), "depths": (2, 2, 2), "num_heads": 6},
+    "nano_l": {"dims": (32, 64, 128, 192, 256), "depths": (3, 4, 2), "num_heads": 8},
+}
+
+
+def build_nano(img_size: int = 512, variant: str = "nano") -> Sam:
+    """A randomly initialised ``"nano"`` (or ``"nano_l"``) Sam; trained weights come through
+    ``napari_sam.weights`` (``nano_nuclei``)."""
     cfg = dict(NANO_CONFIG, img_size=img_size)
-    encoder = NanoEncoder(img_size=img_size, out_chans=cfg["prompt_embed_dim"])
+    encoder = NanoEncoder(img_size=img_size, out_chans=cfg["prompt_embed_dim"], **NANO_ENCODERS[variant])
     grid = img_size // 8
     return build_sam(
         encoder,
@@ -46,13 +55,21 @@ def build_nano(img_size: int = 512) -> Sam:
         decoder_mlp_dim=cfg["decoder_mlp_dim"],
         decoder_num_heads=cfg["decoder_num_heads"],
         iou_head_hidden_dim=cfg["iou_head_hidden_dim"],
-        arch="nano",
+        arch=variant,
     )
 
 
-def nano_matches(state_dict: Mapping[str, Any]) -> bool:
-    """True for state dicts of :func:`build_nano` models (the FPN encoder's key names)."""
-    return "image_encoder.lat8.weight" in state_dict and "image_encoder.stem.0.0.weight" in state_dict
+def _matcher(variant: str):
+    d8 = NANO_ENCODERS[variant]["dims"][2]
+
+    def matches(state_dict: Mapping[str, Any]) -> bool:
+        """True for state dicts of this variant (the FPN encoder's key names and stride-8 width)."""
+        lat8 = state_dict.get("image_encoder.lat8.weight")
+        return lat8 is not None and lat8.shape[1] == d8 and "image_encoder.stem.0.0.weight" in state_dict
+
+    return matches
 
 
-register_arch("nano", build_nano, nano_matches)
+nano_matches = _matcher("nano")
+for _variant in NANO_ENCODERS:
+    register_arch(_variant, lambda _v=_variant, **kw: build_nano(variant=_v, **kw), _matcher(_variant))

@@ -59,6 +59,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_threads, default="auto", help="torch threads, or 'auto'")
     p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds")
     p.add_argument("--log-every", type=int, default=20, help="steps")
+    p.add_argument("--workers", type=int, default=0, help="processes drawing augmented windows ahead (0: inline)")
+    p.add_argument("--stop-after", type=float, default=0.0,
+                   help="wall-clock seconds; > 0: save the checkpoint and stop after this long (resume later)")
 
 
 def _config(a: argparse.Namespace):
@@ -69,7 +72,7 @@ def _config(a: argparse.Namespace):
                        late_from=a.late_from, late_window=a.late_window, late_decoder_crops=_ints(a.late_decoder_crops), lr=a.lr, focal_weight=a.focal_weight,
                        no_mask_input_prob=a.no_mask_input_prob, warmup=a.warmup,
                        freeze_encoder=a.freeze_encoder, seed=a.seed, checkpoint_every_s=a.checkpoint_every,
-                       log_every=a.log_every)
+                       log_every=a.log_every, workers=a.workers)
 
 
 def cmd_fit(a: argparse.Namespace) -> None:
@@ -81,11 +84,18 @@ def cmd_fit(a: argparse.Namespace) -> None:
     log = _log_to(a.out / "train.log")
     log("command: " + " ".join(sys.argv))
     split = data.load_split(a.data)
-    samples = data.load_dsb2018(a.data, split["train"], img_size=build_model(a.arch).img_size)
-    model = build_model(a.arch)
     torch.manual_seed(a.seed)
+    if a.init:  # start from trained weights of the same architecture (a registry name or a file)
+        from ..weights import load_model
+
+        model = load_model(a.init, arch=a.arch, device="cpu").train().requires_grad_(True)
+    else:
+        model = build_model(a.arch)
+    samples = data.load_dsb2018(a.data, split["train"], img_size=model.img_size)
+    t_end = time.time() + a.stop_after
     train(model, samples, _config(a), checkpoint=a.out / "checkpoint.pt", device=a.device, log=log,
-          export=a.out / "model.pt", threads=a.threads)
+          export=a.out / "model.pt", threads=a.threads,
+          cancel=(lambda: time.time() > t_end) if a.stop_after > 0 else None)
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
@@ -126,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("fit", help="train an architecture from scratch on dsb2018")
     p.add_argument("--arch", default="nano")
     p.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
+    p.add_argument("--init", default=None, help="start from these weights (registry name or file) instead of random")
     _add_train_args(p)
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("finetune", help="fine-tune a model on your own images + instance labels")

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_s: float = 180.0
     log_every: int = 20
+    workers: int = 0              # > 0: augmented windows are drawn ahead in this many forked processes
     extra: dict = field(default_factory=dict)
 
 
@@ -85,6 +88,50 @@ def _first_prompts(masks: list[np.ndarray], rng: np.random.Generator, box: bool)
     return np.array(pts, np.float32)[:, None], np.ones((len(masks), 1), np.float32), None
 
 
+_POOL_SAMPLES: list[Sample] = []
+
+
+def _pool_init(samples: list[Sample]) -> None:
+    global _POOL_SAMPLES
+    _POOL_SAMPLES = samples
+
+
+def draw_windows(samples: list[Sample], rng: np.random.Generator, n: int, side: int, img_size: int) -> list[Window]:
+    """``n`` random augmented windows of side ``side`` (each with at least one object)."""
+    out: list[Window] = []
+    while len(out) < n:
+        w = random_window(samples[int(rng.integers(len(samples)))], rng, side, img_size)
+        if w is not None:
+            out.append(w)
+    return out
+
+
+def _pool_draw(seed: int, n: int, side: int, img_size: int) -> list[Window]:
+    return draw_windows(_POOL_SAMPLES, np.random.default_rng(seed), n, side, img_size)
+
+
+class _WindowPool:
+    """Windows drawn ahead in forked worker processes (the augmentation is the CPU-bound part of a
+    step on a GPU); each request gets a seed from the trainer's generator, so a run stays seeded."""
+
+    def __init__(self, samples: list[Sample], workers: int, img_size: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.pool = ctx.Pool(workers, initializer=_pool_init, initargs=(samples,))
+        self.depth, self.img_size = 2 * workers, img_size
+        self.pending: deque = deque()
+
+    def get(self, rng: np.random.Generator, n: int, side: int) -> list[Window]:
+        while len(self.pending) < self.depth:
+            seed = int(rng.integers(2**62))
+            self.pending.append((side, self.pool.apply_async(_pool_draw, (seed, n, side, self.img_size))))
+        got_side, res = self.pending.popleft()
+        wins = res.get()
+        return wins if got_side == side else self.get(rng, n, side)  # windows of an earlier phase: drop
+
+    def close(self) -> None:
+        self.pool.terminate()
+
+
 class Trainer:
     """Holds model, optimizer and data; :meth:`step` runs one interactive training step."""
 
@@ -106,6 +153,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.step_idx, self.elapsed = 0, 0.0
+        self.pool = _WindowPool(samples, cfg.workers, self.img_size) if cfg.workers > 0 else None
 
     # -- schedule ---------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -123,13 +171,9 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
     def _windows(self, side: int) -> list[Window]:
-        out: list[Window] = []
-        while len(out) < self.cfg.batch:
-            s = self.samples[int(self.rng.integers(len(self.samples)))]
-            w = random_window(s, self.rng, side, self.img_size)
-            if w is not None:
-                out.append(w)
-        return out
+        if self.pool is not None:
+            return self.pool.get(self.rng, self.cfg.batch, side)
+        return draw_windows(self.samples, self.rng, self.cfg.batch, side, self.img_size)
 
     def _crops(self, wins: list[Window], d: int):
         """Per-object decoder crops: returns (window idx, cell y, cell x, gt mask crop) per object."""
@@ -246,7 +290,7 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.step_idx, self.elapsed = int(ck["step"]), float(ck["elapsed"])
         self.rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"].cpu())
 
 
 def train(
@@ -269,10 +313,20 @@ def train(
     if isinstance(threads, int):
         torch.set_num_threads(threads)
     tr = Trainer(model, samples, cfg, device)
+    try:
+        _run(tr, cfg, checkpoint, export, log, progress, cancel, threads)
+    finally:
+        if tr.pool is not None:
+            tr.pool.close()
+    return model.eval()
+
+
+def _run(tr: Trainer, cfg: TrainConfig, checkpoint, export, log, progress, cancel, threads) -> None:
+    """The loop of :func:`train`: steps, logging, periodic checkpoints, until the schedule ends."""
     if checkpoint is not None and Path(checkpoint).exists():
         tr.load(checkpoint)
         log(f"resumed from {checkpoint} at step {tr.step_idx} ({tr.elapsed:.0f} s)")
-    log(f"config {json.dumps(asdict(cfg))}; window {tr.window}; {len(samples)} samples")
+    log(f"config {json.dumps(asdict(cfg))}; window {tr.window}; {len(tr.samples)} samples")
     last_save, acc, first = time.time(), [], True
     while tr.progress() < 1.0:
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
@@ -297,7 +351,6 @@ def train(
     if checkpoint is not None:
         _save(tr, checkpoint, export)
     log(f"done: step {tr.step_idx}, {tr.elapsed:.0f} s")
-    return model.eval()
 
 
 def _save(tr: Trainer, checkpoint: str | Path, export: str | Path | None) -> None:
