@@ -152,7 +152,7 @@ class Attention(nn.Module):
         B, H, W, C = x.shape
         # (3, B, heads, H*W, head_dim), views only
         q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.use_rel_pos and H * W * H * W > _MASK_CHUNK:
+        if self.use_rel_pos and x.device.type == "cpu" and H * W * H * W > _MASK_CHUNK:
             x = self._chunked_rel_pos_attention(q, k, v, (H, W))
         else:
             mask = None
@@ -169,7 +169,8 @@ class Attention(nn.Module):
 
         The whole mask of a 64x64 grid is heads x 4096 x 4096 floats (805 MB for ViT-B); written once
         and read once it costs as much as the attention itself. Built per (head, row block) it stays in
-        cache. Same arithmetic per query as the full mask.
+        cache. Same arithmetic per query as the full mask. CPU only: on a GPU the many small
+        products starve the device (ViT-B fp32 on an H100: 211 ms chunked vs 46 ms official).
         """
         H, W = size
         B, nh, L, _ = q.shape
