@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from napari_sam.models.nano import build_nano
@@ -13,13 +14,14 @@ from napari_sam.models.sam import available_archs, build_model, infer_arch
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_sam" / "_weights" / "nano_nuclei.pt"
 
 
-def test_build_and_infer_arch():
-    assert "nano" in available_archs()
-    model = build_model("nano")
-    assert model.arch == "nano"
+@pytest.mark.parametrize("arch", ["nano", "nano_l"])
+def test_build_and_infer_arch(arch):
+    assert arch in available_archs()
+    model = build_model(arch)
+    assert model.arch == arch
     assert model.img_size == 512
     assert model.embedding_size == (64, 64)
-    assert infer_arch(model.state_dict()) == "nano"
+    assert infer_arch(model.state_dict()) == arch  # the two variants are told apart by their widths
     n = sum(p.numel() for p in model.parameters())
     assert n * 4 < 20e6  # fp32 file under 20 MB
 

@@ -116,6 +116,23 @@ def test_steps_reduce_loss_and_resume(samples, tmp_path):
     assert "image_encoder.lat8.weight" in load_state_dict(tmp_path / "m.pt")
 
 
+def test_windows_from_worker_processes_are_seeded(samples):
+    """``workers > 0``: windows come from forked processes, the same trainer seed gives the same
+    windows, and a step trains on them."""
+    cfg = TrainConfig(steps=2, warmup=1, batch=2, objects=2, focal_weight=1.0, seed=5, window=64, workers=1)
+    got = []
+    for _ in range(2):
+        tr = Trainer(build_nano(img_size=128), samples, cfg)
+        try:
+            wins = tr._windows(64)
+            got.append(np.stack([w.image for w in wins]))
+            assert all(w.image.shape == (64, 64, 3) and (w.labels > 0).any() for w in wins)
+            assert np.isfinite(tr.step()["loss"])
+        finally:
+            tr.pool.close()
+    np.testing.assert_array_equal(got[0], got[1])
+
+
 class _Oracle:
     """A predictor stand-in that returns the ground-truth object under the first point / box centre."""
 

@@ -106,8 +106,9 @@ def test_registry_entries():
         assert info.sha256 is None or len(info.sha256) == 64
         if info.url is None and info.packaged is None:  # by hand only: the description says so
             assert "hand" in info.description
-    nano = weights.REGISTRY["nano_nuclei"]
-    assert nano.arch == "nano" and nano.packaged == "_weights/nano_nuclei.pt"
+    for name in ("nano_nuclei", "nano_nuclei_v1"):
+        nano = weights.REGISTRY[name]
+        assert nano.arch == "nano" and nano.packaged == f"_weights/{name}.pt"
     assert weights.REGISTRY["vit_b"].url.endswith("sam_vit_b_01ec64.pth")
 
 

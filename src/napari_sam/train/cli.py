@@ -60,6 +60,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds")
     p.add_argument("--log-every", type=int, default=20, help="steps")
     p.add_argument("--workers", type=int, default=0, help="processes drawing augmented windows ahead (0: inline)")
+    p.add_argument("--scale-range", default="0.7,1.4", help="random rescaling range of a sample (p 0.3)")
     p.add_argument("--stop-after", type=float, default=0.0,
                    help="wall-clock seconds; > 0: save the checkpoint and stop after this long (resume later)")
 
@@ -72,7 +73,8 @@ def _config(a: argparse.Namespace):
                        late_from=a.late_from, late_window=a.late_window, late_decoder_crops=_ints(a.late_decoder_crops), lr=a.lr, focal_weight=a.focal_weight,
                        no_mask_input_prob=a.no_mask_input_prob, warmup=a.warmup,
                        freeze_encoder=a.freeze_encoder, seed=a.seed, checkpoint_every_s=a.checkpoint_every,
-                       log_every=a.log_every, workers=a.workers)
+                       log_every=a.log_every, workers=a.workers,
+                       scale_range=tuple(float(t) for t in a.scale_range.split(",")))
 
 
 def cmd_fit(a: argparse.Namespace) -> None:

@@ -180,13 +180,13 @@ class Window:
 
 
 def _augment_geometry(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, img_size: int,
-                      scale_prob: float) -> tuple[np.ndarray, np.ndarray]:
+                      scale_prob: float, scale_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     k = int(rng.integers(4))
     img, lab = np.rot90(img, k), np.rot90(lab, k)
     if rng.random() < 0.5:
         img, lab = img[:, ::-1], lab[:, ::-1]
     if rng.random() < scale_prob:
-        s = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+        s = float(np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))))
         h, w = lab.shape
         nh, nw = max(16, int(h * s + 0.5)), max(16, int(w * s + 0.5))
         img = np.array(Image.fromarray(np.ascontiguousarray(img)).resize((nw, nh), Image.BILINEAR))
@@ -207,13 +207,14 @@ def _augment_intensity(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def random_window(sample: Sample, rng: np.random.Generator, window: int, img_size: int,
-                  augment: bool = True, scale_prob: float = 0.3, min_area: int = 16) -> Window | None:
+                  augment: bool = True, scale_prob: float = 0.3, min_area: int = 16,
+                  scale_range: tuple[float, float] = (0.7, 1.4)) -> Window | None:
     """A random ``window`` x ``window`` crop of the augmented, padded sample with at least one object
     of ``min_area`` pixels; None if none found in a few tries. ``window == img_size`` = the whole frame."""
     for _ in range(5):
         img, lab = sample.image, sample.labels
         if augment:
-            img, lab = _augment_geometry(img, lab, rng, img_size, scale_prob)
+            img, lab = _augment_geometry(img, lab, rng, img_size, scale_prob, scale_range)
         h, w = lab.shape
         ys = max(0, min(h, img_size) - window) // 8
         xs = max(0, min(w, img_size) - window) // 8

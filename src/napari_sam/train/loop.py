@@ -60,6 +60,7 @@ class TrainConfig:
     checkpoint_every_s: float = 180.0
     log_every: int = 20
     workers: int = 0              # > 0: augmented windows are drawn ahead in this many forked processes
+    scale_range: tuple[float, float] = (0.7, 1.4)  # random rescaling of a sample (p 0.3), log-uniform
     extra: dict = field(default_factory=dict)
 
 
@@ -96,34 +97,36 @@ def _pool_init(samples: list[Sample]) -> None:
     _POOL_SAMPLES = samples
 
 
-def draw_windows(samples: list[Sample], rng: np.random.Generator, n: int, side: int, img_size: int) -> list[Window]:
+def draw_windows(samples: list[Sample], rng: np.random.Generator, n: int, side: int, img_size: int,
+                 scale_range: tuple[float, float] = (0.7, 1.4)) -> list[Window]:
     """``n`` random augmented windows of side ``side`` (each with at least one object)."""
     out: list[Window] = []
     while len(out) < n:
-        w = random_window(samples[int(rng.integers(len(samples)))], rng, side, img_size)
+        w = random_window(samples[int(rng.integers(len(samples)))], rng, side, img_size, scale_range=scale_range)
         if w is not None:
             out.append(w)
     return out
 
 
-def _pool_draw(seed: int, n: int, side: int, img_size: int) -> list[Window]:
-    return draw_windows(_POOL_SAMPLES, np.random.default_rng(seed), n, side, img_size)
+def _pool_draw(seed: int, n: int, side: int, img_size: int, scale_range: tuple[float, float]) -> list[Window]:
+    return draw_windows(_POOL_SAMPLES, np.random.default_rng(seed), n, side, img_size, scale_range)
 
 
 class _WindowPool:
     """Windows drawn ahead in forked worker processes (the augmentation is the CPU-bound part of a
     step on a GPU); each request gets a seed from the trainer's generator, so a run stays seeded."""
 
-    def __init__(self, samples: list[Sample], workers: int, img_size: int) -> None:
+    def __init__(self, samples: list[Sample], workers: int, img_size: int,
+                 scale_range: tuple[float, float] = (0.7, 1.4)) -> None:
         ctx = multiprocessing.get_context("fork")
         self.pool = ctx.Pool(workers, initializer=_pool_init, initargs=(samples,))
-        self.depth, self.img_size = 2 * workers, img_size
+        self.depth, self.img_size, self.scale_range = 2 * workers, img_size, tuple(scale_range)
         self.pending: deque = deque()
 
     def get(self, rng: np.random.Generator, n: int, side: int) -> list[Window]:
         while len(self.pending) < self.depth:
             seed = int(rng.integers(2**62))
-            self.pending.append((side, self.pool.apply_async(_pool_draw, (seed, n, side, self.img_size))))
+            self.pending.append((side, self.pool.apply_async(_pool_draw, (seed, n, side, self.img_size, self.scale_range))))
         got_side, res = self.pending.popleft()
         wins = res.get()
         return wins if got_side == side else self.get(rng, n, side)  # windows of an earlier phase: drop
@@ -153,7 +156,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.step_idx, self.elapsed = 0, 0.0
-        self.pool = _WindowPool(samples, cfg.workers, self.img_size) if cfg.workers > 0 else None
+        self.pool = _WindowPool(samples, cfg.workers, self.img_size, cfg.scale_range) if cfg.workers > 0 else None
 
     # -- schedule ---------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -173,7 +176,7 @@ class Trainer:
     def _windows(self, side: int) -> list[Window]:
         if self.pool is not None:
             return self.pool.get(self.rng, self.cfg.batch, side)
-        return draw_windows(self.samples, self.rng, self.cfg.batch, side, self.img_size)
+        return draw_windows(self.samples, self.rng, self.cfg.batch, side, self.img_size, tuple(self.cfg.scale_range))
 
     def _crops(self, wins: list[Window], d: int):
         """Per-object decoder crops: returns (window idx, cell y, cell x, gt mask crop) per object."""
