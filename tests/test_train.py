@@ -81,6 +81,15 @@ def test_windows(samples):
         assert (w.labels > 0).any()
 
 
+def test_scale_augmentation_follows_its_range():
+    img, lab = _disks(2, size=64)
+    rng = np.random.default_rng(0)
+    for s in (0.5, 3.0):
+        big_img, big_lab = data._augment_geometry(img[..., None].repeat(3, 2), lab, rng, 512, 1.0, (s, s))
+        assert big_lab.shape == (round(64 * s), round(64 * s)) and big_img.shape[:2] == big_lab.shape
+        assert set(np.unique(big_lab)) <= set(np.unique(lab))  # labels resized by nearest neighbour
+
+
 def test_sam_loss_takes_best_mask():
     tgt = torch.zeros(2, 8, 8)
     tgt[:, 2:6, 2:6] = 1
