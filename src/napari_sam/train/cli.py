@@ -60,7 +60,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds")
     p.add_argument("--log-every", type=int, default=20, help="steps")
     p.add_argument("--workers", type=int, default=0, help="processes drawing augmented windows ahead (0: inline)")
-    p.add_argument("--scale-range", default="0.7,1.4", help="random rescaling range of a sample (p 0.3)")
+    p.add_argument("--scale-range", default="0.7,1.4", help="random rescaling range of a sample (p 0.3), 'lo,hi'")
     p.add_argument("--stop-after", type=float, default=0.0,
                    help="wall-clock seconds; > 0: save the checkpoint and stop after this long (resume later)")
 

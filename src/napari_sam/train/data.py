@@ -20,6 +20,7 @@ from PIL import Image
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 SPLIT_FILE = Path(__file__).with_name("dsb2018_split.json")
+SCALE_RANGE = (0.7, 1.4)  # default range of the random rescaling of a sample (log-uniform)
 
 
 def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
@@ -208,7 +209,7 @@ def _augment_intensity(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def random_window(sample: Sample, rng: np.random.Generator, window: int, img_size: int,
                   augment: bool = True, scale_prob: float = 0.3, min_area: int = 16,
-                  scale_range: tuple[float, float] = (0.7, 1.4)) -> Window | None:
+                  scale_range: tuple[float, float] = SCALE_RANGE) -> Window | None:
     """A random ``window`` x ``window`` crop of the augmented, padded sample with at least one object
     of ``min_area`` pixels; None if none found in a few tries. ``window == img_size`` = the whole frame."""
     for _ in range(5):

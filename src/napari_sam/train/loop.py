@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import PIXEL_MEAN, PIXEL_STD, Sample, Window, random_window
+from .data import PIXEL_MEAN, PIXEL_STD, SCALE_RANGE, Sample, Window, random_window
 from .losses import sam_loss
 from .prompts import center_point, corrective_point, jitter_box, random_point
 
@@ -60,7 +60,7 @@ class TrainConfig:
     checkpoint_every_s: float = 180.0
     log_every: int = 20
     workers: int = 0              # > 0: augmented windows are drawn ahead in this many forked processes
-    scale_range: tuple[float, float] = (0.7, 1.4)  # random rescaling of a sample (p 0.3), log-uniform
+    scale_range: tuple[float, float] = SCALE_RANGE  # random rescaling of a sample (p 0.3), log-uniform
     extra: dict = field(default_factory=dict)
 
 
@@ -98,7 +98,7 @@ def _pool_init(samples: list[Sample]) -> None:
 
 
 def draw_windows(samples: list[Sample], rng: np.random.Generator, n: int, side: int, img_size: int,
-                 scale_range: tuple[float, float] = (0.7, 1.4)) -> list[Window]:
+                 scale_range: tuple[float, float] = SCALE_RANGE) -> list[Window]:
     """``n`` random augmented windows of side ``side`` (each with at least one object)."""
     out: list[Window] = []
     while len(out) < n:
@@ -117,8 +117,9 @@ class _WindowPool:
     step on a GPU); each request gets a seed from the trainer's generator, so a run stays seeded."""
 
     def __init__(self, samples: list[Sample], workers: int, img_size: int,
-                 scale_range: tuple[float, float] = (0.7, 1.4)) -> None:
-        ctx = multiprocessing.get_context("fork")
+                 scale_range: tuple[float, float]) -> None:
+        # fork shares the samples with the workers; spawn (Windows) pickles them once per worker
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         self.pool = ctx.Pool(workers, initializer=_pool_init, initargs=(samples,))
         self.depth, self.img_size, self.scale_range = 2 * workers, img_size, tuple(scale_range)
         self.pending: deque = deque()
@@ -126,7 +127,8 @@ class _WindowPool:
     def get(self, rng: np.random.Generator, n: int, side: int) -> list[Window]:
         while len(self.pending) < self.depth:
             seed = int(rng.integers(2**62))
-            self.pending.append((side, self.pool.apply_async(_pool_draw, (seed, n, side, self.img_size, self.scale_range))))
+            job = self.pool.apply_async(_pool_draw, (seed, n, side, self.img_size, self.scale_range))
+            self.pending.append((side, job))
         got_side, res = self.pending.popleft()
         wins = res.get()
         return wins if got_side == side else self.get(rng, n, side)  # windows of an earlier phase: drop
@@ -156,7 +158,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.step_idx, self.elapsed = 0, 0.0
-        self.pool = _WindowPool(samples, cfg.workers, self.img_size, cfg.scale_range) if cfg.workers > 0 else None
+        self.pool = None if cfg.workers <= 0 else _WindowPool(samples, cfg.workers, self.img_size, cfg.scale_range)
 
     # -- schedule ---------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -176,7 +178,8 @@ class Trainer:
     def _windows(self, side: int) -> list[Window]:
         if self.pool is not None:
             return self.pool.get(self.rng, self.cfg.batch, side)
-        return draw_windows(self.samples, self.rng, self.cfg.batch, side, self.img_size, tuple(self.cfg.scale_range))
+        return draw_windows(self.samples, self.rng, self.cfg.batch, side, self.img_size,
+                            tuple(self.cfg.scale_range))
 
     def _crops(self, wins: list[Window], d: int):
         """Per-object decoder crops: returns (window idx, cell y, cell x, gt mask crop) per object."""
