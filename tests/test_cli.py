@@ -51,7 +51,7 @@ def test_auto_default_model_uses_its_thresholds(tmp_path) -> None:
     assert cli.main(["auto", str(src), "-o", str(out), "--points-per-side", "4", "--device", "cpu"]) == 0
     expected = AutomaticMaskGenerator(
         load_model(device="cpu"), points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.9,
-        box_nms_thresh=0.3,
+        box_nms_thresh=0.2,
     ).generate_labels(image)
     np.testing.assert_array_equal(tifffile.imread(out), expected)
 

@@ -37,5 +37,5 @@ def test_automatic_defaults():
 
     sam = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
     assert automatic_defaults("nano_nuclei") == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.9,
-                                                 "box_nms_thresh": 0.3}
+                                                 "box_nms_thresh": 0.2}
     assert automatic_defaults("vit_b") == automatic_defaults("/some/file.pth") == automatic_defaults(None) == sam

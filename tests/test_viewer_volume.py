@@ -150,13 +150,13 @@ def test_segment_everything_slice_and_stack(stack_sam, tiny_sam):
 
 
 def test_segment_everything_default_thresholds_follow_the_model(stack_sam, tiny_sam):
-    """Parameters not given are the model's (registry): nano_nuclei's 0.5/0.9/0.3, SAM's 0.88/0.95/0.7."""
+    """Parameters not given are the model's (registry): nano_nuclei's 0.5/0.9/0.2, SAM's 0.88/0.95/0.7."""
     viewer, sam, img, info = stack_sam
     viewer.dims.set_current_step(0, 3)
     assert sam.automatic_defaults()["pred_iou_thresh"] == 0.88
     sam.model_name = "nano_nuclei"  # the name decides (the network stays the tiny one)
     kw = sam.automatic_defaults()
-    assert kw == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.9, "box_nms_thresh": 0.3}
+    assert kw == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.9, "box_nms_thresh": 0.2}
     sam.segment_everything(points_per_side=4)
     gen = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), points_per_side=4, **kw)
     np.testing.assert_array_equal(sam.labels_layer.data[3], gen.generate_labels(to_sam_image(img[3])))

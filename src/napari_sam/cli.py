@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--model", default=None, help="registry name or checkpoint path (default: packaged)")
     auto.add_argument("--device", default=None)
     auto.add_argument("--points-per-side", type=int, default=32)
-    thr = "(default: the model's; nano_nuclei 0.5 / 0.9 / 0.3, SAM's 0.88 / 0.95 / 0.7 otherwise)"
+    thr = "(default: the model's; nano_nuclei 0.5 / 0.9 / 0.2, SAM's 0.88 / 0.95 / 0.7 otherwise)"
     auto.add_argument("--pred-iou-thresh", type=float, default=None, help=f"min predicted IoU {thr}")
     auto.add_argument("--stability-score-thresh", type=float, default=None, help=f"min stability {thr}")
     auto.add_argument("--box-nms-thresh", type=float, default=None, help=f"box IoU for duplicates {thr}")
