@@ -46,12 +46,12 @@ def main() -> None:
     from skimage.feature import peak_local_max
     from skimage.filters import gaussian
 
-    h, w = data.shape[:2]
     smooth = gaussian(np.asarray(data, dtype=np.float32), sigma=4)
-    for r, c in peak_local_max(smooth, min_distance=40, num_peaks=6, exclude_border=30):
+    peaks = peak_local_max(smooth, min_distance=40, num_peaks=7, exclude_border=30)
+    for r, c in peaks[:6]:
         sam.add_point([r, c])
         widget.commit()
-    sam.add_point([h // 4, w // 4])  # a live prompt + preview for the picture
+    sam.add_point(list(peaks[6]))  # a live prompt + preview for the picture
     for _ in range(20):
         app.processEvents()
     OUT.parent.mkdir(parents=True, exist_ok=True)
