@@ -39,3 +39,12 @@ def test_automatic_defaults():
     assert automatic_defaults("nano_nuclei") == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.9,
                                                  "box_nms_thresh": 0.2}
     assert automatic_defaults("vit_b") == automatic_defaults("/some/file.pth") == automatic_defaults(None) == sam
+
+
+def test_automatic_params_fill_only_what_is_missing():
+    from napari_sam.registry import automatic_params
+
+    assert automatic_params("vit_b", pred_iou_thresh=0.3, box_nms_thresh=None) == {
+        "pred_iou_thresh": 0.3, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
+    with pytest.raises(TypeError, match="crop_n_layers"):
+        automatic_params("vit_b", crop_n_layers=1)

@@ -89,8 +89,6 @@ class MaskUpsampler:
         return buf
 
 
-
-
 def _mostly_decided(low: torch.Tensor, threshold: float, block: int = 4) -> bool:
     """Whether at most a quarter of the ``block`` x ``block`` cells of low-res logits ``(h, w)``
     straddle the threshold, i.e. the mask is made of regions, not noise (random weights)."""

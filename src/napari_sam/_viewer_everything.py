@@ -45,14 +45,15 @@ class EverythingMixin:
         labels = self.labels_layer
         if tuple(labels.data.shape) != spatial_shape(img):
             raise SamUserError(f"labels layer {labels.name!r} does not have the image's shape {spatial_shape(img)}")
-        defaults = self.automatic_defaults()
-        pred_iou_thresh = defaults["pred_iou_thresh"] if pred_iou_thresh is None else pred_iou_thresh
-        if stability_score_thresh is None:
-            stability_score_thresh = defaults["stability_score_thresh"]
-        amg.setdefault("box_nms_thresh", defaults["box_nms_thresh"])
+        from napari_sam.registry import automatic_params
+
+        thresholds = automatic_params(
+            getattr(self, "model_name", None), pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, box_nms_thresh=amg.pop("box_nms_thresh", None),
+        )
         gen = AutomaticMaskGenerator(
-            self.background_predictor(), points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh, min_mask_region_area=min_mask_region_area, **amg,
+            self.background_predictor(), points_per_side=points_per_side,
+            min_mask_region_area=min_mask_region_area, **thresholds, **amg,
         )
         if stack:
             st = stack_of(img, index, chan)
@@ -101,7 +102,7 @@ class EverythingMixin:
         New ids start above the layer's largest id; pixels of existing objects are kept unless
         ``overwrite``. Parameters as ``AutomaticMaskGenerator`` (``amg`` passes the others, e.g.
         ``crop_n_layers``, ``points_per_batch``), except that thresholds left None are the model's
-        :meth:`automatic_defaults` (0.5/0.9 and NMS 0.3 for the built-in nano_nuclei, SAM's
+        :meth:`automatic_defaults` (the registry entry's for the built-in models, SAM's
         0.88/0.95/0.7 otherwise). ``cancel`` (callable or Event): nothing is written
         and ``[]`` returned. Returns the ids written.
         """

@@ -58,21 +58,21 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from skimage import io
 
     from .automatic import AutomaticMaskGenerator
-    from .registry import DEFAULT_MODEL, automatic_defaults
+    from .registry import DEFAULT_MODEL, automatic_params
     from .weights import load_model
 
     image = np.asarray(io.imread(args.image))
     model = load_model(args.model, device=args.device)
-    given = {
-        "pred_iou_thresh": args.pred_iou_thresh,
-        "stability_score_thresh": args.stability_score_thresh,
-        "box_nms_thresh": args.box_nms_thresh,
-    }
-    defaults = automatic_defaults(args.model or DEFAULT_MODEL)
+    thresholds = automatic_params(
+        args.model or DEFAULT_MODEL,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+    )
     generator = AutomaticMaskGenerator(
         model,
         points_per_side=args.points_per_side,
-        **{k: defaults[k] if v is None else v for k, v in given.items()},
+        **thresholds,
         min_mask_region_area=args.min_area,
     )
     labels = generator.generate_labels(image)

@@ -76,37 +76,38 @@ def _micro(
     )
 
 
+def _packaged(name: str, what: str, automatic: tuple[float, float, float]) -> ModelInfo:
+    """A project model of the ``nano`` architecture whose weights ship in ``napari_sam/_weights``."""
+    return ModelInfo(
+        name=name,
+        arch="nano",
+        url=None,
+        sha256=None,
+        size_mb=None,
+        licence="Apache-2.0",
+        description=what,
+        filename=f"{name}.pt",
+        packaged=f"_weights/{name}.pt",
+        automatic=automatic,
+    )
+
+
 # URLs and xxh128 hashes of the SAM, MobileSAM and micro-sam files: copied from micro_sam/util.py:models()
 # of micro-sam 1.8.14 (PyPI). sha256 of the three official SAM files: as published in micro-sam's former
 # (< 1.0) sha256 registry, not re-checked by a download here. Unknown hashes are None, never guessed.
 _ENTRIES: list[ModelInfo] = [
-    ModelInfo(
-        name="nano_nuclei",
-        arch="nano",
-        url=None,
-        sha256=None,
-        size_mb=None,
-        licence="Apache-2.0",
-        description="napari-sam's own small model for nuclei in light microscopy; ships with the "
-        "package, runs fast on a CPU.",
-        filename="nano_nuclei.pt",
-        packaged="_weights/nano_nuclei.pt",
-        # its IoU head scores lower than SAM's: at 0.88/0.95 almost no mask passes;
-        # chosen on the first 12 validation images of dsb2018 (docs/automatic.md)
-        automatic=(0.5, 0.9, 0.2),
+    # nano models' IoU heads score lower than SAM's: at 0.88/0.95 almost no mask passes; their
+    # thresholds were chosen on the first 12 validation images of dsb2018 (docs/automatic.md)
+    _packaged(
+        "nano_nuclei",
+        "napari-sam's own small model for nuclei in light microscopy; ships with the package, runs fast on a CPU.",
+        (0.5, 0.9, 0.2),
     ),
-    ModelInfo(
-        name="nano_nuclei_v1",
-        arch="nano",
-        url=None,
-        sha256=None,
-        size_mb=None,
-        licence="Apache-2.0",
-        description="the first nano_nuclei (trained on a CPU): weaker on dsb2018 nuclei but more robust "
-        "on nuclei much larger than in its training images (e.g. small crops); ships with the package.",
-        filename="nano_nuclei_v1.pt",
-        packaged="_weights/nano_nuclei_v1.pt",
-        automatic=(0.5, 0.9, 0.3),  # chosen on the first 12 validation images (docs/automatic.md)
+    _packaged(
+        "nano_nuclei_v1",
+        "the first nano_nuclei (trained on a CPU): weaker on dsb2018 nuclei but more robust on nuclei much "
+        "larger than in its training images (e.g. small crops); ships with the package.",
+        (0.5, 0.9, 0.3),
     ),
     ModelInfo(
         name="vit_b",
@@ -236,7 +237,6 @@ REGISTRY: dict[str, ModelInfo] = {info.name: info for info in _ENTRIES}
 DEFAULT_MODEL = "nano_nuclei"
 
 
-
 def list_models() -> list[ModelInfo]:
     """All registry entries, in registry order."""
     return list(REGISTRY.values())
@@ -252,6 +252,17 @@ def automatic_defaults(name: str | None) -> dict[str, float]:
     info = REGISTRY.get(name) if name else None
     values = info.automatic if info is not None else ModelInfo.automatic
     return dict(zip(_AUTOMATIC_KEYS, values, strict=True))
+
+
+def automatic_params(name: str | None, **given: float | None) -> dict[str, float]:
+    """``given`` thresholds (``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``)
+    with those left None (or not given) filled in from :func:`automatic_defaults` of ``name``."""
+    params = automatic_defaults(name)
+    unknown = set(given) - set(params)
+    if unknown:
+        raise TypeError(f"not automatic thresholds: {sorted(unknown)}")
+    params.update({k: v for k, v in given.items() if v is not None})
+    return params
 
 
 def get_model_info(name: str) -> ModelInfo:

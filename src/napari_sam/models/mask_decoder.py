@@ -225,7 +225,7 @@ class MaskDecoder(nn.Module):
         conv1, conv2 = self.output_upscaling[0], self.output_upscaling[3]
         return (_deconv_matrix(conv1.weight), conv1.bias.repeat(4), _deconv_matrix(conv2.weight), conv2.bias.repeat(4))
 
-    def _upscale(self, keys: torch.Tensor, mats: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    def _upscale(self, keys: torch.Tensor, mats: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``output_upscaling`` applied to image tokens ``(B, h*w, C)`` -> ``(B, 16*h*w, C/8)``.
 
         A ConvTranspose2d with kernel = stride = 2 maps each input pixel to its own 2x2 output block, so
@@ -234,7 +234,6 @@ class MaskDecoder(nn.Module):
         sits at token ``(i, j, a, b, a2, b2)``. Same arithmetic as the official convolution path.
         """
         conv1, norm, act1, conv2, act2 = self.output_upscaling
-        mats = mats or self._upscale_mats()
         b, n = keys.shape[:2]
         x = F.linear(keys, mats[0], mats[1])
         x = x.reshape(b, 4 * n, conv1.out_channels)  # (B, h*w*4, C/4)

@@ -98,7 +98,7 @@ def _pool_init(samples: list[Sample]) -> None:
 
 
 def draw_windows(samples: list[Sample], rng: np.random.Generator, n: int, side: int, img_size: int,
-                 scale_range: tuple[float, float] = SCALE_RANGE) -> list[Window]:
+                 scale_range: tuple[float, float]) -> list[Window]:
     """``n`` random augmented windows of side ``side`` (each with at least one object)."""
     out: list[Window] = []
     while len(out) < n:
@@ -121,7 +121,7 @@ class _WindowPool:
         # fork shares the samples with the workers; spawn (Windows) pickles them once per worker
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         self.pool = ctx.Pool(workers, initializer=_pool_init, initargs=(samples,))
-        self.depth, self.img_size, self.scale_range = 2 * workers, img_size, tuple(scale_range)
+        self.depth, self.img_size, self.scale_range = 2 * workers, img_size, scale_range
         self.pending: deque = deque()
 
     def get(self, rng: np.random.Generator, n: int, side: int) -> list[Window]:
@@ -158,7 +158,8 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.step_idx, self.elapsed = 0, 0.0
-        self.pool = None if cfg.workers <= 0 else _WindowPool(samples, cfg.workers, self.img_size, cfg.scale_range)
+        self.scale_range = (float(cfg.scale_range[0]), float(cfg.scale_range[1]))
+        self.pool = None if cfg.workers <= 0 else _WindowPool(samples, cfg.workers, self.img_size, self.scale_range)
 
     # -- schedule ---------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -178,8 +179,7 @@ class Trainer:
     def _windows(self, side: int) -> list[Window]:
         if self.pool is not None:
             return self.pool.get(self.rng, self.cfg.batch, side)
-        return draw_windows(self.samples, self.rng, self.cfg.batch, side, self.img_size,
-                            tuple(self.cfg.scale_range))
+        return draw_windows(self.samples, self.rng, self.cfg.batch, side, self.img_size, self.scale_range)
 
     def _crops(self, wins: list[Window], d: int):
         """Per-object decoder crops: returns (window idx, cell y, cell x, gt mask crop) per object."""
