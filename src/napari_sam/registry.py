@@ -76,6 +76,23 @@ def _micro(
     )
 
 
+def _sam(arch: str, tag: str, sha256: str, xxh: str, size: float, what: str) -> ModelInfo:
+    """An official SAM checkpoint ``sam_{arch}_{tag}.pth`` on Meta's download server."""
+    filename = f"sam_{arch}_{tag}.pth"
+    return ModelInfo(
+        name=arch,
+        arch=arch,
+        url=f"https://dl.fbaipublicfiles.com/segment_anything/{filename}",
+        sha256=sha256,
+        size_mb=size,
+        licence="Apache-2.0",
+        description=what,
+        filename=filename,
+        xxh128=xxh,
+        homepage=_SAM_HOME,
+    )
+
+
 def _packaged(name: str, what: str, automatic: tuple[float, float, float]) -> ModelInfo:
     """A project model of the ``nano`` architecture whose weights ship in ``napari_sam/_weights``."""
     return ModelInfo(
@@ -109,43 +126,13 @@ _ENTRIES: list[ModelInfo] = [
         "larger than in its training images (e.g. small crops); ships with the package.",
         (0.5, 0.9, 0.3),
     ),
-    ModelInfo(
-        name="vit_b",
-        arch="vit_b",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        size_mb=375,
-        licence="Apache-2.0",
-        description="Segment Anything ViT-B (Meta AI), the smallest official SAM.",
-        filename="sam_vit_b_01ec64.pth",
-        xxh128="6923c33df3637b6a922d7682bfc9a86b",
-        homepage=_SAM_HOME,
-    ),
-    ModelInfo(
-        name="vit_l",
-        arch="vit_l",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        size_mb=1250,
-        licence="Apache-2.0",
-        description="Segment Anything ViT-L (Meta AI).",
-        filename="sam_vit_l_0b3195.pth",
-        xxh128="a82beb3c660661e3dd38d999cc860e9a",
-        homepage=_SAM_HOME,
-    ),
-    ModelInfo(
-        name="vit_h",
-        arch="vit_h",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        size_mb=2560,
-        licence="Apache-2.0",
-        description="Segment Anything ViT-H (Meta AI), the largest and most accurate official SAM; "
-        "slow without a GPU.",
-        filename="sam_vit_h_4b8939.pth",
-        xxh128="97698fac30bd929c2e6d8d8cc15933c2",
-        homepage=_SAM_HOME,
-    ),
+    _sam("vit_b", "01ec64", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+         "6923c33df3637b6a922d7682bfc9a86b", 375, "Segment Anything ViT-B (Meta AI), the smallest official SAM."),
+    _sam("vit_l", "0b3195", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+         "a82beb3c660661e3dd38d999cc860e9a", 1250, "Segment Anything ViT-L (Meta AI)."),
+    _sam("vit_h", "4b8939", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+         "97698fac30bd929c2e6d8d8cc15933c2", 2560,
+         "Segment Anything ViT-H (Meta AI), the largest and most accurate official SAM; slow without a GPU."),
     ModelInfo(
         name="vit_t",
         arch="vit_t",
