@@ -138,6 +138,30 @@ def test_encoder_parity_1024(reference):
     assert diff < 1e-3 and diff / b.abs().max().item() < 1e-4, diff
 
 
+@pytest.mark.parametrize("img_size", [256, 1024])
+def test_encoder_inference_bands_equal_training_path(reference, img_size):
+    """CPU inference runs the blocks in bands of rows (windows, MLP chunks); with autograd on, the
+    plain whole-tensor path runs. Both give the official numbers, for a batch of two, with a last
+    band shorter than a window (16 = 14 + 2 rows at 256) and padded window columns."""
+    from napari_sam.models.image_encoder import ImageEncoderViT
+
+    kw = dict(img_size=img_size, **SMALL_ENCODER)
+    official = reference.modeling.ImageEncoderViT(
+        **kw, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True
+    ).eval()
+    _randomize(official, seed=2)
+    ours = ImageEncoderViT(**kw).eval()
+    ours.load_state_dict(official.state_dict(), strict=True)
+    x = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        banded, ref = ours(x), official(x)
+    plain = ours(x.requires_grad_())
+    assert plain.requires_grad
+    for a in (banded, plain.detach()):
+        diff = (a - ref).abs().max().item()
+        assert diff / ref.abs().max().item() < 1e-5, diff
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("NAPARI_SAM_SLOW"),

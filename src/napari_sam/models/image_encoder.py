@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,7 +80,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        # contiguous: a permuted view would pass its strides on through every residual sum, and
+        # each LayerNorm and linear layer would copy it again
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 class Block(nn.Module):
@@ -111,6 +115,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, H, W, C) -> (B, H, W, C)``."""
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            return self._forward_in_bands(x)
         shortcut = x
         x = self.norm1(x)
         if self.window_size > 0:
@@ -121,6 +127,32 @@ class Block(nn.Module):
             x = self.attn(x)
         x = shortcut + x
         return x + self.mlp(self.norm2(x))
+
+    def _forward_in_bands(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on a CPU, same arithmetic as :meth:`forward` a few grid rows at a time.
+
+        Windowed attention runs one band of windows at a time, and the MLP a few hundred tokens at a
+        time: every intermediate stays a few MB (on this CPU a fresh tensor over 32 MB is mapped
+        from the OS and page-faulted in at each call, and the MLP's hidden layer is 50 MB for
+        ViT-B at 1024), and the window padding never goes through the linear layers.
+        """
+        B, H, W, C = x.shape
+        ws = self.window_size
+        if ws > 0:
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+            for i in range(0, H, ws):
+                band = x[:, i : i + ws]
+                torch.add(band, self.attn.windowed(self.norm1(band), ws), out=out[:, i : i + ws])
+        else:
+            out = x + self.attn(self.norm1(x))
+        mlp = self.mlp
+        # in place when the activation allows (the hidden layer is the largest tensor of the block)
+        act = partial(torch.ops.aten.gelu_, approximate=mlp.act.approximate) if type(mlp.act) is nn.GELU else mlp.act
+        rows = max(1, _MLP_TOKENS // (B * W))
+        for i in range(0, H, rows):
+            band = out[:, i : i + rows]
+            band += mlp.lin2(act(mlp.lin1(self.norm2(band))))
+        return out
 
 
 class Attention(nn.Module):
@@ -150,22 +182,61 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, H, W, C) -> (B, H, W, C)``."""
         B, H, W, C = x.shape
-        # (3, B, heads, H*W, head_dim), views only
-        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        # (3, B, heads, H*W, head_dim), views
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         if self.use_rel_pos and x.device.type == "cpu" and H * W * H * W > _MASK_CHUNK:
-            x = self._chunked_rel_pos_attention(q, k, v, (H, W))
-        else:
-            mask = None
-            if self.use_rel_pos:
-                mask = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            # one copy makes each head's rows contiguous for the many per-head products
+            q, k, v = qkv.contiguous().unbind(0)
+            out = q.new_empty(B, H * W, self.num_heads, C // self.num_heads)
+            self._chunked_rel_pos_attention(q, k, v, (H, W), out)
+            return self.proj(out.view(B, H, W, C))
+        q, k, v = qkv.unbind(0)
+        mask = None
+        if self.use_rel_pos:
+            mask = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(B, H, W, C))
 
+    def windowed(self, x: torch.Tensor, ws: int) -> torch.Tensor:
+        """Window attention over one band of grid rows: ``x (B, r, W, C)``, ``r <= ws``, already
+        normalised -> ``(B, r, W, C)``, the same as the official zero-padding to ``ws`` x ``ws``
+        windows, without padding the linear layers' input.
+
+        A zero-padded token's query, key and value are the qkv bias: padded keys and values take
+        part in the real tokens' attention (as in the official), padded queries are dropped.
+        """
+        B, r, W, C = x.shape
+        nh = self.num_heads
+        nw = -(-W // ws)
+        qkv = self.qkv(x)
+        win = qkv.new_empty(B, nw, ws, ws, 3 * C)
+        pad = self.qkv.bias if self.qkv.bias is not None else 0.0
+        for j in range(nw):
+            w = min(ws, W - j * ws)
+            win[:, j, :r, :w] = qkv[:, :, j * ws : j * ws + w]
+            if r < ws:
+                win[:, j, r:] = pad
+            if w < ws:
+                win[:, j, :r, w:] = pad
+        # (3, B * nw, heads, ws * ws, head_dim), views only
+        q, k, v = win.view(B * nw, ws * ws, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None
+        if self.use_rel_pos:
+            mask = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (ws, ws), (ws, ws))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        # (B, nw, heads, ws, ws, d) -> real tokens of (B, r, W, heads, d)
+        o = o.view(B, nw, nh, ws, ws, -1).permute(0, 1, 3, 4, 2, 5)
+        out = o.new_empty(B, r, W, nh, C // nh)
+        for j in range(nw):
+            w = min(ws, W - j * ws)
+            out[:, :, j * ws : j * ws + w] = o[:, j, :r, :w]
+        return self.proj(out.view(B, r, W, C))
+
     def _chunked_rel_pos_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]
-    ) -> torch.Tensor:
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int], out: torch.Tensor
+    ) -> None:
         """Global attention with the relative-position mask built one head and a few query rows at a
-        time: ``q, k, v (B, heads, H*W, d) -> (B, heads, H*W, d)``.
+        time: ``q, k, v (B, heads, H*W, d)``, written into ``out (B, H*W, heads, d)``.
 
         The whole mask of a 64x64 grid is heads x 4096 x 4096 floats (805 MB for ViT-B); written once
         and read once it costs as much as the attention itself. Built per (head, row block) it stays in
@@ -176,21 +247,21 @@ class Attention(nn.Module):
         B, nh, L, _ = q.shape
         rel_h, rel_w = rel_pos_factors(q, self.rel_pos_h, self.rel_pos_w, size, size)
         rows = max(1, _MASK_CHUNK // (B * W * L))
-        out = torch.empty_like(q)
         for n in range(nh):
             kn, vn = k[:, n : n + 1], v[:, n : n + 1]
             for i in range(0, H, rows):
                 r = min(rows, H - i)
                 sl = slice(i * W, (i + r) * W)
                 mask = rel_h[:, n, i : i + r, :, :, None] + rel_w[:, n, i : i + r, :, None, :]
-                out[:, n : n + 1, sl] = F.scaled_dot_product_attention(
+                out[:, sl, n] = F.scaled_dot_product_attention(
                     q[:, n : n + 1, sl], kn, vn, attn_mask=mask.view(B, 1, r * W, L), scale=self.scale
-                )
-        return out
+                )[:, 0]
 
 
 # attention-mask elements built at a time (8 MiB of float32): larger masks are built in chunks
 _MASK_CHUNK = 2**21
+# tokens per MLP chunk in CPU inference (ViT-B: a 25 MB hidden layer, under glibc's 32 MB mmap threshold)
+_MLP_TOKENS = 2048
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
