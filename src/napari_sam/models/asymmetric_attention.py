@@ -76,23 +76,23 @@ def tokens_to_projected(attn: Attention, q: Tensor, kp: Tensor, vp: Tensor) -> T
     qh = attn.q_proj(q).reshape(b * nt, h, d).transpose(0, 1)  # (h, B*Nt, d)
     kh = kp.reshape(L, h, d).transpose(0, 1)  # (h, L, d) views
     vh = vp.reshape(L, h, d).transpose(0, 1)
-    p = (qh @ kh.transpose(1, 2) * d**-0.5).softmax(-1)  # (h, B*Nt, L)
+    p = ((qh * d**-0.5) @ kh.transpose(1, 2)).softmax(-1)  # (h, B*Nt, L)
     out = (p @ vh).transpose(0, 1).reshape(b, nt, dim)
     return attn.out_proj(out)
 
 
-def projected_to_tokens(attn: Attention, qp: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Image tokens whose query projection is given, ``qp (1, L, D)`` (``attn.q_proj`` of the shared
-    image), attend to prompt tokens ``k, v (B, Nt, C)`` -> ``(B, L, C)``; the output projection is
-    folded into the values as in :func:`image_to_tokens`."""
+def projected_to_tokens(attn: Attention, qpt: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Image tokens whose query projection is given, ``qpt (heads, D/heads, L)`` (``attn.q_proj`` of
+    the shared image, per head and transposed), attend to prompt tokens ``k, v (B, Nt, C)`` ->
+    ``(B, L, C)``; the output projection is folded into the values as in :func:`image_to_tokens`."""
     h, dim = attn.num_heads, attn.internal_dim
     d = dim // h
     b, nt, _ = k.shape
-    L = qp.shape[1]
-    kh = attn.k_proj(k).reshape(b, nt, h, d).permute(2, 3, 0, 1).reshape(h, d, b * nt) * d**-0.5
-    scores = qp.reshape(L, h, d).transpose(0, 1) @ kh  # (h, L, B*Nt)
-    # softmax over each prompt's Nt keys, along a strided axis (a short last axis is slow on CPU)
-    p = scores.reshape(h, L, b, nt).permute(2, 0, 3, 1).softmax(dim=2)  # (B, h, Nt, L)
+    L = qpt.shape[2]
+    kh = attn.k_proj(k).reshape(b * nt, h, d).transpose(0, 1) * d**-0.5  # (h, B*Nt, d)
+    # scores (h, B*Nt, L): L is the long, contiguous axis of the product and of the softmax, which
+    # runs over each prompt's Nt keys along a strided axis (a short last axis is slow on CPU)
+    p = (kh @ qpt).view(h, b, nt, L).softmax(dim=2).transpose(0, 1)  # (B, h, Nt, L)
     vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
     n = vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (B, h, Nt, C_out)
     return p.reshape(b, h * nt, L).transpose(1, 2) @ _with_bias(n, attn).reshape(b, h * nt, -1)

@@ -18,7 +18,8 @@ class PreparedImage:
 
     ``src`` (1, L, C) image tokens (embedding + the no-mask dense prompt), ``pe`` (1, L, C) their
     positional encoding, ``k`` = src + pe; ``t2i_k``/``t2i_v`` (1, L, D): the first layer's
-    token-to-image key/value projections; ``i2t_q`` (1, L, D): its image-to-token query projection;
+    token-to-image key/value projections; ``i2t_q`` (heads, D/heads, L): its image-to-token query
+    projection, per head and transposed;
     ``size`` the grid (h, w), L = h * w.
     """
 
@@ -71,7 +72,9 @@ class TwoWayTransformer(nn.Module):
         first = self.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         size = (int(image_embedding.shape[-2]), int(image_embedding.shape[-1]))
-        return PreparedImage(src, pe, k, t2i.k_proj(k), t2i.v_proj(src), i2t.q_proj(k), size)
+        L, h = k.shape[1], i2t.num_heads
+        i2t_q = i2t.q_proj(k).reshape(L, h, -1).permute(1, 2, 0).contiguous()
+        return PreparedImage(src, pe, k, t2i.k_proj(k), t2i.v_proj(src), i2t_q, size)
 
     def forward(
         self,
