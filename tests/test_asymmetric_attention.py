@@ -47,6 +47,21 @@ def test_image_to_tokens(attn: Attention, image_batch: int) -> None:
     assert fast.shape == (3, 1024, 256)
     torch.testing.assert_close(fast, _plain(attn, q, k, v), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(attn(q, k, v), fast)
+    # the residual is accumulated by the product (broadcast from a shared image's batch 1)
+    res = torch.randn(image_batch, 1024, 256)
+    torch.testing.assert_close(attn(q, k, v, residual=res), fast + res, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("prompts", [1, 3])
+def test_projected_to_tokens(attn: Attention, prompts: int) -> None:
+    """The first decoder layer's path: the shared image's query projection given per head, transposed."""
+    q = torch.randn(1, 1024, 256)
+    k, v = torch.randn(prompts, 7, 256), torch.randn(prompts, 7, 256)
+    qpt = attn.q_proj(q)[0].reshape(1024, attn.num_heads, -1).permute(1, 2, 0).contiguous()
+    res = torch.randn(1, 1024, 256)
+    fast = asymmetric_attention.projected_to_tokens(attn, qpt, k, v, res)
+    assert fast.shape == (prompts, 1024, 256)
+    torch.testing.assert_close(fast, _plain(attn, q, k, v) + res, rtol=1e-4, atol=1e-5)
 
 
 def test_many_tokens_use_the_plain_path(attn: Attention) -> None:

@@ -137,7 +137,12 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor, prepared: PreparedImage | None = None
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        query_pe: Tensor,
+        key_pe: Tensor,
+        prepared: PreparedImage | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``;
         ``prepared``: the image's projections for this (first) layer, ``keys`` being its ``src``."""
@@ -157,15 +162,13 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm2(queries + out)
         queries = self.norm3(queries + self.mlp(queries))
 
+        # keys + attention output in one product (the residual is the product's accumulator)
         if prepared is not None:
             attn = self.cross_attn_image_to_token
-            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, queries + query_pe, queries)
+            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, queries + query_pe, queries, keys)
         else:
-            out = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries)
-        # in place: `out` is this block's own fresh (B, L, C) tensor (keys are (1 | B, L, C)); one 4 MB
-        # allocation fewer per layer (fresh large buffers cost page faults that rival the arithmetic)
-        keys = self.norm4(out.add_(keys))
-        return queries, keys
+            out = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries, residual=keys)
+        return queries, self.norm4(out)
 
 
 class Attention(nn.Module):
@@ -188,13 +191,14 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``q (B | 1, Nq, C)``, ``k, v (B | 1, Nk, C)`` -> ``(B, Nq, C)`` (a batch-1 side is broadcast)."""
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``q (B | 1, Nq, C)``, ``k, v (B | 1, Nk, C)`` -> ``(B, Nq, C)`` (a batch-1 side is broadcast);
+        plus ``residual`` (broadcastable to the output) when given."""
         nq, nk = q.shape[1], k.shape[1]
-        if worth_it(self, nq, nk) and k.shape[0] == v.shape[0] == q.shape[0]:
+        if worth_it(self, nq, nk) and k.shape[0] == v.shape[0] == q.shape[0] and residual is None:
             return asymmetric_attention.tokens_to_image(self, q, k, v)
         if worth_it(self, nk, nq) and k.shape[0] == v.shape[0]:
-            return asymmetric_attention.image_to_tokens(self, q, k, v)
+            return asymmetric_attention.image_to_tokens(self, q, k, v, residual)
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
@@ -202,4 +206,5 @@ class Attention(nn.Module):
         q, k, v = (t if t.shape[0] == b else t.expand(b, -1, -1, -1) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
         b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+        out = self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+        return out if residual is None else out + residual
