@@ -340,6 +340,35 @@ def test_register_custom_arch_with_build_sam():
         sam_module._ARCHS.pop("_test_tiny", None)
 
 
+def test_prepared_decoding_reuses_per_thread_buffers():
+    """CPU inference with a prepared image writes the image tokens into per-thread buffers: two
+    threads decoding the same image at once, and one prompt after another, get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_sam.models import transformer
+
+    torch.manual_seed(0)
+    model = build_model("nano").eval()
+    dec = model.mask_decoder
+    emb, pe = torch.randn(1, 128, 64, 64), model.prompt_encoder.get_dense_pe()
+    prompts = [model.prompt_encoder((torch.rand(1, 1, 2) * 512, torch.ones(1, 1)), None, None) for _ in range(4)]
+    with torch.inference_mode():
+        plain = [dec(emb, pe, sp, de, True) for sp, de in prompts]  # no prepared image: fresh tensors
+        prep = dec.prepare_image(emb, pe, prompts[0][1])
+
+        def run(i: int):
+            with torch.inference_mode():
+                return [dec(emb, pe, *prompts[(i + j) % 4], True, prepared=prep) for j in range(8)]
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(run, range(2)))
+    for i, res in enumerate(results):
+        for j, (m, iou) in enumerate(res):
+            torch.testing.assert_close(m, plain[(i + j) % 4][0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(iou, plain[(i + j) % 4][1], atol=1e-5, rtol=1e-5)
+    assert set(vars(transformer._BUFFERS).get("bufs", {})) <= {"a", "keys"}
+
+
 @pytest.mark.parametrize("shared_image", [True, False])
 def test_decoder_chunks_and_iou_filter(shared_image):
     """A batch larger than one cache-sized chunk gives the per-prompt results; ``predict_filtered``

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -92,13 +94,18 @@ class TwoWayTransformer(nn.Module):
             prepared: a shared image's :meth:`prepare` (same numbers, less work per call).
 
         Returns:
-            queries ``(B, N, C)`` and keys ``(B, h*w, C)``.
+            queries ``(B, N, C)`` and keys ``(B, h*w, C)``. With ``prepared`` on a CPU outside
+            autograd, keys is a buffer of this thread's that the next call overwrites.
         """
         if prepared is not None:
-            queries, keys = self.layers[0](point_embedding, prepared.src, point_embedding, prepared.pe, prepared)
+            # CPU inference: the image-token tensors go into this thread's two reused buffers
+            reuse = prepared.src.device.type == "cpu" and not torch.is_grad_enabled()
+            queries, keys = self.layers[0](
+                point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse=reuse
+            )
             for layer in self.layers[1:]:
-                queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=prepared.pe)
-            return self._final(queries, keys, point_embedding, prepared.pe)
+                queries, keys = layer(queries, keys, point_embedding, prepared.pe, reuse=reuse)
+            return self._final(queries, keys, point_embedding, prepared.pe, reuse)
         # token layout (B, h*w, C), made contiguous once: element-wise passes over a transposed
         # view read with a stride of h*w and run several times slower
         image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
@@ -108,8 +115,9 @@ class TwoWayTransformer(nn.Module):
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe)
         return self._final(queries, keys, point_embedding, image_pe)
 
-    def _final(self, queries: Tensor, keys: Tensor, point_embedding: Tensor, image_pe: Tensor):
-        attn_out = self.final_attn_token_to_image(q=queries + point_embedding, k=keys + image_pe, v=keys)
+    def _final(self, queries: Tensor, keys: Tensor, point_embedding: Tensor, image_pe: Tensor, reuse: bool = False):
+        k = _add(keys, image_pe, reuse)
+        attn_out = self.final_attn_token_to_image(q=queries + point_embedding, k=k, v=keys)
         return self.norm_final_attn(queries + attn_out), keys
 
 
@@ -143,9 +151,11 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: Tensor,
         key_pe: Tensor,
         prepared: PreparedImage | None = None,
+        reuse: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``;
-        ``prepared``: the image's projections for this (first) layer, ``keys`` being its ``src``."""
+        ``prepared``: the image's projections for this (first) layer, ``keys`` being its ``src``;
+        ``reuse``: write the image-token tensors into this thread's buffers (see :func:`_buffer`)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -157,7 +167,7 @@ class TwoWayAttentionBlock(nn.Module):
             attn = self.cross_attn_token_to_image
             out = asymmetric_attention.tokens_to_projected(attn, queries + query_pe, prepared.t2i_k, prepared.t2i_v)
         else:
-            k = keys + key_pe
+            k = _add(keys, key_pe, reuse)
             out = self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys)
         queries = self.norm2(queries + out)
         queries = self.norm3(queries + self.mlp(queries))
@@ -165,10 +175,51 @@ class TwoWayAttentionBlock(nn.Module):
         # keys + attention output in one product (the residual is the product's accumulator)
         if prepared is not None:
             attn = self.cross_attn_image_to_token
-            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, queries + query_pe, queries, keys)
+            q = queries + query_pe
+            into = _buffer("a", (q.shape[0],) + tuple(keys.shape[1:]), keys) if reuse else None
+            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, q, queries, keys, into)
         else:
-            out = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries, residual=keys)
-        return queries, self.norm4(out)
+            # into k's buffer: image-to-token attention reads its queries (k) before it writes
+            out = self.cross_attn_image_to_token(
+                q=k, k=queries + query_pe, v=queries, residual=keys, out=k if reuse else None
+            )
+        if not reuse:
+            return queries, self.norm4(out)
+        return queries, _layer_norm_into(out, self.norm4, _buffer("keys", tuple(out.shape), out))
+
+
+_BUFFERS = threading.local()
+
+
+def _buffer(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """This thread's reused buffer ``name`` (``"a"`` or ``"keys"``) of ``shape``, new when the shape,
+    dtype or device changes.
+
+    One click on a CPU otherwise allocates six fresh (1, L, C) tensors (4 MB each for SAM); glibc
+    maps blocks that size from the OS and page-faults them in on every call, which costs as much
+    as the arithmetic on them. Two buffers suffice: "a" for the sum ``keys + pe`` and then the
+    next keys before their LayerNorm, "keys" for the normalised keys.
+    """
+    bufs = vars(_BUFFERS).setdefault("bufs", {})
+    t = bufs.get(name)
+    if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+        t = bufs[name] = like.new_empty(shape)
+    return t
+
+
+def _add(keys: Tensor, pe: Tensor, reuse: bool) -> Tensor:
+    """``keys + pe`` (image tokens plus their positional encoding), into buffer "a" with ``reuse``."""
+    return torch.add(keys, pe, out=_buffer("a", tuple(keys.shape), keys)) if reuse else keys + pe
+
+
+def _layer_norm_into(x: Tensor, norm: nn.LayerNorm, out: Tensor) -> Tensor:
+    """``norm(x)`` over the last axis written into ``out`` (``x`` unchanged): ATen's LayerNorm
+    has no out= variant that skips its own allocation. Within 1e-5 of it (two-pass mean and norm)."""
+    mean = x.mean(-1, keepdim=True)
+    torch.sub(x, mean, out=out)
+    n = x.shape[-1]
+    rstd = torch.linalg.vector_norm(out, dim=-1, keepdim=True).square_().div_(n).add_(norm.eps).rsqrt_()
+    return torch.addcmul(norm.bias, out.mul_(rstd), norm.weight, out=out)
 
 
 class Attention(nn.Module):
@@ -191,14 +242,17 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None, out: Tensor | None = None
+    ) -> Tensor:
         """``q (B | 1, Nq, C)``, ``k, v (B | 1, Nk, C)`` -> ``(B, Nq, C)`` (a batch-1 side is broadcast);
-        plus ``residual`` (broadcastable to the output) when given."""
+        plus ``residual`` (broadcastable to the output) when given; ``out``: where image-to-token
+        attention writes its result, when given (``q``'s storage is allowed)."""
         nq, nk = q.shape[1], k.shape[1]
         if worth_it(self, nq, nk) and k.shape[0] == v.shape[0] == q.shape[0] and residual is None:
             return asymmetric_attention.tokens_to_image(self, q, k, v)
         if worth_it(self, nk, nq) and k.shape[0] == v.shape[0]:
-            return asymmetric_attention.image_to_tokens(self, q, k, v, residual)
+            return asymmetric_attention.image_to_tokens(self, q, k, v, residual, out)
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
