@@ -178,26 +178,27 @@ class MaskDecoder(nn.Module):
         # Broadcasting replaces the official repeat_interleave. When the image is shared and the dense
         # prompt is the same for every prompt (no mask input: a stride-0 batch), the image tokens stay
         # batch 1 through the first attention layer, whose image projections are then computed once.
+        # only the IoU token and the chosen mask tokens are read after the transformer
+        chosen = range(self.num_mask_tokens)[tokens]  # only the masks asked for are computed
+        final = [0] + [1 + i for i in chosen]
         if prepared is not None:
             h, w = prepared.size
-            hs, keys = self.transformer(None, None, tokens_in, prepared)
+            hs, keys = self.transformer(None, None, tokens_in, prepared, final_tokens=final)
         else:
             dense = dense_prompt_embeddings
             if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
                 dense = dense[:1]
             src = image_embeddings + dense  # (1 | B, C, h, w)
             h, w = src.shape[-2:]
-            hs, keys = self.transformer(src, image_pe, tokens_in)
+            hs, keys = self.transformer(src, image_pe, tokens_in, final_tokens=final)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
         keep = None
         if min_iou is not None:
             keep = iou_pred > min_iou
             rows = keep.any(1).nonzero().flatten()  # prompts with at least one mask to decode
             hs, keys = hs[rows], keys[rows]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        chosen = range(self.num_mask_tokens)[tokens]  # only the masks asked for are computed
         hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in chosen], dim=1
+            [self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(chosen)], dim=1
         )
         masks = self._masks(hyper_in, keys)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
         if keep is not None:

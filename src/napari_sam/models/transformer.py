@@ -84,6 +84,7 @@ class TwoWayTransformer(nn.Module):
         image_pe: Tensor | None,
         point_embedding: Tensor,
         prepared: PreparedImage | None = None,
+        final_tokens: list[int] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """
         Args:
@@ -92,9 +93,11 @@ class TwoWayTransformer(nn.Module):
                 ``prepared``.
             point_embedding: ``(B, N, C)`` prompt tokens.
             prepared: a shared image's :meth:`prepare` (same numbers, less work per call).
+            final_tokens: the tokens whose output the caller reads; the final token-to-image
+                attention (each query on its own) is computed for those only. Default: all N.
 
         Returns:
-            queries ``(B, N, C)`` and keys ``(B, h*w, C)``. With ``prepared`` on a CPU outside
+            queries ``(B, N, C)`` (``(B, len(final_tokens), C)``) and keys ``(B, h*w, C)``. With ``prepared`` on a CPU outside
             autograd, keys is a buffer of this thread's that the next call overwrites.
         """
         if prepared is not None:
@@ -105,7 +108,7 @@ class TwoWayTransformer(nn.Module):
             )
             for layer in self.layers[1:]:
                 queries, keys = layer(queries, keys, point_embedding, prepared.pe, reuse=reuse)
-            return self._final(queries, keys, point_embedding, prepared.pe, reuse)
+            return self._final(queries, keys, point_embedding, prepared.pe, final_tokens, reuse)
         # token layout (B, h*w, C), made contiguous once: element-wise passes over a transposed
         # view read with a stride of h*w and run several times slower
         image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
@@ -113,9 +116,19 @@ class TwoWayTransformer(nn.Module):
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe)
-        return self._final(queries, keys, point_embedding, image_pe)
+        return self._final(queries, keys, point_embedding, image_pe, final_tokens)
 
-    def _final(self, queries: Tensor, keys: Tensor, point_embedding: Tensor, image_pe: Tensor, reuse: bool = False):
+    def _final(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        point_embedding: Tensor,
+        image_pe: Tensor,
+        final_tokens: list[int] | None = None,
+        reuse: bool = False,
+    ):
+        if final_tokens is not None:
+            queries, point_embedding = queries[:, final_tokens], point_embedding[:, final_tokens]
         k = _add(keys, image_pe, reuse)
         attn_out = self.final_attn_token_to_image(q=queries + point_embedding, k=k, v=keys)
         return self.norm_final_attn(queries + attn_out), keys
