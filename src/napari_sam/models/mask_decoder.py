@@ -203,7 +203,10 @@ class MaskDecoder(nn.Module):
         masks = self._masks(hyper_in, keys)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
         if keep is not None:
             masks = masks[keep[rows]]  # (K, 16*h*w)
-        masks = masks.reshape(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
+        # (i, j, a, b, a2, b2) -> row 4i + 2a + a2, column 4j + 2b + b2: sub-pixel planes (a, a2, b, b2)
+        # first (a copy in runs of h*w), then pixel_shuffle (~3x faster than one 7-axis permute)
+        masks = masks.reshape(-1, h, w, 2, 2, 2, 2).permute(0, 3, 5, 4, 6, 1, 2).reshape(-1, 16, h, w)
+        masks = F.pixel_shuffle(masks, 4).reshape(-1, 4 * h, 4 * w)
         if keep is not None:
             return masks, iou_pred, keep
         return masks.reshape(bs, -1, 4 * h, 4 * w), iou_pred, None
