@@ -73,6 +73,8 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         self.scores: np.ndarray | None = None
         self.candidate = 0
         self.preview_index: tuple[int, ...] | None = None
+        # (index, points xy, labels, box xy, low-res logits) of the last single-object decode
+        self._last_prompt: tuple | None = None
         _prompts.PromptLayers.__init__(self)
         self._init_volume()
         viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -141,13 +143,17 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
     # ------------------------------------------------------------------ decoding
     def decode(
         self, index: tuple[int, ...], points_rc: np.ndarray | None, labels: np.ndarray | None,
-        boxes_rc: list[np.ndarray], multimask: bool, sync: bool = True,
+        boxes_rc: list[np.ndarray], multimask: bool, sync: bool = True, refine: bool = False,
     ) -> np.ndarray | None:
         """Run the decoder on slice ``index``; prompts in image data (row, col) of that slice.
 
         One box or none: one object (``multimask`` keeps SAM's three candidates). Several boxes:
         one object per box in a single ``predict_batch`` call; each point joins the first box that
         contains it. Returns the (B, H, W) bool object masks, or None while the embedding is computed.
+
+        ``refine``: when the prompts extend the previous single-object prompts of this slice (the
+        same box, the same points plus new ones), SAM's interactive protocol: the shown candidate's
+        low-res logits go in as ``mask_input`` and one mask comes out (the widget's clicks).
         """
         predictor = self._require_model()
         pts = None if points_rc is None or len(points_rc) == 0 else rc_to_xy(points_rc)
@@ -159,18 +165,41 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         if not self._use_embedding(index, sync):
             return None
         if len(boxes) <= 1:
-            masks, scores, _ = predictor.predict(pts, lab, boxes[0] if boxes else None,
-                                                 multimask_output=multimask)
+            box = boxes[0] if boxes else None
+            previous = self._refinable(index, pts, lab, box) if refine else None
+            if previous is not None:
+                masks, scores, low = predictor.predict(pts, lab, box, mask_input=previous, multimask_output=False)
+            else:
+                masks, scores, low = predictor.predict(pts, lab, box, multimask_output=multimask)
             self.candidates, self.scores = masks, scores
             self.candidate = int(np.argmax(scores))
+            self._last_prompt = (index, pts, lab, box, low)
             objects = masks[self.candidate][None]
         else:
             coords, plabels = _prompts.assign_points_to_boxes(pts, lab, np.stack(boxes))
             masks, scores, _ = predictor.predict_batch(coords, plabels, np.stack(boxes), multimask_output=False)
             self.candidates, self.scores, self.candidate = None, scores[:, 0], 0
+            self._last_prompt = None
             objects = masks[:, 0]
         self._show(index, objects)
         return objects
+
+    def _refinable(
+        self, index: tuple[int, ...], pts: np.ndarray | None, lab: np.ndarray | None, box: np.ndarray | None
+    ) -> np.ndarray | None:
+        """The shown candidate's low-res logits (1, 256, 256) when ``pts``/``lab``/``box`` (SAM x, y)
+        add points to the last single-object prompts of slice ``index``; else None."""
+        last = self._last_prompt
+        if last is None or self.candidates is None or last[0] != index or pts is None or last[1] is None:
+            return None
+        _, old_pts, old_lab, old_box, low = last
+        n = len(old_pts)
+        same_box = (box is None and old_box is None) or (
+            box is not None and old_box is not None and np.array_equal(box, old_box)
+        )
+        if not same_box or len(pts) <= n or not (np.array_equal(pts[:n], old_pts) and np.array_equal(lab[:n], old_lab)):
+            return None
+        return low[self.candidate][None]
 
     def segment(
         self, points: Any = None, labels: Any = None, box: Any = None,
@@ -266,6 +295,7 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
 
     def _clear_preview(self) -> None:
         self.objects = self.candidates = self.scores = None
+        self._last_prompt = None
         self.preview_index = None
         self.set_preview(None)
 
@@ -276,7 +306,7 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
                 return None
             index = self.current_index()
             points_rc, labels, boxes = self.read_prompts(index)
-            return self.decode(index, points_rc, labels, boxes, self.multimask, sync=sync)
+            return self.decode(index, points_rc, labels, boxes, self.multimask, sync=sync, refine=True)
         except SamUserError as exc:
             show_error(str(exc))
         except Exception as exc:  # a decoder failure must not break the event loop

@@ -60,6 +60,19 @@ def direct(model, image, points_xy=None, labels=None, box_xy=None, multimask=Tru
     return masks[int(np.argmax(scores))], masks, scores
 
 
+def refined(model, image, points_xy, labels, candidate=None):
+    """The widget's second click, by hand: the first point's multimask candidates, then all points
+    with the shown candidate's (``candidate``, default the best-scored) low-res logits as
+    ``mask_input`` and one mask out. Returns (first masks, first scores, refined mask)."""
+    p = SamPredictor(model, device="cpu")
+    p.set_image(image)
+    pts, lab = np.asarray(points_xy, dtype=np.float32), np.asarray(labels, dtype=np.float32)
+    masks, scores, low = p.predict(pts[:1], lab[:1], multimask_output=True)
+    c = int(np.argmax(scores)) if candidate is None else candidate
+    m2, _, _ = p.predict(pts, lab, mask_input=low[c][None], multimask_output=False)
+    return masks, scores, m2[0]
+
+
 def image2d(shape=(120, 160), seed=0, dtype=np.uint8) -> np.ndarray:
     """Blobs on a dark background (deterministic)."""
     rng = np.random.default_rng(seed)

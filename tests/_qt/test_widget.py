@@ -8,7 +8,7 @@ no-overwrite, slice placement, and the napari -> SAM coordinate mapping (the pre
 from __future__ import annotations
 
 import numpy as np
-from conftest import direct, image2d, wait_encoded
+from conftest import direct, image2d, refined, wait_encoded
 from qtpy.QtCore import QPoint, Qt
 
 from napari_sam.predictor import SamPredictor
@@ -64,6 +64,12 @@ def test_canvas_clicks_positive_negative_and_keys(make_napari_viewer, qtbot, tin
     qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=center)
     qtbot.waitUntil(lambda: len(sam.points_layer.data) == 1, timeout=5000)
     np.testing.assert_allclose(sam.points_layer.data[0], [40, 50], atol=1.0)
+    # the first click: SAM's three candidates; N cycles them (keys on the active points layer)
+    first = sam.candidate
+    qtbot.keyClick(canvas, Qt.Key.Key_N)
+    assert sam.candidate == (first + 1) % 3
+    assert f"mask {sam.candidate + 1}/3" in widget.score_label.text()
+    shown = sam.candidate
     viewer.camera.center = (0, 80.0, 90.0)
     qtbot.wait(50)
     qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, pos=center)
@@ -72,15 +78,11 @@ def test_canvas_clicks_positive_negative_and_keys(make_napari_viewer, qtbot, tin
     colors = sam.points_layer.face_color
     assert colors[0][1] > colors[0][0] and colors[1][0] > colors[1][1]  # green, red
     rc = sam.points_layer.data[:, -2:]
-    best, masks, scores = direct(tiny_sam, img, rc[:, ::-1], labels=[1, 0])
-    np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
-    # N cycles the candidates, C commits (keys on the active points layer)
-    first = sam.candidate
-    qtbot.keyClick(canvas, Qt.Key.Key_N)
-    assert sam.candidate == (first + 1) % 3
-    np.testing.assert_array_equal(sam.preview_layer.data > 0, masks[sam.candidate])
-    assert f"mask {sam.candidate + 1}/3" in widget.score_label.text()
-    expected = masks[sam.candidate]
+    # the second click refines the shown candidate (its logits as mask_input, one mask)
+    masks, _, expected = refined(tiny_sam, img, rc[:, ::-1], [1, 0], candidate=shown)
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, expected)
+    assert sam.candidates.shape[0] == 1
+    # C commits
     qtbot.keyClick(canvas, Qt.Key.Key_C)
     np.testing.assert_array_equal(sam.labels_layer.data, expected.astype(np.int32))
     assert len(sam.points_layer.data) == 0
@@ -99,9 +101,23 @@ def test_negative_point_through_api(sam_widget, qtbot, tiny_sam):
     sam.add_point([40, 60])
     only_pos = sam.preview_layer.data > 0
     sam.add_point([70, 100], positive=False)
-    best, *_ = direct(tiny_sam, img, [[60, 40], [100, 70]], labels=[1, 0])
+    _, _, expected = refined(tiny_sam, img, [[60, 40], [100, 70]], [1, 0])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, expected)
+    assert not np.array_equal(only_pos, expected)
+    # removing the last point is no refinement: the first click's candidates again
+    sam.points_layer.selected_data = {1}
+    sam.points_layer.remove_selected()
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, only_pos)
+    assert sam.candidates.shape[0] == 3
+    # prompts that are not an extension (a moved point) decode afresh
+    sam.points_layer.data = np.array([[42.0, 61.0]])
+    best, *_ = direct(tiny_sam, img, [[61, 42]])
     np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
-    assert not np.array_equal(only_pos, best)
+    # the console API stays stateless: segment() never refines
+    sam.clear_prompts()
+    a = sam.segment(points=[[40, 60], [70, 100]], labels=[1, 0], multimask=True)
+    best2, *_ = direct(tiny_sam, img, [[60, 40], [100, 70]], labels=[1, 0])
+    np.testing.assert_array_equal(a, best2)
 
 
 def test_boxes_objects_ids_no_overwrite_undo(sam_widget, qtbot, tiny_sam):
