@@ -285,3 +285,12 @@ def test_4096_image_with_tiles_bounded_memory():
     shape, n, extra_mib = out.stdout.split(")")[0] + ")", *out.stdout.split(")")[1].split()
     assert shape == "(4096, 4096" + ")" and int(n) > 25
     assert float(extra_mib) < 1500, f"peak memory grew by {extra_mib} MiB"
+
+
+def test_count_true_equals_bool_sum():
+    """Stability counts go through numpy on a CPU; same counts as torch's sum, empty batches too."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(5, 37, 53, generator=g) > 0.3
+    assert torch.equal(_amg_core.count_true(m), m.flatten(1).sum(1))
+    assert _amg_core.count_true(m[:0]).shape == (0,)
+    assert torch.equal(_amg_core.count_true(m[:, ::2, 1::3]), m[:, ::2, 1::3].flatten(1).sum(1))
