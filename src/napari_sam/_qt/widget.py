@@ -34,10 +34,11 @@ from napari_sam._qt._volume_panel import VolumePanel
 from napari_sam._slicing import SamUserError
 from napari_sam.viewer import SegmentAnything
 
-HELP = (
-    "click: positive point · Shift+click / right click: negative point · "
-    "rectangle in 'SAM boxes': box prompt (several boxes = several objects)\n"
-    "C: commit · N: next candidate mask · Shift+C: clear prompts"
+HELP = (  # explicit lines, no word wrap: a wrapped label is squeezed when the dock runs out of height
+    "click: positive point · Shift+click / right click: negative point\n"
+    "more clicks refine the mask · rectangle in 'SAM boxes': box prompt\n"
+    "(several boxes: several objects) · C: commit · N: next mask\n"
+    "Shift+C: clear prompts"
 )
 KEYS = {"c": "commit", "n": "next_mask", "Shift-C": "clear"}
 
@@ -107,8 +108,7 @@ class SamWidget(QWidget):
         col = QVBoxLayout(panel)
         col.setContentsMargins(0, 0, 0, 0)
         help_label = QLabel(HELP)
-        help_label.setWordWrap(True)
-        self.multimask_check = QCheckBox("three candidate masks per object (N cycles)")
+        self.multimask_check = QCheckBox("three candidate masks on the first click (N cycles)")
         self.multimask_check.setChecked(self.sam.multimask)
         self.overwrite_check = QCheckBox("overwrite existing objects")
         self.score_label = QLabel("")
