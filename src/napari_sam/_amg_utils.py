@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 CancelLike = Callable[[], bool] | threading.Event | None
 ProgressLike = Callable[[int, int], None] | None
@@ -135,22 +134,6 @@ def box_xyxy_to_xywh(box: list[float] | np.ndarray) -> list[float]:
     """XYXY -> XYWH with ``w = x1 - x0`` (the official convention for inclusive boxes)."""
     x0, y0, x1, y1 = (float(v) for v in box)
     return [x0, y0, x1 - x0, y1 - y0]
-
-
-# ----------------------------------------------------------------------------- exact upsampling
-def interp_matrix(low: int, img_size: int, valid: int, out: int) -> torch.Tensor:
-    """(out, low) float32 matrix ``A`` of SAM's mask upsampling along one axis.
-
-    The official post-processing upsamples the (low) logits to ``img_size`` (bilinear,
-    align_corners=False), crops the first ``valid`` samples, and resizes to ``out``. Bilinear
-    resizing is separable, so full-resolution logits are ``A_y @ L @ A_x.T``; ``A.sum(0)`` is the
-    footprint of each low-res sample (output samples it contributes to).
-    """
-    eye = torch.eye(low, dtype=torch.float64)[:, None, :]  # (low, 1, low): one unit impulse per row
-    m = F.interpolate(eye, size=img_size, mode="linear", align_corners=False)[..., :valid]
-    if valid != out:
-        m = F.interpolate(m, size=out, mode="linear", align_corners=False)
-    return m[:, 0, :].T.contiguous().float()
 
 
 # ----------------------------------------------------------------------------- RLE and cleanup

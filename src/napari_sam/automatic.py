@@ -214,7 +214,7 @@ class AutomaticMaskGenerator:
             emb = self.predictor.compute_embedding(img[y0:y1, x0:x1])
             m = self.predictor.model
             ctx = CropContext(
-                self.predictor, emb.features, emb.input_size, box, 4 * emb.features.shape[-2],
+                self.predictor, emb.features, emb.input_size, box,
                 m.mask_threshold, self.stability_score_offset, self.chunk_pixels,
             )
             with torch.inference_mode():
