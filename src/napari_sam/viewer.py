@@ -190,13 +190,15 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         """The shown candidate's low-res logits (1, 256, 256) when ``pts``/``lab``/``box`` (SAM x, y)
         add points to the last single-object prompts of slice ``index``; else None."""
         last = self._last_prompt
-        if last is None or self.candidates is None or last[0] != index or pts is None or last[1] is None:
+        if last is None or self.candidates is None or last[0] != index or pts is None:
             return None
         _, old_pts, old_lab, old_box, low = last
-        n = len(old_pts)
         same_box = (box is None and old_box is None) or (
             box is not None and old_box is not None and np.array_equal(box, old_box)
         )
+        if old_pts is None:  # a box alone before: its points now refine it
+            return low[self.candidate][None] if same_box and box is not None else None
+        n = len(old_pts)
         if not same_box or len(pts) <= n or not (np.array_equal(pts[:n], old_pts) and np.array_equal(lab[:n], old_lab)):
             return None
         return low[self.candidate][None]

@@ -130,6 +130,17 @@ def test_boxes_objects_ids_no_overwrite_undo(sam_widget, qtbot, tiny_sam):
     sam.boxes_layer.add_rectangles(np.array([[10, 20], [60, 90]]))
     best, *_ = direct(tiny_sam, img, box_xy=[20, 10, 90, 60])
     np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
+    # a point inside the box refines the box's mask (its logits as mask_input, one mask)
+    sam.add_point([30, 50])
+    p = SamPredictor(tiny_sam, device="cpu")
+    p.set_image(img)
+    box = np.array([20, 10, 90, 60], np.float32)
+    m3, s3, low = p.predict(box=box, multimask_output=True)
+    m1, _, _ = p.predict(np.array([[50, 30]], np.float32), np.ones(1, np.float32), box,
+                         mask_input=low[int(np.argmax(s3))][None], multimask_output=False)
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, m1[0])
+    sam.points_layer.data = np.empty((0, 2))
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
     assert widget.commit() == [1]
     obj1 = sam.labels_layer.data.copy()
     # two boxes -> two objects, one predict_batch call, each a new id; object 1 is kept
