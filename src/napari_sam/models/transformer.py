@@ -97,12 +97,13 @@ class TwoWayTransformer(nn.Module):
                 attention (each query on its own) is computed for those only. Default: all N.
 
         Returns:
-            queries ``(B, N, C)`` (``(B, len(final_tokens), C)``) and keys ``(B, h*w, C)``. With ``prepared`` on a CPU outside
-            autograd, keys is a buffer of this thread's that the next call overwrites.
+            queries ``(B, N, C)`` (``(B, len(final_tokens), C)``) and keys ``(B, h*w, C)``. On a CPU
+            outside autograd, keys is a buffer of this thread's that the next call overwrites.
         """
+        # CPU inference: the image-token tensors go into this thread's two reused buffers
+        image = prepared.src if prepared is not None else image_embedding
+        reuse = image.device.type == "cpu" and not torch.is_grad_enabled()
         if prepared is not None:
-            # CPU inference: the image-token tensors go into this thread's two reused buffers
-            reuse = prepared.src.device.type == "cpu" and not torch.is_grad_enabled()
             queries, keys = self.layers[0](
                 point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse=reuse
             )
@@ -115,8 +116,8 @@ class TwoWayTransformer(nn.Module):
         image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe)
-        return self._final(queries, keys, point_embedding, image_pe, final_tokens)
+            queries, keys = layer(queries, keys, point_embedding, image_pe, reuse=reuse)
+        return self._final(queries, keys, point_embedding, image_pe, final_tokens, reuse)
 
     def _final(
         self,
@@ -193,9 +194,8 @@ class TwoWayAttentionBlock(nn.Module):
             out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, q, queries, keys, into)
         else:
             # into k's buffer: image-to-token attention reads its queries (k) before it writes
-            out = self.cross_attn_image_to_token(
-                q=k, k=queries + query_pe, v=queries, residual=keys, out=k if reuse else None
-            )
+            into = k if reuse and k.shape[0] == queries.shape[0] else None  # not a shared image's
+            out = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries, residual=keys, out=into)
         if not reuse:
             return queries, self.norm4(out)
         return queries, _layer_norm_into(out, self.norm4, _buffer("keys", tuple(out.shape), out))
