@@ -369,6 +369,32 @@ def test_prepared_decoding_reuses_per_thread_buffers():
     assert set(vars(transformer._BUFFERS).get("bufs", {})) <= {"a", "keys"}
 
 
+@pytest.mark.parametrize("points", [1, 15])
+def test_decoder_buffers_equal_autograd_path(points):
+    """CPU inference (per-thread buffers, with and without a prepared image, with a mask prompt)
+    gives the numbers of the autograd path (fresh tensors); 15 points take the plain attention."""
+    torch.manual_seed(1)
+    model = build_model("nano")
+    dec, pe_mod = model.mask_decoder, model.prompt_encoder
+    emb, pe = torch.randn(2, 128, 64, 64), pe_mod.get_dense_pe()
+    pts, lab = torch.rand(2, points, 2) * 512, torch.ones(2, points, dtype=torch.int)
+    mask = torch.randn(2, 1, 256, 256)
+    with torch.no_grad():
+        sparse, dense = pe_mod((pts, lab), None, None)
+        sparse_m, dense_m = pe_mod((pts, lab), None, mask)
+    ref = dec(emb, pe, sparse, dense, True)  # autograd on: no buffers
+    ref_m = dec(emb[:1], pe, sparse_m, dense_m, False)
+    with torch.inference_mode():
+        got = dec(emb, pe, sparse, dense, True)
+        got_m = dec(emb[:1], pe, sparse_m, dense_m, False)  # shared image, per-prompt mask prompts
+        prep = dec.prepare_image(emb[:1], pe, dense[:1])
+        got_p = dec(emb[:1], pe, sparse, dense, True, prepared=prep)
+        ref_p = dec(emb[:1], pe, sparse, dense, True)
+    for a, b in ((got, ref), (got_m, ref_m), (got_p, ref_p)):
+        torch.testing.assert_close(a[0], b[0].detach(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a[1], b[1].detach(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("shared_image", [True, False])
 def test_decoder_chunks_and_iou_filter(shared_image):
     """A batch larger than one cache-sized chunk gives the per-prompt results; ``predict_filtered``

@@ -271,7 +271,7 @@ class Attention(nn.Module):
         v = self._separate_heads(self.v_proj(v))
         b = max(q.shape[0], k.shape[0], v.shape[0])  # a shared (batch 1) image is broadcast, not copied
         q, k, v = (t if t.shape[0] == b else t.expand(b, -1, -1, -1) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        b, _, n, _ = out.shape
-        out = self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
-        return out if residual is None else out + residual
+        o = F.scaled_dot_product_attention(q, k, v)
+        b, _, n, _ = o.shape
+        o = self.out_proj(o.transpose(1, 2).reshape(b, n, self.internal_dim))
+        return o if residual is None else o + residual
