@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, act_inplace
 
 
 class ImageEncoderViT(nn.Module):
@@ -146,12 +144,11 @@ class Block(nn.Module):
         else:
             out = x + self.attn(self.norm1(x))
         mlp = self.mlp
-        # in place when the activation allows (the hidden layer is the largest tensor of the block)
-        act = partial(torch.ops.aten.gelu_, approximate=mlp.act.approximate) if type(mlp.act) is nn.GELU else mlp.act
         rows = max(1, _MLP_TOKENS // (B * W))
         for i in range(0, H, rows):
             band = out[:, i : i + rows]
-            band += mlp.lin2(act(mlp.lin1(self.norm2(band))))
+            # GELU in place: the hidden layer is the largest tensor of the block
+            band += mlp.lin2(act_inplace(mlp.act, mlp.lin1(self.norm2(band))))
         return out
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, act_inplace
 from .transformer import PreparedImage
 
 
@@ -241,20 +241,13 @@ class MaskDecoder(nn.Module):
         b, n = keys.shape[:2]
         x = F.linear(keys, mats[0], mats[1])
         x = x.reshape(b, 4 * n, conv1.out_channels)  # (B, h*w*4, C/4)
-        x = _act(act1, F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+        x = act_inplace(act1, F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
         x = F.linear(x, mats[2], mats[3])
-        return _act(act2, x.reshape(b, 16 * n, conv2.out_channels))
+        return act_inplace(act2, x.reshape(b, 16 * n, conv2.out_channels))
 
 
 # elements of image-token tensors per decoder chunk (16 MiB of float32)
 _CACHE_ELEMENTS = 2**22
-
-
-def _act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(x)``, in place for (exact) GELU outside autograd: a large fresh buffer fewer."""
-    if type(act) is nn.GELU and act.approximate == "none" and not (torch.is_grad_enabled() and x.requires_grad):
-        return torch.ops.aten.gelu_(x)
-    return act(x)
 
 
 def _deconv_matrix(weight: torch.Tensor) -> torch.Tensor:
