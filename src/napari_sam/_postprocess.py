@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -72,7 +73,7 @@ class MaskUpsampler:
                 y = self._buffer("final", size, low)
                 torch._C._nn.upsample_bilinear2d(x, size, False, None, None, out=y)
                 x = y
-            torch.gt(x, threshold, out=out[i : i + 1])
+            _greater(x, threshold, out[i : i + 1])
         return out.reshape(b, c, *size)
 
     def _buffer(self, key: str, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -87,6 +88,16 @@ class MaskUpsampler:
         if size[0] * size[1] <= _KEEP_BUFFER:
             self._buffers[key] = buf
         return buf
+
+
+def _greater(x: torch.Tensor, threshold: float, out: torch.Tensor) -> None:
+    """``out = x > threshold`` (float32 comparison, as torch does it). On a CPU through numpy, whose
+    comparison loop is ~3x faster than ``torch.gt`` there (0.12 vs 0.34 ms per 1024 x 1024 plane on
+    2 threads; a third of the post-processing's time)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        np.greater(x.numpy(), np.float32(threshold), out=out.numpy())
+    else:
+        torch.gt(x, threshold, out=out)
 
 
 def _mostly_decided(low: torch.Tensor, threshold: float, block: int = 4) -> bool:
