@@ -66,3 +66,18 @@ def test_resize_chain_on_tiles_equals_official(original):
     ref = _official(low, input_size, original)[0, 0]
     got = resize_threshold(low[0, 0], [((1024, 1024), input_size), (original, original)], 0.0)
     assert got is not None and int((got != ref).sum()) <= 2
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.37, -1.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_upsampler_threshold_equals_torch_comparison(threshold, dtype):
+    """Bool masks (thresholded through numpy for float32 on a CPU, torch otherwise), inside
+    inference mode as the predictor runs it, equal ``logits > threshold`` computed by torch."""
+    torch.manual_seed(2)
+    low = torch.randn(1, 2, 256, 256, dtype=dtype) * 2
+    up = MaskUpsampler(1024)
+    with torch.inference_mode():
+        logits = up(low, (1024, 768), (2048, 1536), threshold=None)
+        got = up(low, (1024, 768), (2048, 1536), threshold=threshold)
+    assert got.dtype == torch.bool and got.shape == (1, 2, 2048, 1536)
+    assert torch.equal(got, logits > threshold)
