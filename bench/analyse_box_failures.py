@@ -39,13 +39,13 @@ def main() -> None:
     predictor = SamPredictor(load_model(args.model))
     img_size = predictor.img_size
     per_thr, shrink, per_image = [], [], defaultdict(list)
-    for sid in load_split(root)["val"]:
+    for j, sid in enumerate(load_split(root)["val"]):
         img = np.array(Image.open(root / "images" / f"{sid}.png"))
         lab = np.array(Image.open(root / "labels" / f"{sid}.png"))
         ids, counts = np.unique(lab[lab > 0], return_counts=True)
-        ids = ids[counts >= 10]  # the evaluation's objects (evaluate_image: min_area 10, seeded choice)
+        ids = ids[counts >= 10]  # the evaluation's objects (evaluate_image: min_area 10, seed 0 + image index)
         if ids.size > args.max_objects:
-            ids = np.random.default_rng(0).choice(ids, args.max_objects, replace=False)
+            ids = np.random.default_rng(j).choice(ids, args.max_objects, replace=False)
         if not ids.size:
             continue
         predictor.set_image(img)
