@@ -81,3 +81,14 @@ def test_upsampler_threshold_equals_torch_comparison(threshold, dtype):
         got = up(low, (1024, 768), (2048, 1536), threshold=threshold)
     assert got.dtype == torch.bool and got.shape == (1, 2, 2048, 1536)
     assert torch.equal(got, logits > threshold)
+
+
+def test_upsampler_takes_logits_that_require_grad():
+    """Bool masks from logits of a model in training (autograd on): no error, same masks; the
+    logits path keeps the graph."""
+    low = torch.randn(1, 3, 256, 256, requires_grad=True)
+    up = MaskUpsampler(1024)
+    masks = up(low, (1024, 768), (600, 450))
+    logits = up(low, (1024, 768), (600, 450), threshold=None)
+    assert masks.dtype == torch.bool and not masks.requires_grad
+    assert logits.requires_grad and torch.equal(masks, logits.detach() > 0)

@@ -57,6 +57,7 @@ class MaskUpsampler:
             if size != (h, w):
                 x = F.interpolate(x, size, mode="bilinear", align_corners=False)
             return x.reshape(b, c, *x.shape[-2:])
+        low = low.detach()  # bool masks carry no gradient; the buffers below are written with out=
         out = torch.empty((b * c, 1, *size), dtype=torch.bool, device=low.device)
         for i in range(b * c):
             if size[0] * size[1] >= _TILE_MIN_PIXELS and _mostly_decided(low[i, 0], threshold):
