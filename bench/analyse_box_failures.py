@@ -22,6 +22,7 @@ from PIL import Image
 
 from napari_sam.predictor import SamPredictor
 from napari_sam.train.data import load_split, read_dsb2018_index
+from napari_sam.train.evaluate import evaluation_objects
 from napari_sam.train.prompts import mask_box
 from napari_sam.weights import load_model
 
@@ -46,10 +47,7 @@ def main() -> None:
     for j, sid in enumerate(load_split(root)["val"]):
         img = np.array(Image.open(root / "images" / f"{sid}.png"))
         lab = np.array(Image.open(root / "labels" / f"{sid}.png"))
-        ids, counts = np.unique(lab[lab > 0], return_counts=True)
-        ids = ids[counts >= 10]  # the evaluation's objects (evaluate_image: min_area 10, seed 0 + image index)
-        if ids.size > args.max_objects:
-            ids = np.random.default_rng(j).choice(ids, args.max_objects, replace=False)
+        ids = evaluation_objects(lab, args.max_objects, seed=j)  # as evaluate_model: seed 0 + image index
         if not ids.size:
             continue
         predictor.set_image(img)

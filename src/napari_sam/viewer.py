@@ -193,13 +193,10 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         if last is None or self.candidates is None or last[0] != index or pts is None:
             return None
         _, old_pts, old_lab, old_box, low = last
-        same_box = (box is None and old_box is None) or (
-            box is not None and old_box is not None and np.array_equal(box, old_box)
-        )
-        if old_pts is None:  # a box alone before: its points now refine it
-            return low[self.candidate][None] if same_box and box is not None else None
-        n = len(old_pts)
-        if not same_box or len(pts) <= n or not (np.array_equal(pts[:n], old_pts) and np.array_equal(lab[:n], old_lab)):
+        same_box = (box is None) == (old_box is None) and (box is None or np.array_equal(box, old_box))
+        n = 0 if old_pts is None else len(old_pts)  # None: a box alone before (its points now refine it)
+        kept = n == 0 or (np.array_equal(pts[:n], old_pts) and np.array_equal(lab[:n], old_lab))
+        if not same_box or len(pts) <= n or not kept:
             return None
         return low[self.candidate][None]
 

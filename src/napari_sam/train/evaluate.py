@@ -34,13 +34,21 @@ def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.logical_and(pred, gt).sum() / union) if union else 1.0
 
 
-def evaluate_image(predictor, image: np.ndarray, labels: np.ndarray, max_objects: int = 20,
-                   clicks: int = 10, min_area: int = 10, seed: int = 0) -> dict[str, list[float]]:
-    """Per-object metrics (lists, one entry per object) for one image ((H,W[,C])) and its (H,W) labels."""
+def evaluation_objects(labels: np.ndarray, max_objects: int = 20, min_area: int = 10,
+                       seed: int = 0) -> np.ndarray:
+    """The label ids of ``labels (H, W)`` that the evaluation prompts: objects of at least
+    ``min_area`` pixels, at most ``max_objects`` of them drawn with ``seed``."""
     ids, counts = np.unique(labels[labels > 0], return_counts=True)
     ids = ids[counts >= min_area]
     if ids.size > max_objects:
         ids = np.random.default_rng(seed).choice(ids, max_objects, replace=False)
+    return ids
+
+
+def evaluate_image(predictor, image: np.ndarray, labels: np.ndarray, max_objects: int = 20,
+                   clicks: int = 10, min_area: int = 10, seed: int = 0) -> dict[str, list[float]]:
+    """Per-object metrics (lists, one entry per object) for one image ((H,W[,C])) and its (H,W) labels."""
+    ids = evaluation_objects(labels, max_objects, min_area, seed)
     out: dict[str, list[float]] = {k: [] for k in METRICS}
     if ids.size == 0:
         return out
