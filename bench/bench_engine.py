@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> None:
 def _real_rows(device: torch.device, runs: int) -> list[tuple[str, float, float]]:
     """Prompt-to-mask with the built-in nano_nuclei (trained) on real images: ours vs the official
     prompt encoder + mask decoder with the same weights, sharing our embedding."""
+    from bench_automatic import official_twin
     from PIL import Image
 
-    from bench_automatic import official_twin
     from napari_sam.weights import load_model
 
     model = load_model("nano_nuclei", device=device)

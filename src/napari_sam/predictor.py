@@ -84,15 +84,21 @@ class SamPredictor:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def compute_embedding(
-        self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None
+        self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None, native: bool = False
     ) -> ImageEmbedding:
-        """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes); the state is unchanged."""
+        """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes); the state is unchanged.
+
+        ``native=True`` embeds the image at its own scale (only zero-padded to the model's input, not
+        resized; both sides must be at most ``img_size``): how ``napari_sam.tiling`` embeds its tiles.
+        """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         img = to_sam_image(image, contrast_limits=contrast_limits)
         if image_format != getattr(self.model, "image_format", "RGB"):
             img = img[..., ::-1]
-        resized = self.transform.apply_image(img)
+        if native and max(img.shape[:2]) > self.img_size:
+            raise ValueError(f"native=True needs an image of at most {self.img_size} px a side, got {img.shape[:2]}")
+        resized = np.ascontiguousarray(img) if native else self.transform.apply_image(img)
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None]
         with torch.inference_mode():
             x = (x - self.model.pixel_mean) / self.model.pixel_std  # uint8 - float32 -> float32
@@ -160,6 +166,12 @@ class SamPredictor:
         return self._embedding
 
     # ------------------------------------------------------------------ prompts
+    def _to_input(self, xy: np.ndarray, emb: ImageEmbedding) -> np.ndarray:
+        """(..., 2) (x, y) pixels of the original image -> float64 pixels of the model input."""
+        if emb.input_size == emb.original_size:  # not resized (a native tile, or already img_size long)
+            return np.array(xy, dtype=float)
+        return self.transform.apply_coords(xy, emb.original_size)
+
     def _prompts(self, coords, labels, boxes, mask_input, batch: bool):
         """Validate numpy prompts and move them to model-input coordinates as tensors with batch dim."""
         emb = self._require_image()
@@ -179,7 +191,7 @@ class SamPredictor:
                 raise ValueError(
                     f"point_labels must have shape {coords.shape[:-1]} {dims}N), got {labels.shape}"
                 )
-            c = self.transform.apply_coords(coords, emb.original_size)
+            c = self._to_input(coords, emb)
             c_t = torch.as_tensor(c, dtype=torch.float, device=self.device)
             l_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
             if not batch:
@@ -193,7 +205,7 @@ class SamPredictor:
                     f"box{'es' if batch else ''} must have shape {dims}4) (x0, y0, x1, y1), got {boxes.shape}"
                 )
             b_t = torch.as_tensor(
-                self.transform.apply_boxes(boxes, emb.original_size), dtype=torch.float, device=self.device
+                self._to_input(boxes.reshape(-1, 2, 2), emb).reshape(-1, 4), dtype=torch.float, device=self.device
             )
             if n is not None and b_t.shape[0] != n:
                 raise ValueError(f"boxes has {b_t.shape[0]} rows but point_coords has batch {n}")

@@ -60,6 +60,7 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         self.image_layer: Image | None = None
         self._labels_layer: Labels | None = None
         self.overwrite = False
+        self._tiled = False  # images larger than the model's input: tiles at their own resolution
         self.multimask = True  # preview: SAM's three candidates for a single object, cycle with N
         self.channel_axis: int | None = None  # leading axis whose first 3 channels form an RGB composite
         self.cache = EmbeddingCache(cache_size)
@@ -97,14 +98,41 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
             model = self.load(model, device=device or self.device)
         else:
             name = getattr(model, "model_name", None) or getattr(model, "arch", "custom model")
-        self.predictor = SamPredictor(model, device=device or self.device)
+        self.predictor = self._wrap(SamPredictor(model, device=device or self.device))
         self.model, self.model_name = model, name
         self.device = str(self.predictor.device)
+        self._model_changed()
+        self.events.model(value=model)
+
+    @property
+    def tiled(self) -> bool:
+        """Whether images larger than the model's input are segmented at their own resolution, in
+        overlapping tiles (``napari_sam.tiling``; clicks and boxes only, not stacks or automatic masks)."""
+        return self._tiled
+
+    @tiled.setter
+    def tiled(self, on: bool) -> None:
+        if bool(on) == self._tiled:
+            return
+        self._tiled = bool(on)
+        if self.predictor is not None:  # the same model, other embeddings
+            inner = getattr(self.predictor, "predictor", self.predictor)
+            self.predictor = self._wrap(inner)
+            self._model_changed()
+
+    def _wrap(self, predictor: Any) -> Any:
+        if not self._tiled:
+            return predictor
+        from napari_sam.tiling import TiledPredictor
+
+        return TiledPredictor(predictor)
+
+    def _model_changed(self) -> None:
+        """Embeddings of the old model (or tiling) are stale: forget them and the preview."""
         self._model_version += 1
         self._predictor_key = None
         self.cache.clear()
         self._clear_preview()
-        self.events.model(value=model)
 
     # ------------------------------------------------------------------ image / labels layers
     def set_image_layer(self, layer: Image | None) -> None:

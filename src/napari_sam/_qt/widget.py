@@ -111,6 +111,13 @@ class SamWidget(QWidget):
         self.multimask_check = QCheckBox("three candidate masks on the first click (N cycles)")
         self.multimask_check.setChecked(self.sam.multimask)
         self.overwrite_check = QCheckBox("overwrite existing objects")
+        self.tiled_check = QCheckBox("large images: tiles at full resolution")
+        self.tiled_check.setToolTip(
+            "Encode images larger than the model's input (512 px for nano_nuclei, 1024 for SAM) in "
+            "overlapping tiles at their own resolution instead of shrinking them: small objects of "
+            "large images get sharper masks; encoding takes one model run per tile."
+        )
+        self.tiled_check.setChecked(self.sam.tiled)
         self.score_label = QLabel("")
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -120,12 +127,13 @@ class SamWidget(QWidget):
         row = QHBoxLayout()
         for b in (self.next_button, self.commit_button, self.clear_button):
             row.addWidget(b)
-        for w in (help_label, self.multimask_check, self.overwrite_check, self.score_label):
+        for w in (help_label, self.multimask_check, self.overwrite_check, self.tiled_check, self.score_label):
             col.addWidget(w)
         col.addLayout(row)
         col.addWidget(self.status_label)
         self.multimask_check.toggled.connect(self._on_multimask)
         self.overwrite_check.toggled.connect(lambda on: setattr(self.sam, "overwrite", bool(on)))
+        self.tiled_check.toggled.connect(self._on_tiled)
         self.next_button.clicked.connect(self.next_mask)
         self.commit_button.clicked.connect(self.commit)
         self.clear_button.clicked.connect(self.clear)
@@ -221,6 +229,11 @@ class SamWidget(QWidget):
     def _on_multimask(self, on: bool) -> None:
         self.sam.multimask = bool(on)
         self.sam.update_preview()
+
+    def _on_tiled(self, on: bool) -> None:
+        self.sam.tiled = bool(on)  # forgets the embeddings and the preview: encode again
+        self.encoder.request()
+        self._on_status()
 
     def _on_preview(self, event: Any = None) -> None:
         sam = self.sam

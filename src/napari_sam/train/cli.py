@@ -125,7 +125,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     res = evaluate_model(a.model, data_root=a.data, images=a.images, labels=a.labels, device=a.device,
-                         max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None))
+                         max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None),
+                         tiled=a.tiled)
     print(format_table(res))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--tiled", action="store_true",
+                   help="segment images larger than the model's input at their own resolution, in tiles")
     p.set_defaults(func=cmd_evaluate)
     a = ap.parse_args(argv)
     a.func(a)

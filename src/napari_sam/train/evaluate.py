@@ -113,13 +113,15 @@ def evaluate_model(
     log: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    tiled: bool = False,
 ) -> dict:
     """Evaluate ``model`` (a Sam, a registry name, a checkpoint path, or None = the default model).
 
     Data: ``images`` + ``labels`` (folders, tif stacks or lists of arrays, see
     :func:`.data.read_pairs`), else dsb2018 at ``data_root`` restricted to ``ids`` (default: the
     packaged validation split). Returns ``{"by_modality": {modality: {metric: mean}}, "all": {...},
-    "seconds": float, "encoder_s": mean embedding time}``.
+    "seconds": float, "encoder_s": mean embedding time}``. ``tiled``: images larger than the model's
+    input are segmented at their own resolution (:class:`napari_sam.tiling.TiledPredictor`).
     """
     from ..predictor import SamPredictor
 
@@ -128,6 +130,10 @@ def evaluate_model(
 
         model = load_model(model, device=device)
     predictor = SamPredictor(model, device=device)
+    if tiled:
+        from ..tiling import TiledPredictor
+
+        predictor = TiledPredictor(predictor)
     if images is not None:
         from .data import read_pairs
 
