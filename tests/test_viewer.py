@@ -77,3 +77,25 @@ def test_nuclei_sample():
 
     [(data, kwargs, kind)] = nuclei_sample()
     assert kind == "image" and data.ndim == 2 and data.shape[0] >= 256 and "name" in kwargs
+
+
+def test_tiled_option_survives_a_model_change(make_napari_viewer, tiny_sam):
+    """``sam.tiled = True`` before the model: the predictor is tiled; a box on a large image gives
+    ``TiledPredictor``'s mask; turning it off forgets the tiled embeddings."""
+    from napari_sam.tiling import TiledEmbedding, TiledPredictor
+
+    viewer = make_napari_viewer()
+    img = _blobs(shape=(520, 600))
+    sam = SegmentAnything(viewer)
+    sam.tiled = True
+    sam.set_model(tiny_sam, device="cpu")
+    assert isinstance(sam.predictor, TiledPredictor)
+    sam.set_image_layer(viewer.add_image(img))
+    mask = sam.segment(box=(200, 300, 260, 380))  # (row0, col0, row1, col1)
+    tp = TiledPredictor(tiny_sam, device="cpu")
+    tp.set_image(img)
+    ref, _, _ = tp.predict(box=np.array([300, 200, 380, 260], float), multimask_output=False)
+    np.testing.assert_array_equal(mask, ref[0])
+    assert isinstance(sam.embedding(), TiledEmbedding)
+    sam.tiled = False
+    assert len(sam.cache) == 0 and not isinstance(sam.embedding(), TiledEmbedding)

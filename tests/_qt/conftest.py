@@ -60,11 +60,14 @@ def direct(model, image, points_xy=None, labels=None, box_xy=None, multimask=Tru
     return masks[int(np.argmax(scores))], masks, scores
 
 
-def refined(model, image, points_xy, labels, candidate=None):
+def refined(model, image, points_xy, labels, candidate=None, tiled=False):
     """The widget's second click, by hand: the first point's multimask candidates, then all points
     with the shown candidate's (``candidate``, default the best-scored) low-res logits as
-    ``mask_input`` and one mask out. Returns (first masks, first scores, refined mask)."""
-    p = SamPredictor(model, device="cpu")
+    ``mask_input`` and one mask out. Returns (first masks, first scores, refined mask).
+    ``tiled``: through ``TiledPredictor`` (the widget's "tiles at full resolution")."""
+    from napari_sam.tiling import TiledPredictor
+
+    p = TiledPredictor(model, device="cpu") if tiled else SamPredictor(model, device="cpu")
     p.set_image(image)
     pts, lab = np.asarray(points_xy, dtype=np.float32), np.asarray(labels, dtype=np.float32)
     masks, scores, low = p.predict(pts[:1], lab[:1], multimask_output=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
-from conftest import direct, image2d, wait_encoded
+from conftest import direct, image2d, refined, wait_encoded
 
 from napari_sam.images import to_sam_image
+from napari_sam.predictor import SamPredictor
 
 
 def test_rgb_and_uint16(sam_widget, qtbot, tiny_sam):
@@ -100,3 +101,29 @@ def test_multichannel_composite(sam_widget, qtbot, tiny_sam):
     comp = np.stack([chans[0], chans[1], np.zeros_like(chans[0])], axis=-1)
     best, *_ = direct(tiny_sam, comp, [[40, 40]])
     np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
+
+
+def test_large_image_in_tiles(sam_widget, qtbot, tiny_sam):
+    """The "tiles at full resolution" box: a 600 x 700 image (the tiny model's input is 256 px) is
+    encoded in tiles; a click and a refining click give TiledPredictor's masks, commit writes them."""
+    from napari_sam.tiling import TiledEmbedding, TiledPredictor
+
+    viewer, widget = sam_widget
+    sam = widget.sam
+    img = image2d((600, 700), seed=3)
+    viewer.add_image(img, name="large")
+    wait_encoded(qtbot, widget)
+    assert not isinstance(sam.embedding(), TiledEmbedding)
+    widget.tiled_check.setChecked(True)
+    assert sam.tiled and isinstance(sam.predictor, TiledPredictor)
+    wait_encoded(qtbot, widget)
+    assert isinstance(sam.embedding(), TiledEmbedding)
+    sam.points_layer.add([300, 420])  # napari (row, col)
+    masks, scores, second = refined(tiny_sam, img, [[420, 300], [440, 320]], [1, 1], tiled=True)
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, masks[int(np.argmax(scores))])
+    sam.points_layer.add([320, 440])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, second)
+    assert widget.commit() == [1]
+    np.testing.assert_array_equal(sam.labels_layer.data, second.astype(np.int32))
+    widget.tiled_check.setChecked(False)
+    assert not sam.tiled and isinstance(sam.predictor, SamPredictor)
