@@ -24,6 +24,8 @@ _EXPORTS: dict[str, str] = {
     "REGISTRY": "napari_sam.weights",
     "SamPredictor": "napari_sam.predictor",
     "ImageEmbedding": "napari_sam.predictor",
+    "TiledPredictor": "napari_sam.tiling",
+    "TiledEmbedding": "napari_sam.tiling",
     "to_sam_image": "napari_sam.images",
     "pick_device": "napari_sam._device",
     "EmbeddingStore": "napari_sam.embeddings",
