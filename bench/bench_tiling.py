@@ -88,11 +88,11 @@ def speed(plain: SamPredictor, tiled: TiledPredictor, root: Path, runs: int) -> 
         areas = np.bincount(lab.ravel())[1:]
         obj = 1 + int(np.argsort(areas)[len(areas) // 2])  # a median-sized nucleus
         pt, one = np.array([center_point(lab == obj)], np.float32), np.array([1])
-        e_plain = _median_ms(lambda: plain.set_image(img), runs)
-        e_tiled = _median_ms(lambda: tiled.set_image(img), runs)
+        e_plain = _median_ms(lambda im=img: plain.set_image(im), runs)
+        e_tiled = _median_ms(lambda im=img: tiled.set_image(im), runs)
         n_tiles = len(tiled.embedding.tiles) if tiled.is_tiled else 1
-        c_plain = _median_ms(lambda: plain.predict(pt, one), 3 * runs)
-        c_tiled = _median_ms(lambda: tiled.predict(pt, one), 3 * runs)
+        c_plain = _median_ms(lambda p=pt, o=one: plain.predict(p, o), 3 * runs)
+        c_tiled = _median_ms(lambda p=pt, o=one: tiled.predict(p, o), 3 * runs)
         print(f"| {img.shape[0]}x{img.shape[1]} | {n_tiles} + overview | {e_plain:.0f} | {e_tiled:.0f} | "
               f"{c_plain:.1f} | {c_tiled:.1f} |")
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_tiny_sam
+from _synthetic import tiny_sam
 
 from napari_sam.predictor import ImageEmbedding, SamPredictor
 from napari_sam.tiling import OUTSIDE_LOGIT, TiledEmbedding, TiledPredictor, tile_origins
 
 H, W = 600, 700  # the tiny model's input is 256 px: 3 x 4 tiles with the default overlap (64 px)
+
+
+def _model():
+    return tiny_sam(img_size=256).eval()  # 16 x 16 grid, 64 x 64 low-res: 4 px per cell
 
 
 def _image(h: int = H, w: int = W) -> np.ndarray:
@@ -22,7 +26,7 @@ def _image(h: int = H, w: int = W) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiled():
-    model = make_tiny_sam()
+    model = _model()
     tp = TiledPredictor(model, device="cpu")
     img = _image()
     tp.set_image(img)
@@ -47,11 +51,11 @@ def test_tile_origins_cover_with_overlap(length, tile, overlap, step):
         covered[v : v + tile] = True
     assert covered.all()
     assert length <= tile or o[-1] + tile - length < step  # the last tile ends less than a cell past the end
-    assert all(a + tile - b >= overlap for a, b in zip(o[:-1], o[1:], strict=True))
+    assert all(a + tile - b > overlap - step for a, b in zip(o[:-1], o[1:], strict=True))
 
 
 def test_small_image_is_exactly_the_plain_predictor():
-    model = make_tiny_sam()
+    model = _model()
     img = _image(200, 240)
     plain, tp = SamPredictor(model, device="cpu"), TiledPredictor(model, device="cpu")
     plain.set_image(img)
@@ -106,6 +110,12 @@ def test_refinement_takes_the_image_wide_low_res_logits(tiled):
     np.testing.assert_array_equal(masks[:, r : r + m.shape[1], c : c + m.shape[2]], m)
     with pytest.raises(ValueError, match="mask_input must have shape"):
         tp.predict(xy, np.array([1, 0]), mask_input=np.zeros((1, 64, 64), np.float32))
+    with pytest.raises(ValueError, match="together"):
+        tp.predict(xy)
+    with pytest.raises(ValueError, match=r"point_coords must have shape \(B, N, 2\)"):
+        tp.predict_batch(xy, np.array([1, 0]))
+    with pytest.raises(ValueError, match="same batch size"):
+        tp.predict_batch(xy[None], np.ones((1, 2)), boxes=np.zeros((2, 4)))
 
 
 def test_box_larger_than_a_tile_uses_the_whole_image(tiled):
@@ -137,7 +147,7 @@ def test_batch_of_objects_in_different_tiles_equals_one_by_one(tiled):
 
 
 def test_bad_use_is_a_clear_error():
-    model = make_tiny_sam()
+    model = _model()
     with pytest.raises(ValueError, match="overlap"):
         TiledPredictor(model, overlap=200)
     tp = TiledPredictor(model, device="cpu")

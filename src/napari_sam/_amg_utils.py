@@ -73,16 +73,11 @@ def generate_crop_boxes(
 
 def tile_boxes(im_size: tuple[int, int], tile: int, overlap: int) -> list[list[int]]:
     """XYXY (exclusive end) tiles of side <= ``tile`` covering the image, neighbours sharing ``overlap`` px."""
+    from napari_sam.tiling import tile_origins
+
     im_h, im_w = im_size
-
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        k = math.ceil((n - overlap) / (tile - overlap))
-        step = (n - tile) / (k - 1)
-        return [round(i * step) for i in range(k)]
-
-    return [[x, y, min(x + tile, im_w), min(y + tile, im_h)] for y in starts(im_h) for x in starts(im_w)]
+    return [[x, y, min(x + tile, im_w), min(y + tile, im_h)]
+            for y in tile_origins(im_h, tile, overlap) for x in tile_origins(im_w, tile, overlap)]
 
 
 # ----------------------------------------------------------------------------- boxes and NMS

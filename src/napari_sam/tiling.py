@@ -33,14 +33,16 @@ OUTSIDE_LOGIT = -20.0
 
 
 def tile_origins(length: int, tile: int, overlap: int, step: int = 1) -> list[int]:
-    """Start offsets of tiles of ``tile`` px covering ``length`` px, neighbours overlapping by at
-    least ``overlap`` px; offsets are multiples of ``step`` (the last tile may reach past the end
-    by less than ``step``). ``[0]`` when one tile covers it."""
+    """Start offsets of the fewest tiles of ``tile`` px that cover ``length`` px with neighbours
+    sharing ``overlap`` px, spread evenly. With ``step`` > 1 the offsets are multiples of ``step``
+    (the overlap may then be up to ``step`` px less, and the last tile may reach past the end by
+    less than ``step``). ``[0]`` when one tile covers it. Also the tiles of automatic masks."""
     if length <= tile:
         return [0]
-    last = -(-(length - tile) // step) * step
-    stride = max(step, (tile - overlap) // step * step)
-    return sorted(set(range(0, last, stride)) | {last})
+    k = math.ceil((length - overlap) / (tile - overlap))
+    spacing = (length - tile) / (k - 1)
+    starts = [round(i * spacing / step) * step for i in range(k - 1)]
+    return starts + [-(-(length - tile) // step) * step]
 
 
 @dataclass
@@ -196,7 +198,16 @@ class TiledPredictor:
         coords = None if point_coords is None else np.asarray(point_coords, dtype=float)
         labels = None if point_labels is None else np.asarray(point_labels)
         boxes = None if boxes is None else np.asarray(boxes, dtype=float)
+        if (coords is None) != (labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if coords is not None and (coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]):
+            raise ValueError(f"point_coords must have shape (B, N, 2) (x, y) and point_labels (B, N), got "
+                             f"{coords.shape} and {labels.shape}")
+        if boxes is not None and (boxes.ndim != 2 or boxes.shape[1] != 4):
+            raise ValueError(f"boxes must have shape (B, 4) (x0, y0, x1, y1), got {boxes.shape}")
         n = next((len(a) for a in (coords, boxes, mask_input) if a is not None), 0)
+        if any(a is not None and len(a) != n for a in (coords, boxes, mask_input)):
+            raise ValueError("point_coords, boxes and mask_input must have the same batch size B")
         grid = self.low_res_size
         if mask_input is not None:
             mask_input = np.asarray(mask_input, dtype=np.float32)
