@@ -8,6 +8,7 @@ matched pairs, and the mean per-image F1.
 
     python bench/eval_automatic_dsb.py                       # nano_nuclei, default parameters
     python bench/eval_automatic_dsb.py --model path.pt --points-per-side 32 --pred-iou-thresh 0.8 --limit 20
+    python bench/eval_automatic_dsb.py --min-side 512 --tile-size 512   # large images, tiles at full resolution
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def main() -> None:
     ap.add_argument("--min-mask-region-area", type=int, default=0)
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tile-size", type=int, default=None, help="images larger than this in tiles at full resolution")
+    ap.add_argument("--tile-overlap", type=int, default=128)
+    ap.add_argument("--min-side", type=int, default=0, help="only images whose longer side exceeds this (px)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from PIL import Image
@@ -76,12 +80,15 @@ def main() -> None:
         model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
         min_mask_region_area=args.min_mask_region_area, crop_n_layers=args.crop_n_layers,
+        tile_size=args.tile_size, tile_overlap=args.tile_overlap,
     )
     print(f"# model {args.model}, {len(val)} validation images, {vars(args)}")
     stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     t0 = time.perf_counter()
     for k, image_id in enumerate(val, 1):
         image = np.array(Image.open(DATA / "images" / f"{image_id}.png"))
+        if max(image.shape[:2]) <= args.min_side:
+            continue
         gt = np.array(Image.open(DATA / "labels" / f"{image_id}.png")).astype(np.int64)
         pred = gen.generate_labels(image)
         tp, fp, fn, ious = match(gt, pred)

@@ -18,7 +18,7 @@ from napari_sam._slicing import EmbeddingCache, SamUserError, current_index, sli
 
 class EmbeddingsMixin:
     """Needs ``viewer``, ``image_layer``, ``predictor``, ``channel_axis``, ``cache``, ``_model_version``,
-    ``_predictor_key``, ``request_embedding`` and ``events.embedding``."""
+    ``_tiled``, ``_predictor_key``, ``request_embedding`` and ``events.embedding``."""
 
     viewer: Any
     image_layer: Image | None
@@ -26,6 +26,7 @@ class EmbeddingsMixin:
     channel_axis: int | None
     cache: EmbeddingCache
     _model_version: int
+    _tiled: bool
     _predictor_key: Any
     request_embedding: Any
     events: Any
@@ -54,7 +55,11 @@ class EmbeddingsMixin:
         limits, chan = self._image_settings()
         if chan is not None:
             index = tuple(0 if i == chan else v for i, v in enumerate(index))
-        return (id(self.image_layer), index, limits, chan, self._model_version)
+        return (id(self.image_layer), index, limits, chan, self._embedding_tag())
+
+    def _embedding_tag(self) -> tuple[int, bool]:
+        """What an embedding was made with: (model version, tiled)."""
+        return (self._model_version, self._tiled)
 
     def encode_job(self, index: tuple[int, ...] | None = None) -> tuple[tuple, Any]:
         """(cache key, job) where ``job()`` reads the slice and returns its ``ImageEmbedding``.
@@ -80,8 +85,8 @@ class EmbeddingsMixin:
         return self._key(index) in self.cache
 
     def store_embedding(self, key: tuple, embedding: Any) -> None:
-        """Cache an embedding computed by :meth:`encode_job` (ignored if the model changed since)."""
-        if key[-1] == self._model_version:
+        """Cache an embedding computed by :meth:`encode_job` (ignored if the model or tiling changed since)."""
+        if key[-1] == self._embedding_tag():
             self.cache.put(key, embedding)
             self.events.embedding(value=key)
 

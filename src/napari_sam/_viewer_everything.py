@@ -51,8 +51,12 @@ class EverythingMixin:
             getattr(self, "model_name", None), pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, box_nms_thresh=amg.pop("box_nms_thresh", None),
         )
+        predictor = self.background_predictor()
+        if getattr(self, "tiled", False) and amg.get("tile_size") is None:  # "tiles at full resolution"
+            amg["tile_size"] = predictor.img_size
+            amg.setdefault("tile_overlap", predictor.img_size // 4)
         gen = AutomaticMaskGenerator(
-            self.background_predictor(), points_per_side=points_per_side,
+            predictor, points_per_side=points_per_side,
             min_mask_region_area=min_mask_region_area, **thresholds, **amg,
         )
         if stack:
@@ -101,7 +105,8 @@ class EverythingMixin:
 
         New ids start above the layer's largest id; pixels of existing objects are kept unless
         ``overwrite``. Parameters as ``AutomaticMaskGenerator`` (``amg`` passes the others, e.g.
-        ``crop_n_layers``, ``points_per_batch``), except that thresholds left None are the model's
+        ``crop_n_layers``, ``points_per_batch``; with :attr:`tiled` ``tile_size`` defaults to the
+        model's input side, overlap a quarter of it), except that thresholds left None are the model's
         :meth:`automatic_defaults` (the registry entry's for the built-in models, SAM's
         0.88/0.95/0.7 otherwise). ``cancel`` (callable or Event): nothing is written
         and ``[]`` returned. Returns the ids written.

@@ -96,8 +96,9 @@ class VolumeMixin:
         return store
 
     def stored_embedding(self, index: tuple[int, ...]) -> Any | None:
-        """The slice's embedding if a stack store already holds it (memory or disk), else None."""
-        if not self._stores or not index:
+        """The slice's embedding if a stack store already holds it (memory or disk), else None
+        (always None with :attr:`tiled`: the stores hold whole-slice embeddings)."""
+        if not self._stores or not index or self._tiled:  # stores hold whole-slice embeddings
             return None
         try:
             st = self.stack(index)

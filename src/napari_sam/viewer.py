@@ -101,13 +101,17 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         self.predictor = self._wrap(SamPredictor(model, device=device or self.device))
         self.model, self.model_name = model, name
         self.device = str(self.predictor.device)
-        self._model_changed()
+        self._model_version += 1
+        self._predictor_key = None
+        self.cache.clear()
+        self._clear_preview()
         self.events.model(value=model)
 
     @property
     def tiled(self) -> bool:
         """Whether images larger than the model's input are segmented at their own resolution, in
-        overlapping tiles (``napari_sam.tiling``; clicks and boxes only, not stacks or automatic masks)."""
+        overlapping tiles (``napari_sam.tiling``): clicks and boxes, and automatic masks
+        (``tile_size``); propagation through stacks keeps whole-slice embeddings."""
         return self._tiled
 
     @tiled.setter
@@ -115,10 +119,11 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         if bool(on) == self._tiled:
             return
         self._tiled = bool(on)
-        if self.predictor is not None:  # the same model, other embeddings
-            inner = getattr(self.predictor, "predictor", self.predictor)
-            self.predictor = self._wrap(inner)
-            self._model_changed()
+        if self.predictor is not None:  # the same model (stack stores stay valid), other embeddings
+            self.predictor = self._wrap(getattr(self.predictor, "predictor", self.predictor))
+            self._predictor_key = None
+            self.cache.clear()
+            self._clear_preview()
 
     def _wrap(self, predictor: Any) -> Any:
         if not self._tiled:
@@ -126,13 +131,6 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         from napari_sam.tiling import TiledPredictor
 
         return TiledPredictor(predictor)
-
-    def _model_changed(self) -> None:
-        """Embeddings of the old model (or tiling) are stale: forget them and the preview."""
-        self._model_version += 1
-        self._predictor_key = None
-        self.cache.clear()
-        self._clear_preview()
 
     # ------------------------------------------------------------------ image / labels layers
     def set_image_layer(self, layer: Image | None) -> None:
