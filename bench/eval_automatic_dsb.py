@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tile-size", type=int, default=None, help="images larger than this in tiles at full resolution")
     ap.add_argument("--tile-overlap", type=int, default=128)
+    ap.add_argument("--crop-nms-thresh", type=float, default=0.7, help="box IoU for duplicates across crops/tiles")
     ap.add_argument("--min-side", type=int, default=0, help="only images whose longer side exceeds this (px)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,7 +81,7 @@ def main() -> None:
         model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
         min_mask_region_area=args.min_mask_region_area, crop_n_layers=args.crop_n_layers,
-        tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+        tile_size=args.tile_size, tile_overlap=args.tile_overlap, crop_nms_thresh=args.crop_nms_thresh,
     )
     print(f"# model {args.model}, {len(val)} validation images, {vars(args)}")
     stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))

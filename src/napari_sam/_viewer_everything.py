@@ -55,6 +55,8 @@ class EverythingMixin:
         if getattr(self, "tiled", False) and amg.get("tile_size") is None:  # "tiles at full resolution"
             amg["tile_size"] = predictor.img_size
             amg.setdefault("tile_overlap", predictor.img_size // 4)
+            # tiles share one scale: duplicates across them are judged like those within one
+            amg.setdefault("crop_nms_thresh", thresholds["box_nms_thresh"])
         gen = AutomaticMaskGenerator(
             predictor, points_per_side=points_per_side,
             min_mask_region_area=min_mask_region_area, **thresholds, **amg,
@@ -106,7 +108,8 @@ class EverythingMixin:
         New ids start above the layer's largest id; pixels of existing objects are kept unless
         ``overwrite``. Parameters as ``AutomaticMaskGenerator`` (``amg`` passes the others, e.g.
         ``crop_n_layers``, ``points_per_batch``; with :attr:`tiled` ``tile_size`` defaults to the
-        model's input side, overlap a quarter of it), except that thresholds left None are the model's
+        model's input side, ``tile_overlap`` to a quarter of it and ``crop_nms_thresh`` to the box NMS
+        threshold), except that thresholds left None are the model's
         :meth:`automatic_defaults` (the registry entry's for the built-in models, SAM's
         0.88/0.95/0.7 otherwise). ``cancel`` (callable or Event): nothing is written
         and ``[]`` returned. Returns the ids written.

@@ -87,8 +87,10 @@ def test_segment_everything_in_tiles(sam_widget, qtbot, tiny_sam, monkeypatch):
     with qtbot.waitSignal(widget.jobs.done, timeout=60000):
         qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
     assert made[-1]["tile_size"] == 256 and made[-1]["tile_overlap"] == 64
-    kw = dict(points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0)
-    tiled = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), tile_size=256, tile_overlap=64, **kw)
+    assert made[-1]["crop_nms_thresh"] == made[-1]["box_nms_thresh"]  # tiles: one scale, one NMS
+    kw = dict(points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=0.7)
+    tiled = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), tile_size=256, tile_overlap=64,
+                                   crop_nms_thresh=0.7, **kw)
     whole = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), **kw)
     ref = tiled.generate_labels(to_sam_image(img))
     np.testing.assert_array_equal(widget.sam.labels_layer.data, ref)
