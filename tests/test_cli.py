@@ -41,6 +41,24 @@ def test_auto_writes_the_same_labels_as_the_api(tmp_path, capsys: pytest.Capture
     assert f"{int(expected.max())} objects" in capsys.readouterr().out
 
 
+def test_auto_tiles(tmp_path) -> None:
+    """``--tiles``: a 600 x 700 image (nano's input is 512 px) in 512-px tiles overlapping by 128,
+    duplicates across tiles at the box NMS threshold (SAM's 0.7 for a checkpoint file)."""
+    torch.manual_seed(1)
+    ckpt = tmp_path / "nano_random.pt"
+    torch.save(build_model("nano").state_dict(), ckpt)
+    image = (np.random.default_rng(1).random((600, 700)) * 255).astype(np.uint8)
+    src, out = tmp_path / "image.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(src, image)
+    args = ["auto", str(src), "-o", str(out), "--model", str(ckpt), "--points-per-side", "4", "--tiles"]
+    assert cli.main(args + ["--pred-iou-thresh", "0", "--stability-score-thresh", "0"]) == 0
+    expected = AutomaticMaskGenerator(
+        load_model(ckpt), points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+        tile_size=512, tile_overlap=128, crop_nms_thresh=0.7,
+    ).generate_labels(image)
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
 def test_auto_default_model_uses_its_thresholds(tmp_path) -> None:
     """No model and no thresholds: the packaged nano_nuclei with its registry defaults."""
     rng = np.random.default_rng(1)

@@ -53,10 +53,10 @@ class EverythingMixin:
         )
         predictor = self.background_predictor()
         if getattr(self, "tiled", False) and amg.get("tile_size") is None:  # "tiles at full resolution"
+            from napari_sam.tiling import automatic_tile_params
+
+            amg = {**automatic_tile_params(predictor.img_size, thresholds["box_nms_thresh"]), **amg}
             amg["tile_size"] = predictor.img_size
-            amg.setdefault("tile_overlap", predictor.img_size // 4)
-            # tiles share one scale: duplicates across them are judged like those within one
-            amg.setdefault("crop_nms_thresh", thresholds["box_nms_thresh"])
         gen = AutomaticMaskGenerator(
             predictor, points_per_side=points_per_side,
             min_mask_region_area=min_mask_region_area, **thresholds, **amg,

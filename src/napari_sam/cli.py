@@ -69,11 +69,17 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         stability_score_thresh=args.stability_score_thresh,
         box_nms_thresh=args.box_nms_thresh,
     )
+    tiles = {}
+    if args.tiles:
+        from .tiling import automatic_tile_params
+
+        tiles = automatic_tile_params(model.image_encoder.img_size, thresholds["box_nms_thresh"])
     generator = AutomaticMaskGenerator(
         model,
         points_per_side=args.points_per_side,
         **thresholds,
         min_mask_region_area=args.min_area,
+        **tiles,
     )
     labels = generator.generate_labels(image)
     tifffile.imwrite(args.output, labels)
@@ -109,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--stability-score-thresh", type=float, default=None, help=f"min stability {thr}")
     auto.add_argument("--box-nms-thresh", type=float, default=None, help=f"box IoU for duplicates {thr}")
     auto.add_argument("--min-area", type=int, default=0, help="remove holes/islands below this area (px)")
+    auto.add_argument("--tiles", action="store_true",
+                      help="an image larger than the model's input in tiles at full resolution (docs/tiling.md)")
     auto.set_defaults(func=_cmd_auto)
     return parser
 
