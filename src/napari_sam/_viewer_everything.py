@@ -51,14 +51,8 @@ class EverythingMixin:
             getattr(self, "model_name", None), pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, box_nms_thresh=amg.pop("box_nms_thresh", None),
         )
-        predictor = self.background_predictor()
-        if getattr(self, "tiled", False) and amg.get("tile_size") is None:  # "tiles at full resolution"
-            from napari_sam.tiling import automatic_tile_params
-
-            amg = {**automatic_tile_params(predictor.img_size, thresholds["box_nms_thresh"]), **amg}
-            amg["tile_size"] = predictor.img_size
         gen = AutomaticMaskGenerator(
-            predictor, points_per_side=points_per_side,
+            self.background_predictor(), points_per_side=points_per_side,
             min_mask_region_area=min_mask_region_area, **thresholds, **amg,
         )
         if stack:
@@ -107,9 +101,8 @@ class EverythingMixin:
 
         New ids start above the layer's largest id; pixels of existing objects are kept unless
         ``overwrite``. Parameters as ``AutomaticMaskGenerator`` (``amg`` passes the others, e.g.
-        ``crop_n_layers``, ``points_per_batch``; with :attr:`tiled` ``tile_size`` defaults to the
-        model's input side, ``tile_overlap`` to a quarter of it and ``crop_nms_thresh`` to the box NMS
-        threshold), except that thresholds left None are the model's
+        ``crop_n_layers``, ``points_per_batch``, ``tile_size``: :attr:`tiled` is not applied here, see
+        docs/tiling.md), except that thresholds left None are the model's
         :meth:`automatic_defaults` (the registry entry's for the built-in models, SAM's
         0.88/0.95/0.7 otherwise). ``cancel`` (callable or Event): nothing is written
         and ``[]`` returned. Returns the ids written.

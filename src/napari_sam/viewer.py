@@ -110,8 +110,8 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
     @property
     def tiled(self) -> bool:
         """Whether images larger than the model's input are segmented at their own resolution, in
-        overlapping tiles (``napari_sam.tiling``): clicks and boxes, and automatic masks
-        (``tile_size``); propagation through stacks keeps whole-slice embeddings."""
+        overlapping tiles (``napari_sam.tiling``): clicks and boxes. Automatic masks and propagation
+        through stacks keep whole-slice embeddings (docs/tiling.md says why)."""
         return self._tiled
 
     @tiled.setter

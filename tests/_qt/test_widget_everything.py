@@ -61,37 +61,3 @@ def test_thresholds_follow_the_model(sam_widget):
     assert (panel.iou_spin.value(), panel.stability_spin.value()) == (0.5, 0.9)
     assert panel.params()["pred_iou_thresh"] == 0.5
 
-
-def test_segment_everything_in_tiles(sam_widget, qtbot, tiny_sam, monkeypatch):
-    """With "tiles at full resolution" ticked, automatic masks of an image larger than the model's
-    input (600 x 700 for the tiny model's 256 px) are made in tiles of 256 px overlapping by 64."""
-    import napari_sam.automatic as automatic
-
-    made = []
-
-    class Spy(automatic.AutomaticMaskGenerator):
-        def __init__(self, *args, **kwargs):
-            made.append(kwargs)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(automatic, "AutomaticMaskGenerator", Spy)
-    viewer, widget = sam_widget
-    img = image2d((600, 700), seed=2)
-    viewer.add_image(img, name="large")
-    widget.tiled_check.setChecked(True)
-    wait_encoded(qtbot, widget)
-    panel = widget.everything_panel
-    panel.points_spin.setValue(8)
-    panel.iou_spin.setValue(0)
-    panel.stability_spin.setValue(0)
-    with qtbot.waitSignal(widget.jobs.done, timeout=60000):
-        qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
-    assert made[-1]["tile_size"] == 256 and made[-1]["tile_overlap"] == 64
-    assert made[-1]["crop_nms_thresh"] == made[-1]["box_nms_thresh"]  # tiles: one scale, one NMS
-    kw = dict(points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=0.7)
-    tiled = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), tile_size=256, tile_overlap=64,
-                                   crop_nms_thresh=0.7, **kw)
-    whole = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), **kw)
-    ref = tiled.generate_labels(to_sam_image(img))
-    np.testing.assert_array_equal(widget.sam.labels_layer.data, ref)
-    assert not np.array_equal(ref, whole.generate_labels(to_sam_image(img)))
