@@ -177,9 +177,7 @@ class TiledPredictor:
                 multimask_output: bool = True, return_logits: bool = False):
         """Masks for one object; arguments and results as ``SamPredictor.predict``, except that on a
         tiled image ``mask_input`` and the low-res logits are (1 | C, *low_res_size)."""
-        if not self.is_tiled:
-            self._require_image()
-            self._use(-1)
+        if not self.is_tiled:  # the inner predictor holds the plain embedding (or raises: no image)
             return self.predictor.predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
         if point_coords is not None and point_labels is not None:
             point_coords, point_labels = np.asarray(point_coords)[None], np.asarray(point_labels)[None]
@@ -198,8 +196,6 @@ class TiledPredictor:
         Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, *low_res_size); numpy.
         """
         if not self.is_tiled:
-            self._require_image()
-            self._use(-1)
             return self.predictor.predict_batch(point_coords, point_labels, boxes, mask_input,
                                                 multimask_output, return_logits)
         coords = None if point_coords is None else np.asarray(point_coords, dtype=float)
@@ -242,11 +238,6 @@ class TiledPredictor:
             scores[idx] = s
             low[idx] = np.stack([self._tile_to_grid(x, k) for x in lo])
         return masks, scores, low
-
-    def _require_image(self) -> None:
-        if self._embedding is None:
-            raise RuntimeError("no image is set: call .set_image(image) or .set_image_embedding(embedding) "
-                               "before predicting")
 
     def _choose(self, coords, labels, boxes, i: int) -> int:
         """The tile that holds object ``i``'s prompts farthest from its inner edges; -1: the overview."""
