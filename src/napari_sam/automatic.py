@@ -217,8 +217,7 @@ class AutomaticMaskGenerator:
                 self.predictor, emb.features, emb.input_size, box,
                 m.mask_threshold, self.stability_score_offset, self.chunk_pixels,
             )
-            with torch.inference_mode():
-                ctx.pe = m.prompt_encoder.get_dense_pe()
+            ctx.pe = self.predictor.dense_pe
             done += 1
             if progress is not None:
                 progress(done, total)

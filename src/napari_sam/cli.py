@@ -73,7 +73,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     if args.tiles:
         from .tiling import automatic_tile_params
 
-        tiles = automatic_tile_params(model.image_encoder.img_size, thresholds["box_nms_thresh"])
+        tiles = automatic_tile_params(model.img_size, thresholds["box_nms_thresh"])
     generator = AutomaticMaskGenerator(
         model,
         points_per_side=args.points_per_side,

@@ -124,19 +124,25 @@ class SamPredictor:
                 f"{self.embedding_size[1]}) for this model, got {tuple(f.shape)}"
             )
         self._embedding = emb.to(self.device)
-        with torch.inference_mode():
-            self._dense_pe = self.model.prompt_encoder.get_dense_pe()
         self._prepared = None
 
     def reset_image(self) -> None:
         """Forget the current image."""
         self._embedding = None
-        self._dense_pe = None
         self._prepared = None
 
     @property
     def embedding(self) -> ImageEmbedding | None:
         return self._embedding
+
+    @property
+    def dense_pe(self) -> torch.Tensor:
+        """(1, C, h, w) positional encoding of the embedding grid: the model's, the same for every
+        image (and tile, and crop), so computed once."""
+        if self._dense_pe is None:
+            with torch.inference_mode():
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     @property
     def is_image_set(self) -> bool:
@@ -309,11 +315,11 @@ class SamPredictor:
             extra = {}  # our decoder: the image's prompt-independent work, once per image
             if mask_input is None and hasattr(self.model.mask_decoder, "prepare_image"):
                 if self._prepared is None:
-                    self._prepared = self.model.mask_decoder.prepare_image(emb.features, self._dense_pe, dense)
+                    self._prepared = self.model.mask_decoder.prepare_image(emb.features, self.dense_pe, dense)
                 extra["prepared"] = self._prepared
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=emb.features,  # (1, C, h, w): the decoder broadcasts it over the batch
-                image_pe=self._dense_pe,
+                image_pe=self.dense_pe,
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,

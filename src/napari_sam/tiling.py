@@ -95,8 +95,7 @@ class TiledPredictor:
         p = model if isinstance(model, SamPredictor) else SamPredictor(model, device=device, precision=precision)
         self.predictor = p
         self.model, self.device, self.precision = p.model, p.device, p.precision
-        self.img_size, self.transform, self.embedding_size = p.img_size, p.transform, p.embedding_size
-        self.mask_input_size = p.mask_input_size
+        self.img_size, self.mask_input_size = p.img_size, p.mask_input_size
         self.cell = p.img_size // p.mask_input_size[0]  # image px per low-res cell of a tile
         overlap = p.img_size // 4 if overlap is None else int(overlap)
         if not 0 <= overlap <= p.img_size // 2:

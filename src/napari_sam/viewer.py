@@ -213,7 +213,7 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
     def _refinable(
         self, index: tuple[int, ...], pts: np.ndarray | None, lab: np.ndarray | None, box: np.ndarray | None
     ) -> np.ndarray | None:
-        """The shown candidate's low-res logits (1, 256, 256) when ``pts``/``lab``/``box`` (SAM x, y)
+        """The shown candidate's low-res logits (1, 256, 256; image-wide with tiles) when ``pts``/``lab``/``box`` (SAM x, y)
         add points to the last single-object prompts of slice ``index``; else None."""
         last = self._last_prompt
         if last is None or self.candidates is None or last[0] != index or pts is None:
