@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam._postprocess import MaskUpsampler, resize_threshold
+import napari_sam._postprocess as pp
+from napari_sam._postprocess import MaskUpsampler, banded_threshold, resize_threshold
 
 
 def _blobs(n: int = 3, seed: int = 0) -> torch.Tensor:
@@ -28,22 +29,53 @@ def _official(low: torch.Tensor, input_size, original_size) -> torch.Tensor:
     return F.interpolate(x, original_size, mode="bilinear", align_corners=False) > 0
 
 
+@pytest.mark.parametrize("banded", [True, False])
 @pytest.mark.parametrize("kind", ["blobs", "noise"])
 @pytest.mark.parametrize(
     "original", [(1024, 1024), (2048, 1536), (1000, 750), (700, 1100), (333, 517), (12, 9)]
 )
-def test_upsampler_equals_official(kind, original):
+def test_upsampler_equals_official(kind, original, banded):
+    """Bool masks by the banded products (a CPU's default) and by the plain kernel (other devices)."""
     torch.manual_seed(1)
     low = _blobs() if kind == "blobs" else torch.randn(3, 1, 256, 256)
     s = max(original)
     input_size = (int(original[0] * 1024 / s + 0.5), int(original[1] * 1024 / s + 0.5))
     ref = _official(low, input_size, original)
-    up = MaskUpsampler(1024)
+    up = MaskUpsampler(1024, banded=banded)
     got = up(low.reshape(1, 3, 256, 256), input_size, original)
     assert got.shape == (1, 3, *original) and got.dtype == torch.bool
     assert int((got[0] != ref[:, 0]).sum()) <= 2  # equal up to values within rounding of 0
     logits = up(low.reshape(1, 3, 256, 256), input_size, original, threshold=None)
     torch.testing.assert_close(logits[0] > 0, ref[:, 0])
+
+
+@pytest.mark.parametrize(
+    "n_in, stages", [(256, ((1024, 1024),)), (193, ((772, 768), (1536, 1536))), (256, ((1024, 765), (520, 520))), (7, ((3, 3),))]
+)
+def test_band_is_the_resize_chain(n_in, stages):
+    """The banded blocks are the chain of F.interpolate resizes and crops along one axis, as a
+    linear map: applied to float64 data they give the chain's values."""
+    x = torch.randn(5, n_in, dtype=torch.float64)
+    ref = x[:, None, :]
+    for size, kept in stages:
+        ref = F.interpolate(ref, size=size, mode="linear", align_corners=False)[..., :kept]
+    w, idx = pp._band(n_in, stages, torch.device("cpu"), torch.float64)
+    n_out = stages[-1][1]
+    assert w.shape[0] == idx.shape[0] == -(-n_out // pp._BLOCK) and w.shape[2] == idx.shape[1]
+    got = torch.einsum("bok,rbk->rbo", w, x[:, idx]).reshape(5, -1)[:, :n_out]
+    torch.testing.assert_close(got, ref[:, 0], rtol=0, atol=1e-12)  # float64 taps for float64 data
+
+
+def test_banded_threshold_in_chunks(monkeypatch):
+    """Rows come in chunks of blocks (the last one partial): same masks as one chunk."""
+    torch.manual_seed(3)
+    low = torch.randn(200, 150)
+    stages_r, stages_c = ((800, 790),), ((600, 590),)
+    whole = banded_threshold(low, stages_r, stages_c, 0.0, torch.empty(790, 590, dtype=torch.bool))
+    monkeypatch.setattr(pp, "_CHUNK", 3 * pp._BLOCK * 590)
+    chunked = banded_threshold(low, stages_r, stages_c, 0.0, torch.empty(790, 590, dtype=torch.bool))
+    ref = F.interpolate(low[None, None], (800, 600), mode="bilinear", align_corners=False)[0, 0, :790, :590] > 0
+    assert torch.equal(chunked, whole) and int((whole != ref).sum()) <= 2
 
 
 def test_resize_threshold_decides_tiles_without_arithmetic():
