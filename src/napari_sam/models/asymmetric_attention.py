@@ -47,12 +47,19 @@ def tokens_to_image(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def image_to_tokens(
-    attn: Attention, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None, out: Tensor | None = None
+    attn: Attention,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    residual: Tensor | None = None,
+    out: Tensor | None = None,
+    record: list | None = None,
 ) -> Tensor:
     """``q (B | 1, L, C)`` image tokens attend to ``k, v (B, Nt, C)`` prompt tokens -> ``(B, L, C)``,
     plus ``residual`` (``(1 | B, L, C)``) when given: it is the output product's accumulator, so
     the sum takes no pass of its own. Written into ``out`` when given (which may be ``q``'s storage:
-    the scores are computed first)."""
+    the scores are computed first). ``record``: gets the product's factors (see
+    :func:`_weighted_values`)."""
     h, dim = attn.num_heads, attn.internal_dim
     d = dim // h
     b, nt, c = k.shape
@@ -66,7 +73,7 @@ def image_to_tokens(
         scores = m @ q.transpose(1, 2)  # (B, h*Nt, L)
     # softmax over the few keys, laid out along a strided axis (a short last axis is slow on CPU)
     p = (scores + const).reshape(b, h, nt, L).softmax(dim=-2).reshape(b, h * nt, L)
-    return _weighted_values(attn, p.transpose(1, 2), v, residual, out)
+    return _weighted_values(attn, p.transpose(1, 2), v, residual, out, record)
 
 
 def tokens_to_projected(attn: Attention, q: Tensor, kp: Tensor, vp: Tensor) -> Tensor:
@@ -86,12 +93,18 @@ def tokens_to_projected(attn: Attention, q: Tensor, kp: Tensor, vp: Tensor) -> T
 
 
 def projected_to_tokens(
-    attn: Attention, qpt: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None, out: Tensor | None = None
+    attn: Attention,
+    qpt: Tensor,
+    k: Tensor,
+    v: Tensor,
+    residual: Tensor | None = None,
+    out: Tensor | None = None,
+    record: list | None = None,
 ) -> Tensor:
     """Image tokens whose query projection is given, ``qpt (heads, D/heads, L)`` (``attn.q_proj`` of
     the shared image, per head and transposed), attend to prompt tokens ``k, v (B, Nt, C)`` ->
     ``(B, L, C)``; the output projection is folded into the values as in :func:`image_to_tokens`;
-    ``residual`` and ``out`` as there."""
+    ``residual``, ``out`` and ``record`` as there."""
     h, dim = attn.num_heads, attn.internal_dim
     d = dim // h
     b, nt, _ = k.shape
@@ -100,18 +113,27 @@ def projected_to_tokens(
     # scores (h, B*Nt, L): L is the long, contiguous axis of the product and of the softmax, which
     # runs over each prompt's Nt keys along a strided axis (a short last axis is slow on CPU)
     p = (kh @ qpt).view(h, b, nt, L).softmax(dim=2).transpose(0, 1)  # (B, h, Nt, L)
-    return _weighted_values(attn, p.reshape(b, h * nt, L).transpose(1, 2), v, residual, out)
+    return _weighted_values(attn, p.reshape(b, h * nt, L).transpose(1, 2), v, residual, out, record)
 
 
 def _weighted_values(
-    attn: Attention, p: Tensor, v: Tensor, residual: Tensor | None, out: Tensor | None = None
+    attn: Attention,
+    p: Tensor,
+    v: Tensor,
+    residual: Tensor | None,
+    out: Tensor | None = None,
+    record: list | None = None,
 ) -> Tensor:
     """Attention weights ``p (B, L, heads*Nt)`` times the prompt tokens' values ``v (B, Nt, C)``
-    with the output projection folded in -> ``(B, L, C_out)`` (+ ``residual``; into ``out``)."""
+    with the output projection folded in -> ``(B, L, C_out)`` (+ ``residual``; into ``out``).
+    The attention output is exactly ``p @ n``; ``record`` (a list) gets ``(p, n)``, ``n (B,
+    heads*Nt, C_out)`` (read by the mask decoder's upscaling, :mod:`.upscale_reassociation`)."""
     h, d = attn.num_heads, attn.internal_dim // attn.num_heads
     b, nt = v.shape[:2]
     vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
     n = _with_bias(vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0), attn).reshape(b, h * nt, -1)
+    if record is not None:
+        record.append((p, n))
     if out is None:
         return p @ n if residual is None else torch.baddbmm(residual, p, n)
     return torch.bmm(p, n, out=out) if residual is None else torch.baddbmm(residual, p, n, out=out)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import upscale_reassociation
 from .common import LayerNorm2d, act_inplace
 from .transformer import PreparedImage
+
+
+@dataclass
+class PreparedDecoder:
+    """The decoder's prompt-independent work for one image (:meth:`MaskDecoder.prepare_image`):
+    the transformer's first layer (``image``) and the upscaling's image part (``upscale``)."""
+
+    image: PreparedImage
+    upscale: upscale_reassociation.UpscalePrep
 
 
 class MaskDecoder(nn.Module):
@@ -59,7 +71,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
-        prepared: PreparedImage | None = None,
+        prepared: PreparedDecoder | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -81,14 +93,18 @@ class MaskDecoder(nn.Module):
 
     def prepare_image(
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
-    ) -> PreparedImage:
+    ) -> PreparedDecoder:
         """The prompt-independent work of one image, done once for all its prompts.
 
         ``image_embeddings (1, C, h, w)``, ``image_pe (1, C, h, w)``, ``dense_prompt_embeddings``
         ``(1, C, h, w)`` (or broadcastable: the no-mask embedding); valid for prompts with that
         dense prompt, i.e. without ``mask_input``.
         """
-        return self.transformer.prepare(image_embeddings + dense_prompt_embeddings[:1], image_pe)
+        image = self.transformer.prepare(image_embeddings + dense_prompt_embeddings[:1], image_pe)
+        conv1 = self.output_upscaling[0]
+        norms = [layer.norm4 for layer in self.transformer.layers]
+        w, b = _deconv_matrix(conv1.weight), conv1.bias.repeat(4)
+        return PreparedDecoder(image, upscale_reassociation.prepare(image.src, norms, w, b))
 
     def predict_masks(
         self,
@@ -97,7 +113,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         tokens: slice = slice(None),
-        prepared: PreparedImage | None = None,
+        prepared: PreparedDecoder | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks ``(B, T, 4h, 4w)`` and IoUs ``(B, T)`` of the mask tokens ``tokens`` (default: all
         ``num_mask_tokens``; token 0 is the single-mask output); see :meth:`forward`."""
@@ -117,7 +133,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         min_iou: float,
-        prepared: PreparedImage | None = None,
+        prepared: PreparedDecoder | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`forward`, but decodes only the masks whose predicted IoU is ``> min_iou``.
 
@@ -166,7 +182,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         tokens: slice,
         min_iou: float | None = None,
-        prepared: PreparedImage | None = None,
+        prepared: PreparedDecoder | None = None,
     ):
         """One chunk: ``(masks (B, T, 4h, 4w), iou, None)``; with ``min_iou``, ``(kept masks
         (K, 4h, 4w), iou, keep)``."""
@@ -181,9 +197,10 @@ class MaskDecoder(nn.Module):
         # only the IoU token and the chosen mask tokens are read after the transformer
         chosen = range(self.num_mask_tokens)[tokens]  # only the masks asked for are computed
         final = [0] + [1 + i for i in chosen]
+        trace = [] if prepared is not None else None  # the layers' image updates, for the upscaling
         if prepared is not None:
-            h, w = prepared.size
-            hs, keys = self.transformer(None, None, tokens_in, prepared, final_tokens=final)
+            h, w = prepared.image.size
+            hs, keys = self.transformer(None, None, tokens_in, prepared.image, final_tokens=final, trace=trace)
         else:
             dense = dense_prompt_embeddings
             if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
@@ -197,10 +214,14 @@ class MaskDecoder(nn.Module):
             keep = iou_pred > min_iou
             rows = keep.any(1).nonzero().flatten()  # prompts with at least one mask to decode
             hs, keys = hs[rows], keys[rows]
+            if trace:
+                trace = [t and type(t)(t.p[rows], t.n[rows], t.mean[rows], t.rstd[rows]) for t in trace]
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(chosen)], dim=1
         )
-        masks = self._masks(hyper_in, keys)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
+        # the first upscaling map through the layers' low-rank updates (fewer multiply-adds)
+        first = upscale_reassociation.first_upscale(prepared.upscale, trace) if trace and all(trace) else None
+        masks = self._masks(hyper_in, keys, first)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
         if keep is not None:
             masks = masks[keep[rows]]  # (K, 16*h*w)
         # (i, j, a, b, a2, b2) -> row 4i + 2a + a2, column 4j + 2b + b2: sub-pixel planes (a, a2, b, b2)
@@ -211,26 +232,32 @@ class MaskDecoder(nn.Module):
             return masks, iou_pred, keep
         return masks.reshape(bs, -1, 4 * h, 4 * w), iou_pred, None
 
-    def _masks(self, hyper_in: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def _masks(self, hyper_in: torch.Tensor, keys: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
         """``hyper_in (B, T, C/8)`` . upscaled ``keys (B, L, C)`` -> ``(B, T, 16*L)``, a few hundred
         image tokens at a time: each token upscales to its own 4x4 block, so the pieces are exact, and
-        their intermediates (16x the tokens) stay in cache instead of being fresh multi-MB buffers."""
+        their intermediates (16x the tokens) stay in cache instead of being fresh multi-MB buffers.
+        ``first (B, L, C)``: the first deconvolution's output when already known (then ``keys`` is
+        not read)."""
         b, L, c = keys.shape
         step = max(1, _CACHE_ELEMENTS // (16 * 2 * max(b, 1) * c))  # deconv-2 output of a piece: ~1/16 of the budget
         mats = self._upscale_mats()  # once per call, not per piece
+
+        def piece(i: int, j: int) -> torch.Tensor:
+            x = F.linear(keys[:, i:j], mats[0], mats[1]) if first is None else first[:, i:j]
+            return hyper_in @ self._upscale(x, mats).transpose(1, 2)
+
         if step >= L:
-            return hyper_in @ self._upscale(keys, mats).transpose(1, 2)
-        return torch.cat(
-            [hyper_in @ self._upscale(keys[:, i : i + step], mats).transpose(1, 2) for i in range(0, L, step)], dim=2
-        )
+            return piece(0, L)
+        return torch.cat([piece(i, i + step) for i in range(0, L, step)], dim=2)
 
     def _upscale_mats(self) -> tuple[torch.Tensor, ...]:
         """The two deconvolutions as (weight (4*out, in), bias (4*out,)) of linear maps."""
         conv1, conv2 = self.output_upscaling[0], self.output_upscaling[3]
         return (_deconv_matrix(conv1.weight), conv1.bias.repeat(4), _deconv_matrix(conv2.weight), conv2.bias.repeat(4))
 
-    def _upscale(self, keys: torch.Tensor, mats: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """``output_upscaling`` applied to image tokens ``(B, h*w, C)`` -> ``(B, 16*h*w, C/8)``.
+    def _upscale(self, x: torch.Tensor, mats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``output_upscaling`` after its first deconvolution's linear map ``x = keys @ mats[0].T +
+        mats[1]`` of image tokens ``keys (B, h*w, C)`` -> ``(B, 16*h*w, C/8)``.
 
         A ConvTranspose2d with kernel = stride = 2 maps each input pixel to its own 2x2 output block, so
         it is a matrix product on channels-last tokens. Computing it that way avoids the layout copies
@@ -238,8 +265,7 @@ class MaskDecoder(nn.Module):
         sits at token ``(i, j, a, b, a2, b2)``. Same arithmetic as the official convolution path.
         """
         conv1, norm, act1, conv2, act2 = self.output_upscaling
-        b, n = keys.shape[:2]
-        x = F.linear(keys, mats[0], mats[1])
+        b, n = x.shape[:2]
         x = x.reshape(b, 4 * n, conv1.out_channels)  # (B, h*w*4, C/4)
         x = act_inplace(act1, F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
         x = F.linear(x, mats[2], mats[3])

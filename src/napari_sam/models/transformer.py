@@ -34,6 +34,21 @@ class PreparedImage:
     size: tuple[int, int]
 
 
+@dataclass
+class ImageUpdate:
+    """What one two-way layer did to the image tokens: ``x_out = LayerNorm(x_in + p @ n)``.
+
+    ``p (B, L, K)`` image-to-token attention weights (heads x prompt tokens, K = heads * Nt),
+    ``n (B, K, C)`` the prompt tokens' values with the output projection and its bias folded in,
+    ``mean``/``rstd`` ``(B, L, 1)`` the LayerNorm's statistics of ``x_in + p @ n``.
+    """
+
+    p: Tensor
+    n: Tensor
+    mean: Tensor
+    rstd: Tensor
+
+
 class TwoWayTransformer(nn.Module):
     """``depth`` two-way blocks, then a final token-to-image attention and LayerNorm."""
 
@@ -85,6 +100,7 @@ class TwoWayTransformer(nn.Module):
         point_embedding: Tensor,
         prepared: PreparedImage | None = None,
         final_tokens: list[int] | None = None,
+        trace: list[ImageUpdate | None] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """
         Args:
@@ -95,6 +111,8 @@ class TwoWayTransformer(nn.Module):
             prepared: a shared image's :meth:`prepare` (same numbers, less work per call).
             final_tokens: the tokens whose output the caller reads; the final token-to-image
                 attention (each query on its own) is computed for those only. Default: all N.
+            trace: a list that gets each layer's :class:`ImageUpdate` (None for a layer whose
+                attention was not computed through the prompt tokens).
 
         Returns:
             queries ``(B, N, C)`` (``(B, len(final_tokens), C)``) and keys ``(B, h*w, C)``. On a CPU
@@ -105,10 +123,10 @@ class TwoWayTransformer(nn.Module):
         reuse = image.device.type == "cpu" and not torch.is_grad_enabled()
         if prepared is not None:
             queries, keys = self.layers[0](
-                point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse=reuse
+                point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse=reuse, trace=trace
             )
             for layer in self.layers[1:]:
-                queries, keys = layer(queries, keys, point_embedding, prepared.pe, reuse=reuse)
+                queries, keys = layer(queries, keys, point_embedding, prepared.pe, reuse=reuse, trace=trace)
             return self._final(queries, keys, point_embedding, prepared.pe, final_tokens, reuse)
         # token layout (B, h*w, C), made contiguous once: element-wise passes over a transposed
         # view read with a stride of h*w and run several times slower
@@ -116,7 +134,7 @@ class TwoWayTransformer(nn.Module):
         image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe, reuse=reuse)
+            queries, keys = layer(queries, keys, point_embedding, image_pe, reuse=reuse, trace=trace)
         return self._final(queries, keys, point_embedding, image_pe, final_tokens, reuse)
 
     def _final(
@@ -166,10 +184,12 @@ class TwoWayAttentionBlock(nn.Module):
         key_pe: Tensor,
         prepared: PreparedImage | None = None,
         reuse: bool = False,
+        trace: list[ImageUpdate | None] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``;
         ``prepared``: the image's projections for this (first) layer, ``keys`` being its ``src``;
-        ``reuse``: write the image-token tensors into this thread's buffers (see :func:`_buffer`)."""
+        ``reuse``: write the image-token tensors into this thread's buffers (see :func:`_buffer`);
+        ``trace``: a list that gets this layer's :class:`ImageUpdate` (or None)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -187,15 +207,23 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         # keys + attention output in one product (the residual is the product's accumulator)
+        record = [] if trace is not None else None
         if prepared is not None:
             attn = self.cross_attn_image_to_token
             q = queries + query_pe
             into = _buffer("a", (q.shape[0],) + tuple(keys.shape[1:]), keys) if reuse else None
-            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, q, queries, keys, into)
+            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, q, queries, keys, into, record)
         else:
             # into k's buffer: image-to-token attention reads its queries (k) before it writes
             into = k if reuse and k.shape[0] == queries.shape[0] else None  # not a shared image's
-            out = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries, residual=keys, out=into)
+            out = self.cross_attn_image_to_token(
+                q=k, k=queries + query_pe, v=queries, residual=keys, out=into, record=record
+            )
+        if trace is not None:  # the LayerNorm's statistics are part of the trace
+            norm = self.norm4
+            keys, mean, rstd = torch.native_layer_norm(out, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            trace.append(ImageUpdate(*record[0], mean, rstd) if record else None)
+            return queries, keys
         if not reuse:
             return queries, self.norm4(out)
         return queries, _layer_norm_into(out, self.norm4, _buffer("keys", tuple(out.shape), out))
@@ -256,16 +284,24 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(
-        self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None, out: Tensor | None = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        residual: Tensor | None = None,
+        out: Tensor | None = None,
+        record: list | None = None,
     ) -> Tensor:
         """``q (B | 1, Nq, C)``, ``k, v (B | 1, Nk, C)`` -> ``(B, Nq, C)`` (a batch-1 side is broadcast);
         plus ``residual`` (broadcastable to the output) when given; ``out``: where image-to-token
-        attention writes its result, when given (``q``'s storage is allowed)."""
+        attention writes its result, when given (``q``'s storage is allowed); ``record``: gets the
+        factors of image-to-token attention through the prompt tokens, when it is computed so
+        (:func:`asymmetric_attention.image_to_tokens`)."""
         nq, nk = q.shape[1], k.shape[1]
         if worth_it(self, nq, nk) and k.shape[0] == v.shape[0] == q.shape[0] and residual is None:
             return asymmetric_attention.tokens_to_image(self, q, k, v)
         if worth_it(self, nk, nq) and k.shape[0] == v.shape[0]:
-            return asymmetric_attention.image_to_tokens(self, q, k, v, residual, out)
+            return asymmetric_attention.image_to_tokens(self, q, k, v, residual, out, record)
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
