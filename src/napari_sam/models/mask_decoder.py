@@ -10,7 +10,7 @@ from torch import nn
 
 from . import upscale_reassociation
 from .common import LayerNorm2d, act_inplace
-from .transformer import PreparedImage
+from .transformer import PreparedImage, _buffer
 
 
 @dataclass
@@ -220,7 +220,10 @@ class MaskDecoder(nn.Module):
             [self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(chosen)], dim=1
         )
         # the first upscaling map through the layers' low-rank updates (fewer multiply-adds)
-        first = upscale_reassociation.first_upscale(prepared.upscale, trace) if trace and all(trace) else None
+        first = None
+        if trace and all(trace):  # into the transformer's free buffer on a CPU (see transformer._buffer)
+            into = _buffer("a", tuple(keys.shape), keys) if keys.device.type == "cpu" and not torch.is_grad_enabled() else None
+            first = upscale_reassociation.first_upscale(prepared.upscale, trace, into)
         masks = self._masks(hyper_in, keys, first)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
         if keep is not None:
             masks = masks[keep[rows]]  # (K, 16*h*w)

@@ -219,14 +219,16 @@ class TwoWayAttentionBlock(nn.Module):
             out = self.cross_attn_image_to_token(
                 q=k, k=queries + query_pe, v=queries, residual=keys, out=into, record=record
             )
-        if trace is not None:  # the LayerNorm's statistics are part of the trace
-            norm = self.norm4
+        norm = self.norm4
+        if reuse:
+            keys, mean, rstd = _layer_norm_into(out, norm, _buffer("keys", tuple(out.shape), out))
+        elif trace is None:
+            return queries, norm(out)
+        else:
             keys, mean, rstd = torch.native_layer_norm(out, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        if trace is not None:  # the LayerNorm's statistics are part of the trace
             trace.append(ImageUpdate(*record[0], mean, rstd) if record else None)
-            return queries, keys
-        if not reuse:
-            return queries, self.norm4(out)
-        return queries, _layer_norm_into(out, self.norm4, _buffer("keys", tuple(out.shape), out))
+        return queries, keys
 
 
 _BUFFERS = threading.local()
@@ -253,14 +255,15 @@ def _add(keys: Tensor, pe: Tensor, reuse: bool) -> Tensor:
     return torch.add(keys, pe, out=_buffer("a", tuple(keys.shape), keys)) if reuse else keys + pe
 
 
-def _layer_norm_into(x: Tensor, norm: nn.LayerNorm, out: Tensor) -> Tensor:
-    """``norm(x)`` over the last axis written into ``out`` (``x`` unchanged): ATen's LayerNorm
-    has no out= variant that skips its own allocation. Within 1e-5 of it (two-pass mean and norm)."""
+def _layer_norm_into(x: Tensor, norm: nn.LayerNorm, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``norm(x)`` over the last axis written into ``out`` (``x`` unchanged), with the mean and
+    reciprocal standard deviation ``(..., 1)`` it used: ATen's LayerNorm has no out= variant that
+    skips its own allocation. Within 1e-5 of it (two-pass mean and norm)."""
     mean = x.mean(-1, keepdim=True)
     torch.sub(x, mean, out=out)
     n = x.shape[-1]
     rstd = torch.linalg.vector_norm(out, dim=-1, keepdim=True).square_().div_(n).add_(norm.eps).rsqrt_()
-    return torch.addcmul(norm.bias, out.mul_(rstd), norm.weight, out=out)
+    return torch.addcmul(norm.bias, out.mul_(rstd), norm.weight, out=out), mean, rstd
 
 
 class Attention(nn.Module):

@@ -55,28 +55,30 @@ def prepare(src: Tensor, norms: list[nn.LayerNorm], weight: Tensor, bias: Tensor
     return UpscalePrep(src @ maps[0], maps, consts)
 
 
-def first_upscale(prep: UpscalePrep, trace: list[ImageUpdate]) -> Tensor:
+def first_upscale(prep: UpscalePrep, trace: list[ImageUpdate], out: Tensor | None = None) -> Tensor:
     """``z (B, L, O)``: the first upscaling map of the last layer's image tokens, from the layers'
-    :class:`ImageUpdate` (first to last) and the image's :class:`UpscalePrep`."""
+    :class:`ImageUpdate` (first to last) and the image's :class:`UpscalePrep`; written into
+    ``out`` when given."""
     d = len(trace)
     b, L = trace[-1].p.shape[:2]
     scale = [trace[-1].rstd]  # R_(d-1), then R_(d-2), ..., R_0
     for t in trace[-2::-1]:
         scale.append(scale[-1] * t.rstd)
     scale = scale[::-1]
-    widths = [t.p.shape[2] + 2 for t in trace]
-    left = trace[-1].p.new_empty((b, L, sum(widths)))  # [R_l p_l | -R_l mean_l | R_(l+1)] per layer
+    # the left factor, transposed (rows along L, as the attention weights are laid out):
+    # per layer [R_l p_l | -R_l mean_l | R_(l+1)]^T
+    left = trace[-1].p.new_empty((b, sum(t.p.shape[2] + 2 for t in trace), L))
     right = []
     c = 0
     for i, t in enumerate(trace):
         k = t.p.shape[2]
-        torch.mul(t.p, scale[i], out=left[..., c : c + k])
-        torch.mul(t.mean, scale[i], out=left[..., c + k : c + k + 1]).neg_()
+        torch.mul(t.p.transpose(1, 2), scale[i].transpose(1, 2), out=left[:, c : c + k])
+        torch.mul(t.mean, scale[i], out=left[:, c + k, :, None]).neg_()
         if i + 1 < d:
-            left[..., c + k + 1 : c + k + 2] = scale[i + 1]
+            left[:, c + k + 1] = scale[i + 1][..., 0]
         else:
-            left[..., c + k + 1].fill_(1.0)
+            left[:, c + k + 1].fill_(1.0)
         c += k + 2
         right += [t.n @ prep.maps[i], prep.consts[i].expand(t.n.shape[0], 2, -1)]
-    z = torch.mul(prep.src_maps, scale[0])
-    return z.baddbmm_(left, torch.cat(right, 1))
+    z = torch.mul(prep.src_maps, scale[0], out=out)
+    return z.baddbmm_(left.transpose(1, 2), torch.cat(right, 1))
