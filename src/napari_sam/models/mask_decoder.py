@@ -222,7 +222,8 @@ class MaskDecoder(nn.Module):
         # the first upscaling map through the layers' low-rank updates (fewer multiply-adds)
         first = None
         if trace and all(trace):  # into the transformer's free buffer on a CPU (see transformer._buffer)
-            into = _buffer("a", tuple(keys.shape), keys) if keys.device.type == "cpu" and not torch.is_grad_enabled() else None
+            shape = (*keys.shape[:2], prepared.upscale.src_maps.shape[-1])
+            into = _buffer("a", shape, keys) if keys.device.type == "cpu" and not torch.is_grad_enabled() else None
             first = upscale_reassociation.first_upscale(prepared.upscale, trace, into)
         masks = self._masks(hyper_in, keys, first)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
         if keep is not None:
