@@ -77,6 +77,26 @@ def test_embedding_has_tiles_at_native_scale(tiled):
     assert tp.low_res_size == (150, 175)  # 4 px per cell
 
 
+def test_iter_embedding_reports_each_encoder_run(tiled):
+    """The generator form (progress bars) yields (done, total) after the overview and each tile and
+    returns the same embedding; an image that fits one tile is one run."""
+    tp, img = tiled
+    steps = tp.iter_embedding(img)
+    seen = []
+    while True:
+        try:
+            seen.append(next(steps))
+        except StopIteration as end:
+            emb = end.value
+            break
+    total = tp.encodings(img.shape)
+    assert total == 13 and seen == [(i, total) for i in range(1, total + 1)]
+    assert isinstance(emb, TiledEmbedding) and emb.origins == tp.embedding.origins
+    for a, b in zip(emb.tiles + [emb.overview], tp.embedding.tiles + [tp.embedding.overview], strict=True):
+        np.testing.assert_array_equal(a.features.numpy(), b.features.numpy())
+    assert tp.encodings((256, 200)) == 1 and list(tp.iter_embedding(_image(256, 200))) == [(1, 1)]
+
+
 def test_point_is_decoded_in_its_tile_at_native_scale(tiled):
     tp, img = tiled
     xy = np.array([[320.0, 290.0]])

@@ -91,6 +91,8 @@ def test_tiled_option_survives_a_model_change(make_napari_viewer, tiny_sam):
     sam.set_model(tiny_sam, device="cpu")
     assert isinstance(sam.predictor, TiledPredictor)
     sam.set_image_layer(viewer.add_image(img))
+    _, job = sam.encode_job()
+    assert job.steps == TiledPredictor(tiny_sam, device="cpu").encodings(img.shape) > 1  # the progress bar's total
     mask = sam.segment(box=(200, 300, 260, 380))  # (row0, col0, row1, col1)
     tp = TiledPredictor(tiny_sam, device="cpu")
     tp.set_image(img)

@@ -65,6 +65,9 @@ class EmbeddingsMixin:
         """(cache key, job) where ``job()`` reads the slice and returns its ``ImageEmbedding``.
 
         Settings are captured now, on the calling (GUI) thread; ``job`` may run in a worker thread.
+        With tiles (``tiled``), ``job.steps`` is the number of encoder runs the slice takes and
+        ``job.iterate()`` a generator that yields ``(done, total)`` after each and returns the
+        embedding (for a progress bar); otherwise ``job.steps`` is 1.
         """
         from napari_sam.images import to_sam_image
 
@@ -77,6 +80,15 @@ class EmbeddingsMixin:
             arr, rgb = slice_image(img, index, chan)
             return predictor.compute_embedding(to_sam_image(arr, contrast_limits=limits, rgb=rgb))
 
+        job.steps = 1
+        if hasattr(predictor, "iter_embedding"):  # tiles: one encoder run per tile and the overview
+            job.steps = predictor.encodings(img.data.shape[len(index) : len(index) + 2])  # (H, W) of a slice
+
+            def iterate() -> Any:
+                arr, rgb = slice_image(img, index, chan)
+                return (yield from predictor.iter_embedding(to_sam_image(arr, contrast_limits=limits, rgb=rgb)))
+
+            job.iterate = iterate
         return key, job
 
     def has_embedding(self, index: tuple[int, ...] | None = None) -> bool:

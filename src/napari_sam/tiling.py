@@ -105,22 +105,45 @@ class TiledPredictor:
         self._current: int | None = None  # which embedding the inner predictor holds: tile index, -1 overview
 
     # ------------------------------------------------------------------ image / embedding state
-    def compute_embedding(self, image: np.ndarray, image_format: str = "RGB",
-                          contrast_limits=None) -> ImageEmbedding | TiledEmbedding:
-        """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype): an ``ImageEmbedding`` when it fits in
-        one tile, else a ``TiledEmbedding``. Intensities are mapped once for the whole image."""
+    def encodings(self, shape: tuple[int, ...]) -> int:
+        """How many encoder runs an image of ``shape`` ((H, W, ...)) takes: its tiles and the
+        overview, or 1 when it fits in one tile."""
+        h, w = int(shape[0]), int(shape[1])
+        if max(h, w) <= self.img_size:
+            return 1
+        rows = tile_origins(h, self.img_size, self.overlap, self.cell)
+        return 1 + len(rows) * len(tile_origins(w, self.img_size, self.overlap, self.cell))
+
+    def iter_embedding(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None):
+        """:meth:`compute_embedding` as a generator: yields ``(done, total)`` encoder runs after the
+        overview and after each tile (``total`` = :meth:`encodings`), returns the embedding
+        (``StopIteration.value``; ``yield from`` gives it). For progress bars."""
         img = to_sam_image(image, contrast_limits=contrast_limits)
         p, size = self.predictor, self.img_size
+        total = self.encodings(img.shape)
         overview = p.compute_embedding(img, image_format)
+        yield 1, total
         h, w = img.shape[:2]
-        if max(h, w) <= size:
+        if total == 1:
             return overview
         tiles, origins = [], []
         for r in tile_origins(h, size, self.overlap, self.cell):
             for c in tile_origins(w, size, self.overlap, self.cell):
                 tiles.append(p.compute_embedding(img[r : r + size, c : c + size], image_format, native=True))
                 origins.append((r, c))
+                yield 1 + len(tiles), total
         return TiledEmbedding(tiles, origins, overview, (int(h), int(w)))
+
+    def compute_embedding(self, image: np.ndarray, image_format: str = "RGB",
+                          contrast_limits=None) -> ImageEmbedding | TiledEmbedding:
+        """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype): an ``ImageEmbedding`` when it fits in
+        one tile, else a ``TiledEmbedding``. Intensities are mapped once for the whole image."""
+        steps = self.iter_embedding(image, image_format, contrast_limits)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
         """Compute and keep the embedding(s) of ``image``."""

@@ -68,7 +68,10 @@ class EncodeRunner:
         self._busy_key = key
         name = getattr(self.sam.image_layer, "name", "image")
         desc = f"SAM: encoding {name}" + (f" slice {key[1]}" if key[1] else "")
-        worker = create_worker(job, _progress={"total": 0, "desc": desc}, _ignore_errors=True)
+        if getattr(job, "steps", 1) > 1:  # tiles: the bar counts encoder runs
+            worker = create_worker(job.iterate, _progress={"total": job.steps, "desc": desc}, _ignore_errors=True)
+        else:
+            worker = create_worker(job, _progress={"total": 0, "desc": desc}, _ignore_errors=True)
         worker.returned.connect(lambda emb, k=key: self._on_returned(k, emb))
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
