@@ -366,7 +366,7 @@ def test_prepared_decoding_reuses_per_thread_buffers():
         for j, (m, iou) in enumerate(res):
             torch.testing.assert_close(m, plain[(i + j) % 4][0], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(iou, plain[(i + j) % 4][1], atol=1e-5, rtol=1e-5)
-    assert set(vars(transformer._BUFFERS).get("bufs", {})) <= {"a", "keys"}
+    assert set(vars(transformer._BUFFERS).get("bufs", {})) <= {"a", "keys", "up"}
 
 
 @pytest.mark.parametrize("points", [1, 15])
@@ -438,3 +438,30 @@ def test_decoder_chunks_and_iou_filter(shared_image):
             _, keep2, kept2 = dec.predict_filtered(emb, pe, sparse, dense, True, thr, prep)
             assert torch.equal(keep2, keep)
             torch.testing.assert_close(kept2, kept, atol=1e-4, rtol=1e-4)
+
+
+def test_mask_prompt_as_a_low_rank_update_of_the_prepared_image():
+    """A mask prompt is the no-mask dense prompt plus a rank-17 product (``mask_update``); decoding
+    the prepared (no-mask) image with it gives the plain decoder's masks with the mask's dense prompt."""
+    torch.manual_seed(1)
+    model = build_model("nano").eval()
+    enc, dec = model.prompt_encoder, model.mask_decoder
+    for p in enc.mask_downscaling.parameters():  # away from the initial values
+        torch.nn.init.normal_(p, std=0.2)
+    emb, pe = torch.randn(1, 128, 64, 64), enc.get_dense_pe()
+    mask = torch.randn(1, 1, 256, 256) * 3
+    pts = (torch.rand(1, 2, 2) * 512, torch.tensor([[1.0, 0.0]]))
+    with torch.inference_mode():
+        sparse, dense = enc(pts, None, mask)
+        _, no_mask = enc(pts, None, None)
+        z, m = enc.mask_update(mask)
+        assert z.shape == (1, 64 * 64, 17) and m.shape == (17, 128)
+        torch.testing.assert_close((z @ m).transpose(1, 2).reshape(1, 128, 64, 64) + no_mask, dense, rtol=1e-5, atol=1e-5)
+        prep = dec.prepare_image(emb, pe, no_mask)
+        for multimask in (True, False):
+            ref, ref_iou = dec(emb, pe, sparse, dense, multimask)
+            got, iou = dec(emb, pe, sparse, None, multimask, prepared=prep, dense_update=(z, m))
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="single prompt"):
+            dec(emb, pe, sparse.expand(2, -1, -1), None, True, prepared=prep, dense_update=(z, m))

@@ -310,14 +310,24 @@ class SamPredictor:
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
         points = (point_coords, point_labels) if point_coords is not None else None
+        encoder, decoder = self.model.prompt_encoder, self.model.mask_decoder
         with torch.inference_mode():
-            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             extra = {}  # our decoder: the image's prompt-independent work, once per image
-            if mask_input is None and hasattr(self.model.mask_decoder, "prepare_image"):
+            # one prompt with a mask (a refining click): the prepared image plus the mask's low-rank change
+            low_rank = (
+                mask_input is not None and len(mask_input) == 1
+                and hasattr(encoder, "mask_update") and hasattr(decoder, "prepare_image")
+            )
+            sparse, dense = encoder(points=points, boxes=boxes, masks=None if low_rank else mask_input)
+            if low_rank and len(sparse) != 1:
+                low_rank, (sparse, dense) = False, encoder(points=points, boxes=boxes, masks=mask_input)
+            if (mask_input is None or low_rank) and hasattr(decoder, "prepare_image"):
                 if self._prepared is None:
-                    self._prepared = self.model.mask_decoder.prepare_image(emb.features, self.dense_pe, dense)
+                    self._prepared = decoder.prepare_image(emb.features, self.dense_pe, dense)
                 extra["prepared"] = self._prepared
-            low_res, iou = self.model.mask_decoder(
+                if low_rank:
+                    extra["dense_update"] = encoder.mask_update(mask_input)
+            low_res, iou = decoder(
                 image_embeddings=emb.features,  # (1, C, h, w): the decoder broadcasts it over the batch
                 image_pe=self.dense_pe,
                 sparse_prompt_embeddings=sparse,

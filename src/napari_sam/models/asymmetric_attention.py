@@ -76,20 +76,34 @@ def image_to_tokens(
     return _weighted_values(attn, p.transpose(1, 2), v, residual, out, record)
 
 
-def tokens_to_projected(attn: Attention, q: Tensor, kp: Tensor, vp: Tensor) -> Tensor:
+def tokens_to_projected(
+    attn: Attention, q: Tensor, kp: Tensor, vp: Tensor, update: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """Prompt tokens ``q (B, Nt, C)`` attend to image tokens whose key/value projections are given:
     ``kp, vp (1, L, D)`` (``attn.k_proj``/``attn.v_proj`` of the shared image, bias included) ->
-    ``(B, Nt, C)``. The batch-1 image is never copied: heads are the bmm batch, prompts its rows."""
+    ``(B, Nt, C)``. The batch-1 image is never copied: heads are the bmm batch, prompts its rows.
+
+    ``update = (z (1, L, r), m (r, C))``: the image tokens are those of ``kp``/``vp`` plus ``z @ m``
+    (a mask prompt, :meth:`PromptEncoder.mask_update`); its projections pass through the rank-r
+    side (``L*r`` per row instead of new ``L x D`` projections)."""
     h, dim = attn.num_heads, attn.internal_dim
     d = dim // h
     b, nt, _ = q.shape
     L = kp.shape[1]
-    qh = attn.q_proj(q).reshape(b * nt, h, d).transpose(0, 1)  # (h, B*Nt, d)
+    qh = attn.q_proj(q).reshape(b * nt, h, d).transpose(0, 1) * d**-0.5  # (h, B*Nt, d)
     kh = kp.reshape(L, h, d).transpose(0, 1)  # (h, L, d) views
     vh = vp.reshape(L, h, d).transpose(0, 1)
-    p = ((qh * d**-0.5) @ kh.transpose(1, 2)).softmax(-1)  # (h, B*Nt, L)
-    out = (p @ vh).transpose(0, 1).reshape(b, nt, dim)
-    return attn.out_proj(out)
+    scores = qh @ kh.transpose(1, 2)  # (h, B*Nt, L)
+    if update is not None:
+        z, m = update[0][0], update[1]  # (L, r), (r, C)
+        mk = (m @ attn.k_proj.weight.T).reshape(-1, h, d).transpose(0, 1)  # (h, r, d)
+        scores.view(h * b * nt, L).addmm_((qh @ mk.transpose(1, 2)).reshape(h * b * nt, -1), z.T)
+    p = scores.softmax(-1)
+    out = p @ vh  # (h, B*Nt, d)
+    if update is not None:
+        mv = (m @ attn.v_proj.weight.T).reshape(-1, h, d).transpose(0, 1)  # (h, r, d)
+        out += (p.view(h * b * nt, L) @ z).view(h, b * nt, -1) @ mv
+    return attn.out_proj(out.transpose(0, 1).reshape(b, nt, dim))
 
 
 def projected_to_tokens(
@@ -100,11 +114,15 @@ def projected_to_tokens(
     residual: Tensor | None = None,
     out: Tensor | None = None,
     record: list | None = None,
+    update: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Image tokens whose query projection is given, ``qpt (heads, D/heads, L)`` (``attn.q_proj`` of
     the shared image, per head and transposed), attend to prompt tokens ``k, v (B, Nt, C)`` ->
     ``(B, L, C)``; the output projection is folded into the values as in :func:`image_to_tokens`;
-    ``residual``, ``out`` and ``record`` as there."""
+    ``residual``, ``out`` and ``record`` as there. ``update = (z (1, L, r), m (r, C))``: the image
+    tokens (queries and ``residual``) are those of ``qpt``/``residual`` plus ``z @ m``, as in
+    :func:`tokens_to_projected`; the residual's part joins the output product (``record`` gets
+    the joined factors)."""
     h, dim = attn.num_heads, attn.internal_dim
     d = dim // h
     b, nt, _ = k.shape
@@ -112,8 +130,13 @@ def projected_to_tokens(
     kh = attn.k_proj(k).reshape(b * nt, h, d).transpose(0, 1) * d**-0.5  # (h, B*Nt, d)
     # scores (h, B*Nt, L): L is the long, contiguous axis of the product and of the softmax, which
     # runs over each prompt's Nt keys along a strided axis (a short last axis is slow on CPU)
-    p = (kh @ qpt).view(h, b, nt, L).softmax(dim=2).transpose(0, 1)  # (B, h, Nt, L)
-    return _weighted_values(attn, p.reshape(b, h * nt, L).transpose(1, 2), v, residual, out, record)
+    scores = kh @ qpt
+    if update is not None:
+        z, m = update[0][0], update[1]  # (L, r), (r, C)
+        mq = (m @ attn.q_proj.weight.T).reshape(-1, h, d).transpose(0, 1)  # (h, r, d)
+        scores.view(h * b * nt, L).addmm_((kh @ mq.transpose(1, 2)).reshape(h * b * nt, -1), z.T)
+    p = scores.view(h, b, nt, L).softmax(dim=2).transpose(0, 1)  # (B, h, Nt, L)
+    return _weighted_values(attn, p.reshape(b, h * nt, L).transpose(1, 2), v, residual, out, record, update)
 
 
 def _weighted_values(
@@ -123,15 +146,22 @@ def _weighted_values(
     residual: Tensor | None,
     out: Tensor | None = None,
     record: list | None = None,
+    update: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Attention weights ``p (B, L, heads*Nt)`` times the prompt tokens' values ``v (B, Nt, C)``
     with the output projection folded in -> ``(B, L, C_out)`` (+ ``residual``; into ``out``).
     The attention output is exactly ``p @ n``; ``record`` (a list) gets ``(p, n)``, ``n (B,
-    heads*Nt, C_out)`` (read by the mask decoder's upscaling, :mod:`.upscale_reassociation`)."""
+    heads*Nt, C_out)`` (read by the mask decoder's upscaling, :mod:`.upscale_reassociation`).
+    ``update = (z (1, L, r), m (r, C_out))`` is added too, as more columns of ``p`` and rows of
+    ``n`` (the recorded factors include it)."""
     h, d = attn.num_heads, attn.internal_dim // attn.num_heads
     b, nt = v.shape[:2]
     vh = attn.v_proj(v).reshape(b, nt, h, d).transpose(1, 2)  # (B, h, Nt, d)
     n = _with_bias(vh @ attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0), attn).reshape(b, h * nt, -1)
+    if update is not None:  # joined along p's contiguous axis: p is a transposed (B, K, L) view
+        z, m = update
+        p = torch.cat([p.transpose(1, 2), z.transpose(1, 2).expand(b, -1, -1)], dim=1).transpose(1, 2)
+        n = torch.cat([n, m.expand(b, -1, -1)], dim=1)
     if record is not None:
         record.append((p, n))
     if out is None:

@@ -72,6 +72,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         prepared: PreparedDecoder | None = None,
+        dense_update: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -82,11 +83,20 @@ class MaskDecoder(nn.Module):
             multimask_output: return the 3 multimask outputs instead of the single one.
             prepared: :meth:`prepare_image` of this (batch-1) image and dense prompt; the image
                 arguments are then not read (same numbers, less work per call).
+            dense_update: with ``prepared`` and one prompt, a mask prompt as the low-rank change
+                of the prepared (no-mask) dense prompt: ``PromptEncoder.mask_update(mask_input)``
+                (``dense_prompt_embeddings`` is then not read).
 
         Returns:
             low-res mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``, M = 3 or 1.
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        if dense_update is not None:
+            if prepared is None or sparse_prompt_embeddings.shape[0] != 1:
+                raise ValueError("dense_update needs a prepared image and a single prompt")
+            return self._decode(
+                None, None, sparse_prompt_embeddings, None, mask_slice, prepared=prepared, dense_update=dense_update
+            )[:2]
         return self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, prepared
         )
@@ -183,9 +193,10 @@ class MaskDecoder(nn.Module):
         tokens: slice,
         min_iou: float | None = None,
         prepared: PreparedDecoder | None = None,
+        dense_update: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         """One chunk: ``(masks (B, T, 4h, 4w), iou, None)``; with ``min_iou``, ``(kept masks
-        (K, 4h, 4w), iou, keep)``."""
+        (K, 4h, 4w), iou, keep)``; ``dense_update`` as in :meth:`forward`."""
         bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(bs, -1, -1)
@@ -200,7 +211,9 @@ class MaskDecoder(nn.Module):
         trace = [] if prepared is not None else None  # the layers' image updates, for the upscaling
         if prepared is not None:
             h, w = prepared.image.size
-            hs, keys = self.transformer(None, None, tokens_in, prepared.image, final_tokens=final, trace=trace)
+            hs, keys = self.transformer(
+                None, None, tokens_in, prepared.image, final_tokens=final, trace=trace, dense_update=dense_update
+            )
         else:
             dense = dense_prompt_embeddings
             if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
@@ -272,7 +285,11 @@ class MaskDecoder(nn.Module):
         b, n = x.shape[:2]
         x = x.reshape(b, 4 * n, conv1.out_channels)  # (B, h*w*4, C/4)
         x = act_inplace(act1, F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
-        x = F.linear(x, mats[2], mats[3])
+        if x.device.type == "cpu" and not torch.is_grad_enabled():  # into a reused buffer (no page faults)
+            out = _buffer("up", (b * 4 * n, mats[2].shape[0]), x)
+            x = torch.addmm(mats[3], x.reshape(b * 4 * n, x.shape[-1]), mats[2].T, out=out)
+        else:
+            x = F.linear(x, mats[2], mats[3])
         return act_inplace(act2, x.reshape(b, 16 * n, conv2.out_channels))
 
 

@@ -101,6 +101,7 @@ class TwoWayTransformer(nn.Module):
         prepared: PreparedImage | None = None,
         final_tokens: list[int] | None = None,
         trace: list[ImageUpdate | None] | None = None,
+        dense_update: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """
         Args:
@@ -113,6 +114,9 @@ class TwoWayTransformer(nn.Module):
                 attention (each query on its own) is computed for those only. Default: all N.
             trace: a list that gets each layer's :class:`ImageUpdate` (None for a layer whose
                 attention was not computed through the prompt tokens).
+            dense_update: with ``prepared`` (and one prompt): ``(z (1, L, r), m (r, C))``, a
+                low-rank change of the prepared image tokens (a mask prompt instead of none,
+                :meth:`PromptEncoder.mask_update`): the tokens are ``prepared.src + z @ m``.
 
         Returns:
             queries ``(B, N, C)`` (``(B, len(final_tokens), C)``) and keys ``(B, h*w, C)``. On a CPU
@@ -123,7 +127,7 @@ class TwoWayTransformer(nn.Module):
         reuse = image.device.type == "cpu" and not torch.is_grad_enabled()
         if prepared is not None:
             queries, keys = self.layers[0](
-                point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse=reuse, trace=trace
+                point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse, trace, dense_update
             )
             for layer in self.layers[1:]:
                 queries, keys = layer(queries, keys, point_embedding, prepared.pe, reuse=reuse, trace=trace)
@@ -185,11 +189,13 @@ class TwoWayAttentionBlock(nn.Module):
         prepared: PreparedImage | None = None,
         reuse: bool = False,
         trace: list[ImageUpdate | None] | None = None,
+        update: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``;
         ``prepared``: the image's projections for this (first) layer, ``keys`` being its ``src``;
         ``reuse``: write the image-token tensors into this thread's buffers (see :func:`_buffer`);
-        ``trace``: a list that gets this layer's :class:`ImageUpdate` (or None)."""
+        ``trace``: a list that gets this layer's :class:`ImageUpdate` (or None); ``update``: with
+        ``prepared``, the low-rank change of its tokens (see :meth:`TwoWayTransformer.forward`)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -199,7 +205,9 @@ class TwoWayAttentionBlock(nn.Module):
 
         if prepared is not None:
             attn = self.cross_attn_token_to_image
-            out = asymmetric_attention.tokens_to_projected(attn, queries + query_pe, prepared.t2i_k, prepared.t2i_v)
+            out = asymmetric_attention.tokens_to_projected(
+                attn, queries + query_pe, prepared.t2i_k, prepared.t2i_v, update
+            )
         else:
             k = _add(keys, key_pe, reuse)
             out = self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys)
@@ -212,7 +220,7 @@ class TwoWayAttentionBlock(nn.Module):
             attn = self.cross_attn_image_to_token
             q = queries + query_pe
             into = _buffer("a", (q.shape[0],) + tuple(keys.shape[1:]), keys) if reuse else None
-            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, q, queries, keys, into, record)
+            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, q, queries, keys, into, record, update)
         else:
             # into k's buffer: image-to-token attention reads its queries (k) before it writes
             into = k if reuse and k.shape[0] == queries.shape[0] else None  # not a shared image's
@@ -235,7 +243,8 @@ _BUFFERS = threading.local()
 
 
 def _buffer(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """This thread's reused buffer ``name`` (``"a"`` or ``"keys"``) of ``shape``, new when the shape,
+    """This thread's reused buffer ``name`` (``"a"``, ``"keys"``; the mask decoder's upscaling also
+    uses ``"a"`` once the transformer is done, and ``"up"``) of ``shape``, new when the shape,
     dtype or device changes.
 
     One click on a CPU otherwise allocates six fresh (1, L, C) tensors (4 MB each for SAM); glibc
