@@ -2,7 +2,8 @@
 
 Prints a table of medians (encoder latency on a 1024x1024 input; prompt-to-mask latency for one
 point, multimask, decoder + post-processing to the full resolution of a 1024x1024 and a
-2048x1536 image) and the agreement of embeddings and masks. Runs of ours and of the official are
+2048x1536 image, and for a refining click: two points and the first click's low-res logits as
+``mask_input``, one mask) and the agreement of embeddings and masks. Runs of ours and of the official are
 interleaved, so that load from other processes hits both alike.
 
     python bench/bench_engine.py                      # vit_b, CPU, fp32
@@ -150,6 +151,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{h}x{w}: mask pixel agreement {(a[0] == b[0]).mean():.6f}, "
             f"max |score diff| {np.abs(a[1] - b[1]).max():.2e}, masks {b[0].shape} {b[0].dtype}"
         )
+        # a refining click: a second (negative) point and the first click's best low-res logits
+        pt2, lb2 = np.array([[w / 3, h / 3], [w / 3 + w / 20, h / 3 + h / 30]]), np.array([1, 0])
+        prev = a[2][np.argmax(a[1])][None]
+        kw = dict(mask_input=prev, multimask_output=False)
+        fns = {
+            "ours": lambda pt=pt2, lb=lb2, kw=kw: ours.predict(pt, lb, **kw),
+            "official": lambda pt=pt2, lb=lb2, kw=kw: ref.predict(pt, lb, **kw),
+        }
+        med = _interleaved(fns, args.decoder_runs, device, warmup=2)
+        rows.append((f"refining click {h}x{w}", med["ours"], med["official"], med["paired"]))
+        a, b = ref.predict(pt2, lb2, **kw), ours.predict(pt2, lb2, **kw)
+        print(f"{h}x{w} refining click: mask pixel agreement {(a[0] == b[0]).mean():.6f}, "
+              f"max |score diff| {np.abs(a[1] - b[1]).max():.2e}")
 
     if args.real and args.decoder_runs > 0:
         rows += _real_rows(device, args.decoder_runs)
