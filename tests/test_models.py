@@ -449,19 +449,21 @@ def test_mask_prompt_as_a_low_rank_update_of_the_prepared_image():
     for p in enc.mask_downscaling.parameters():  # away from the initial values
         torch.nn.init.normal_(p, std=0.2)
     emb, pe = torch.randn(1, 128, 64, 64), enc.get_dense_pe()
-    mask = torch.randn(1, 1, 256, 256) * 3
-    pts = (torch.rand(1, 2, 2) * 512, torch.tensor([[1.0, 0.0]]))
-    with torch.inference_mode():
-        sparse, dense = enc(pts, None, mask)
-        _, no_mask = enc(pts, None, None)
-        z, m = enc.mask_update(mask)
-        assert z.shape == (1, 64 * 64, 17) and m.shape == (17, 128)
-        torch.testing.assert_close((z @ m).transpose(1, 2).reshape(1, 128, 64, 64) + no_mask, dense, rtol=1e-5, atol=1e-5)
-        prep = dec.prepare_image(emb, pe, no_mask)
-        for multimask in (True, False):
-            ref, ref_iou = dec(emb, pe, sparse, dense, multimask)
-            got, iou = dec(emb, pe, sparse, None, multimask, prepared=prep, dense_update=(z, m))
-            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-5)
-        with pytest.raises(ValueError, match="single prompt"):
-            dec(emb, pe, sparse.expand(2, -1, -1), None, True, prepared=prep, dense_update=(z, m))
+    for b in (1, 3):
+        mask = torch.randn(b, 1, 256, 256) * 3
+        pts = (torch.rand(b, 2, 2) * 512, torch.tensor([[1.0, 0.0]] * b))
+        with torch.inference_mode():
+            sparse, dense = enc(pts, None, mask)
+            _, no_mask = enc(pts, None, None)
+            z, m = enc.mask_update(mask)
+            assert z.shape == (b, 64 * 64, 17) and m.shape == (17, 128)
+            low_rank = (z @ m).transpose(1, 2).reshape(b, 128, 64, 64) + no_mask
+            torch.testing.assert_close(low_rank, dense, rtol=1e-5, atol=1e-5)
+            prep = dec.prepare_image(emb, pe, no_mask)
+            for multimask in (True, False):
+                ref, ref_iou = dec(emb, pe, sparse, dense, multimask)
+                got, iou = dec(emb, pe, sparse, None, multimask, prepared=prep, dense_update=(z, m))
+                torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-5)
+            with pytest.raises(ValueError, match="one low-rank update per prompt"):
+                dec(emb, pe, sparse[:1].expand(2, -1, -1), None, True, prepared=prep, dense_update=(z[:1], m))

@@ -83,9 +83,9 @@ def tokens_to_projected(
     ``kp, vp (1, L, D)`` (``attn.k_proj``/``attn.v_proj`` of the shared image, bias included) ->
     ``(B, Nt, C)``. The batch-1 image is never copied: heads are the bmm batch, prompts its rows.
 
-    ``update = (z (1, L, r), m (r, C))``: the image tokens are those of ``kp``/``vp`` plus ``z @ m``
-    (a mask prompt, :meth:`PromptEncoder.mask_update`); its projections pass through the rank-r
-    side (``L*r`` per row instead of new ``L x D`` projections)."""
+    ``update = (z (B, L, r), m (r, C))``: each prompt's image tokens are those of ``kp``/``vp``
+    plus its ``z @ m`` (a mask prompt, :meth:`PromptEncoder.mask_update`); their projections pass
+    through the rank-r side (``L*r`` per row instead of new ``L x D`` projections)."""
     h, dim = attn.num_heads, attn.internal_dim
     d = dim // h
     b, nt, _ = q.shape
@@ -95,15 +95,39 @@ def tokens_to_projected(
     vh = vp.reshape(L, h, d).transpose(0, 1)
     scores = qh @ kh.transpose(1, 2)  # (h, B*Nt, L)
     if update is not None:
-        z, m = update[0][0], update[1]  # (L, r), (r, C)
-        mk = (m @ attn.k_proj.weight.T).reshape(-1, h, d).transpose(0, 1)  # (h, r, d)
-        scores.view(h * b * nt, L).addmm_((qh @ mk.transpose(1, 2)).reshape(h * b * nt, -1), z.T)
+        z, m = update
+        _add_low_rank(scores, qh @ _per_head(m @ attn.k_proj.weight.T, h).transpose(1, 2), z, b)
     p = scores.softmax(-1)
     out = p @ vh  # (h, B*Nt, d)
     if update is not None:
-        mv = (m @ attn.v_proj.weight.T).reshape(-1, h, d).transpose(0, 1)  # (h, r, d)
-        out += (p.view(h * b * nt, L) @ z).view(h, b * nt, -1) @ mv
+        out += _times_low_rank(p, z, b) @ _per_head(m @ attn.v_proj.weight.T, h)
     return attn.out_proj(out.transpose(0, 1).reshape(b, nt, dim))
+
+
+def _per_head(x: Tensor, h: int) -> Tensor:
+    """``(r, D)`` -> ``(heads, r, D/heads)``."""
+    return x.reshape(x.shape[0], h, -1).transpose(0, 1)
+
+
+def _add_low_rank(scores: Tensor, g: Tensor, z: Tensor, b: int) -> None:
+    """``scores (h, B*Nt, L) += g (h, B*Nt, r) @ z_b^T`` per prompt b, ``z (B, L, r)``, in place."""
+    h, rows, L = scores.shape
+    if b == 1:
+        scores.view(h * rows, L).addmm_(g.reshape(h * rows, -1), z[0].T)
+        return
+    nt = rows // b
+    g = g.reshape(h, b, nt, -1).transpose(0, 1).reshape(b, h * nt, -1)
+    scores.view(h, b, nt, L).add_(torch.bmm(g, z.transpose(1, 2)).view(b, h, nt, L).transpose(0, 1))
+
+
+def _times_low_rank(p: Tensor, z: Tensor, b: int) -> Tensor:
+    """``p (h, B*Nt, L) @ z_b`` per prompt b, ``z (B, L, r)`` -> ``(h, B*Nt, r)``."""
+    h, rows, L = p.shape
+    if b == 1:
+        return (p.reshape(h * rows, L) @ z[0]).view(h, rows, -1)
+    nt = rows // b
+    pz = torch.bmm(p.reshape(h, b, nt, L).transpose(0, 1).reshape(b, h * nt, L), z)  # (B, h*Nt, r)
+    return pz.view(b, h, nt, -1).transpose(0, 1).reshape(h, rows, -1)
 
 
 def projected_to_tokens(
@@ -119,10 +143,10 @@ def projected_to_tokens(
     """Image tokens whose query projection is given, ``qpt (heads, D/heads, L)`` (``attn.q_proj`` of
     the shared image, per head and transposed), attend to prompt tokens ``k, v (B, Nt, C)`` ->
     ``(B, L, C)``; the output projection is folded into the values as in :func:`image_to_tokens`;
-    ``residual``, ``out`` and ``record`` as there. ``update = (z (1, L, r), m (r, C))``: the image
-    tokens (queries and ``residual``) are those of ``qpt``/``residual`` plus ``z @ m``, as in
-    :func:`tokens_to_projected`; the residual's part joins the output product (``record`` gets
-    the joined factors)."""
+    ``residual``, ``out`` and ``record`` as there. ``update = (z (B, L, r), m (r, C))``: each
+    prompt's image tokens (queries and ``residual``) are those of ``qpt``/``residual`` plus its
+    ``z @ m``, as in :func:`tokens_to_projected`; the residual's part joins the output product
+    (``record`` gets the joined factors)."""
     h, dim = attn.num_heads, attn.internal_dim
     d = dim // h
     b, nt, _ = k.shape
@@ -132,9 +156,8 @@ def projected_to_tokens(
     # runs over each prompt's Nt keys along a strided axis (a short last axis is slow on CPU)
     scores = kh @ qpt
     if update is not None:
-        z, m = update[0][0], update[1]  # (L, r), (r, C)
-        mq = (m @ attn.q_proj.weight.T).reshape(-1, h, d).transpose(0, 1)  # (h, r, d)
-        scores.view(h * b * nt, L).addmm_((kh @ mq.transpose(1, 2)).reshape(h * b * nt, -1), z.T)
+        z, m = update
+        _add_low_rank(scores, kh @ _per_head(m @ attn.q_proj.weight.T, h).transpose(1, 2), z, b)
     p = scores.view(h, b, nt, L).softmax(dim=2).transpose(0, 1)  # (B, h, Nt, L)
     return _weighted_values(attn, p.reshape(b, h * nt, L).transpose(1, 2), v, residual, out, record, update)
 
@@ -152,7 +175,7 @@ def _weighted_values(
     with the output projection folded in -> ``(B, L, C_out)`` (+ ``residual``; into ``out``).
     The attention output is exactly ``p @ n``; ``record`` (a list) gets ``(p, n)``, ``n (B,
     heads*Nt, C_out)`` (read by the mask decoder's upscaling, :mod:`.upscale_reassociation`).
-    ``update = (z (1, L, r), m (r, C_out))`` is added too, as more columns of ``p`` and rows of
+    ``update = (z (B, L, r), m (r, C_out))`` is added too, as more columns of ``p`` and rows of
     ``n`` (the recorded factors include it)."""
     h, d = attn.num_heads, attn.internal_dim // attn.num_heads
     b, nt = v.shape[:2]

@@ -83,20 +83,16 @@ class MaskDecoder(nn.Module):
             multimask_output: return the 3 multimask outputs instead of the single one.
             prepared: :meth:`prepare_image` of this (batch-1) image and dense prompt; the image
                 arguments are then not read (same numbers, less work per call).
-            dense_update: with ``prepared`` and one prompt, a mask prompt as the low-rank change
-                of the prepared (no-mask) dense prompt: ``PromptEncoder.mask_update(mask_input)``
-                (``dense_prompt_embeddings`` is then not read).
+            dense_update: with ``prepared``, mask prompts as low-rank changes of the prepared
+                (no-mask) dense prompt: ``PromptEncoder.mask_update(mask_input)``, ``z (B, L, r)``
+                and ``m (r, C)`` (``dense_prompt_embeddings`` is then not read).
 
         Returns:
             low-res mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``, M = 3 or 1.
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         if dense_update is not None:
-            if prepared is None or sparse_prompt_embeddings.shape[0] != 1:
-                raise ValueError("dense_update needs a prepared image and a single prompt")
-            return self._decode(
-                None, None, sparse_prompt_embeddings, None, mask_slice, prepared=prepared, dense_update=dense_update
-            )[:2]
+            return self._predict_updated(sparse_prompt_embeddings, mask_slice, prepared, dense_update)
         return self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, prepared
         )
@@ -134,6 +130,19 @@ class MaskDecoder(nn.Module):
         if len(parts) == 1:
             return parts[0][0], parts[0][1]
         return torch.cat([m for m, _, _ in parts]), torch.cat([i for _, i, _ in parts])
+
+    def _predict_updated(self, sparse: torch.Tensor, tokens: slice, prepared, dense_update):
+        """:meth:`forward` with ``dense_update``, a few prompts at a time (see :meth:`_chunks`)."""
+        z, m = dense_update
+        if prepared is None or z.shape[0] != sparse.shape[0]:
+            raise ValueError("dense_update needs a prepared image and one low-rank update per prompt")
+        step = max(1, _CACHE_ELEMENTS // (z.shape[1] * self.transformer_dim))
+        parts = [
+            self._decode(None, None, sparse[s : s + step], None, tokens, prepared=prepared,
+                         dense_update=(z[s : s + step], m))
+            for s in range(0, sparse.shape[0], step)
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def predict_filtered(
         self,

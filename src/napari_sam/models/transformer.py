@@ -114,9 +114,9 @@ class TwoWayTransformer(nn.Module):
                 attention (each query on its own) is computed for those only. Default: all N.
             trace: a list that gets each layer's :class:`ImageUpdate` (None for a layer whose
                 attention was not computed through the prompt tokens).
-            dense_update: with ``prepared`` (and one prompt): ``(z (1, L, r), m (r, C))``, a
-                low-rank change of the prepared image tokens (a mask prompt instead of none,
-                :meth:`PromptEncoder.mask_update`): the tokens are ``prepared.src + z @ m``.
+            dense_update: with ``prepared``: ``(z (B, L, r), m (r, C))``, low-rank changes of the
+                prepared image tokens (mask prompts instead of none, :meth:`PromptEncoder.mask_update`):
+                prompt b's tokens are ``prepared.src + z[b] @ m``.
 
         Returns:
             queries ``(B, N, C)`` (``(B, len(final_tokens), C)``) and keys ``(B, h*w, C)``. On a CPU
