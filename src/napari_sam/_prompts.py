@@ -92,7 +92,7 @@ class PromptLayers:
             return
         if img is None:
             return
-        if layer is None or layer not in self.viewer.layers or layer.data.shape != ids.shape:
+        if layer is None or layer not in self.viewer.layers or layer.data.shape != ids.shape or layer.data.dtype != ids.dtype:
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
             active = self.viewer.layers.selection.active

@@ -312,7 +312,9 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
     # ------------------------------------------------------------------ preview and events
     def _show(self, index: tuple[int, ...], objects: np.ndarray) -> None:
         self.objects, self.preview_index = objects, index
-        ids = np.zeros(objects.shape[1:], dtype=np.int32)
+        # the smallest dtype that holds the ids: napari draws 8/16-bit labels without hashing them
+        dtype = np.uint8 if len(objects) < 2**8 else np.uint16 if len(objects) < 2**16 else np.int32
+        ids = np.zeros(objects.shape[1:], dtype=dtype)
         for k, m in enumerate(objects):
             ids[m] = k + 1
         self.set_preview(ids)
