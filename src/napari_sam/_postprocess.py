@@ -66,18 +66,19 @@ class MaskUpsampler:
             return x.reshape(b, c, *x.shape[-2:])
         low = low.detach()  # bool masks carry no gradient; the buffers below are written with out=
         out = torch.empty((b * c, 1, *size), dtype=torch.bool, device=low.device)
+        stages = [(first, (h, w))] if size == (h, w) else [(first, (h, w)), (size, size)]  # (resize, crop)
+        banded = self.banded if self.banded is not None else low.device.type == "cpu"
+        if banded:  # the same chain per axis
+            rows, cols = (tuple((st[k], kept[k]) for st, kept in stages) for k in (0, 1))
         for i in range(b * c):
             if size[0] * size[1] >= _TILE_MIN_PIXELS and _mostly_decided(low[i, 0], threshold):
                 # both resizes (or the one) on the undecided tiles only
-                stages = [(first, (h, w))] if size == (h, w) else [(first, (h, w)), (size, size)]
                 m = resize_threshold(low[i, 0], stages, threshold)
                 if m is not None:
                     out[i, 0] = m
                     continue
-            if self.banded if self.banded is not None else low.device.type == "cpu":
-                row_stages = ((first[0], h),) + (((size[0], size[0]),) if size != (h, w) else ())
-                col_stages = ((first[1], w),) + (((size[1], size[1]),) if size != (h, w) else ())
-                banded_threshold(low[i, 0], row_stages, col_stages, threshold, out[i, 0], self._buffer)
+            if banded:
+                banded_threshold(low[i, 0], rows, cols, threshold, out[i, 0], self._buffer)
                 continue
             x = self._buffer("first", first, low)  # the plain path: interpolate the whole plane
             torch._C._nn.upsample_bilinear2d(low[i : i + 1], first, False, *scales, out=x)

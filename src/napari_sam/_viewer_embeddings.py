@@ -76,17 +76,19 @@ class EmbeddingsMixin:
         limits, chan = self._image_settings()
         key = self._key(index)
 
-        def job() -> Any:
+        def read() -> np.ndarray:
             arr, rgb = slice_image(img, index, chan)
-            return predictor.compute_embedding(to_sam_image(arr, contrast_limits=limits, rgb=rgb))
+            return to_sam_image(arr, contrast_limits=limits, rgb=rgb)
+
+        def job() -> Any:
+            return predictor.compute_embedding(read())
 
         job.steps = 1
         if hasattr(predictor, "iter_embedding"):  # tiles: one encoder run per tile and the overview
             job.steps = predictor.encodings(img.data.shape[len(index) : len(index) + 2])  # (H, W) of a slice
 
             def iterate() -> Any:
-                arr, rgb = slice_image(img, index, chan)
-                return (yield from predictor.iter_embedding(to_sam_image(arr, contrast_limits=limits, rgb=rgb)))
+                return (yield from predictor.iter_embedding(read()))
 
             job.iterate = iterate
         return key, job

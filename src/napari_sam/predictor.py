@@ -313,13 +313,14 @@ class SamPredictor:
         encoder, decoder = self.model.prompt_encoder, self.model.mask_decoder
         with torch.inference_mode():
             extra = {}  # our decoder: the image's prompt-independent work, once per image
-            # prompts with masks (refining clicks, propagation): the prepared image plus low-rank changes
+            # prompts with masks (refining clicks, propagation): the prepared image plus low-rank
+            # changes, when the points/boxes give one prompt per mask (masks alone: the plain path)
+            n = len(point_coords) if point_coords is not None else len(boxes) if boxes is not None else 1
             low_rank = (
-                mask_input is not None and hasattr(encoder, "mask_update") and hasattr(decoder, "prepare_image")
+                mask_input is not None and len(mask_input) == n
+                and hasattr(encoder, "mask_update") and hasattr(decoder, "prepare_image")
             )
             sparse, dense = encoder(points=points, boxes=boxes, masks=None if low_rank else mask_input)
-            if low_rank and len(sparse) != len(mask_input):  # masks without points or boxes
-                low_rank, (sparse, dense) = False, encoder(points=points, boxes=boxes, masks=mask_input)
             if (mask_input is None or low_rank) and hasattr(decoder, "prepare_image"):
                 if self._prepared is None:
                     self._prepared = decoder.prepare_image(emb.features, self.dense_pe, dense)

@@ -91,10 +91,11 @@ class MaskDecoder(nn.Module):
             low-res mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``, M = 3 or 1.
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
-        if dense_update is not None:
-            return self._predict_updated(sparse_prompt_embeddings, mask_slice, prepared, dense_update)
+        if dense_update is not None and (prepared is None or len(dense_update[0]) != len(sparse_prompt_embeddings)):
+            raise ValueError("dense_update needs a prepared image and one low-rank update per prompt")
         return self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, prepared
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, prepared,
+            dense_update,
         )
 
     def prepare_image(
@@ -120,29 +121,15 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         tokens: slice = slice(None),
         prepared: PreparedDecoder | None = None,
+        dense_update: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks ``(B, T, 4h, 4w)`` and IoUs ``(B, T)`` of the mask tokens ``tokens`` (default: all
         ``num_mask_tokens``; token 0 is the single-mask output); see :meth:`forward`."""
-        parts = [
-            self._decode(*chunk, tokens, prepared=prepared)
-            for chunk in self._chunks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
-        ]
+        chunks = self._chunks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, dense_update)
+        parts = [self._decode(*chunk, tokens, prepared=prepared) for chunk in chunks]
         if len(parts) == 1:
             return parts[0][0], parts[0][1]
         return torch.cat([m for m, _, _ in parts]), torch.cat([i for _, i, _ in parts])
-
-    def _predict_updated(self, sparse: torch.Tensor, tokens: slice, prepared, dense_update):
-        """:meth:`forward` with ``dense_update``, a few prompts at a time (see :meth:`_chunks`)."""
-        z, m = dense_update
-        if prepared is None or z.shape[0] != sparse.shape[0]:
-            raise ValueError("dense_update needs a prepared image and one low-rank update per prompt")
-        step = max(1, _CACHE_ELEMENTS // (z.shape[1] * self.transformer_dim))
-        parts = [
-            self._decode(None, None, sparse[s : s + step], None, tokens, prepared=prepared,
-                         dense_update=(z[s : s + step], m))
-            for s in range(0, sparse.shape[0], step)
-        ]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def predict_filtered(
         self,
@@ -172,26 +159,28 @@ class MaskDecoder(nn.Module):
             masks.append(m)
         return torch.cat(ious), torch.cat(keeps), torch.cat(masks)
 
-    def _chunks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
+    def _chunks(self, image_embeddings, image_pe, sparse: torch.Tensor, dense, dense_update=None):
         """Split a batch into pieces whose image-token tensors ``(b, h*w, C)`` stay cache-sized.
 
         Past the first layer every prompt has its own copy of the image tokens; a batch of 64 of them
         is hundreds of MB and each element-wise pass then runs at memory speed. A few prompts at a
         time keep those passes in cache (same numbers: each prompt is computed independently).
-        Yields ``(image_embeddings, image_pe, sparse, dense)`` pieces (a batch-1 image or
-        positional encoding is shared by all pieces).
+        Yields ``(image_embeddings, image_pe, sparse, dense, dense_update)`` pieces (a batch-1 image
+        or positional encoding, and the update's ``m``, are shared by all pieces; ``dense`` is None
+        with a ``dense_update``).
         """
         bs = sparse.shape[0]
-        c, h, w = dense.shape[1:]
-        step = max(1, _CACHE_ELEMENTS // (c * h * w))
+        tokens = dense_update[0].shape[1] if dense is None else dense.shape[-2] * dense.shape[-1]
+        step = max(1, _CACHE_ELEMENTS // (self.transformer_dim * tokens))
         if bs <= step:
-            yield image_embeddings, image_pe, sparse, dense
+            yield image_embeddings, image_pe, sparse, dense, dense_update
             return
         for s in range(0, bs, step):
             e = min(bs, s + step)
             img = image_embeddings if image_embeddings is None or len(image_embeddings) == 1 else image_embeddings[s:e]
             pe = image_pe if image_pe is None or len(image_pe) == 1 else image_pe[s:e]
-            yield img, pe, sparse[s:e], dense[s:e]
+            update = None if dense_update is None else (dense_update[0][s:e], dense_update[1])
+            yield img, pe, sparse[s:e], None if dense is None else dense[s:e], update
 
     def _decode(
         self,
@@ -199,10 +188,10 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        dense_update: tuple[torch.Tensor, torch.Tensor] | None,
         tokens: slice,
         min_iou: float | None = None,
         prepared: PreparedDecoder | None = None,
-        dense_update: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         """One chunk: ``(masks (B, T, 4h, 4w), iou, None)``; with ``min_iou``, ``(kept masks
         (K, 4h, 4w), iou, keep)``; ``dense_update`` as in :meth:`forward`."""

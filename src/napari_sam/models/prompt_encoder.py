@@ -86,8 +86,8 @@ class PromptEncoder(nn.Module):
         ``masks (B, 1, 4h, 4w)`` logits -> ``z (B, h*w, r + 1)``, ``m (r + 1, C)`` (r = the
         channels before the last 1x1 convolution, 16 for SAM; the last column of ``z`` is ones).
         ``(z @ m)`` reshaped to ``(B, C, h, w)`` plus the no-mask embedding is the dense embedding."""
-        *body, last = self.mask_downscaling
-        feats = torch.nn.Sequential(*body)(masks)  # (B, r, h, w)
+        last = self.mask_downscaling[-1]
+        feats = self.mask_downscaling[:-1](masks)  # (B, r, h, w)
         b, r = feats.shape[:2]
         ones = feats.new_ones(b, feats.shape[2] * feats.shape[3], 1)
         z = torch.cat([feats.flatten(2).transpose(1, 2), ones], dim=2)
