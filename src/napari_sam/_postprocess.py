@@ -159,14 +159,17 @@ def banded_threshold(
     wc, ic = _band(x.shape[1], col_stages, x.device, x.dtype)
     H, W = out.shape
     # columns: (nbc, h, K) @ (nbc, K, B) -> (h, nbc * B), the first W kept
-    t = torch.bmm(x[:, ic].transpose(0, 1), wc.transpose(1, 2)).transpose(0, 1).reshape(x.shape[0], -1)[:, :W]
-    nb, b, _ = wr.shape
+    # (gathers by index_select: ~3x faster than advanced indexing on a CPU)
+    xc = torch.index_select(x, 1, ic.flatten()).view(x.shape[0], *ic.shape).transpose(0, 1)
+    t = torch.bmm(xc, wc.transpose(1, 2)).transpose(0, 1).reshape(x.shape[0], -1)[:, :W]
+    nb, b, k = wr.shape
     step = max(1, _CHUNK // (b * W))
     shape = (min(step, nb), b, W)
     chunk = buffer("banded", shape, t) if buffer is not None else t.new_empty(shape)
     for s in range(0, nb, step):
         e = min(nb, s + step)
-        y = torch.bmm(wr[s:e], t[ir[s:e]], out=chunk[: e - s]).view(-1, W)[: H - s * b]
+        rows = torch.index_select(t, 0, ir[s:e].flatten()).view(e - s, k, W)
+        y = torch.bmm(wr[s:e], rows, out=chunk[: e - s]).view(-1, W)[: H - s * b]
         _greater(y, threshold, out[s * b : s * b + y.shape[0]])
     return out
 
