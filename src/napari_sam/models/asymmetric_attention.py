@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from .transformer import Attention
@@ -90,7 +90,7 @@ def tokens_to_projected(
     d = dim // h
     b, nt, _ = q.shape
     L = kp.shape[1]
-    qh = attn.q_proj(q).reshape(b * nt, h, d).transpose(0, 1) * d**-0.5  # (h, B*Nt, d)
+    qh = token_heads(attn, attn.q_proj, q)  # (h, B*Nt, d)
     kh = kp.reshape(L, h, d).transpose(0, 1)  # (h, L, d) views
     vh = vp.reshape(L, h, d).transpose(0, 1)
     scores = qh @ kh.transpose(1, 2)  # (h, B*Nt, L)
@@ -100,8 +100,16 @@ def tokens_to_projected(
     p = scores.softmax(-1)
     out = p @ vh  # (h, B*Nt, d)
     if update is not None:
-        out += _times_low_rank(p, z, b) @ _per_head(m @ attn.v_proj.weight.T, h)
+        out += times_low_rank(p, z, b) @ _per_head(m @ attn.v_proj.weight.T, h)
     return attn.out_proj(out.transpose(0, 1).reshape(b, nt, dim))
+
+
+def token_heads(attn: Attention, proj: nn.Linear, x: Tensor) -> Tensor:
+    """``proj`` of prompt tokens ``x (B, Nt, C)`` per head, scaled by ``d**-0.5`` -> ``(heads,
+    B*Nt, d)`` (rows prompt-major)."""
+    h = attn.num_heads
+    d = attn.internal_dim // h
+    return proj(x).reshape(-1, h, d).transpose(0, 1) * d**-0.5
 
 
 def _per_head(x: Tensor, h: int) -> Tensor:
@@ -120,7 +128,7 @@ def _add_low_rank(scores: Tensor, g: Tensor, z: Tensor, b: int) -> None:
     scores.view(h, b, nt, L).add_(torch.bmm(g, z.transpose(1, 2)).view(b, h, nt, L).transpose(0, 1))
 
 
-def _times_low_rank(p: Tensor, z: Tensor, b: int) -> Tensor:
+def times_low_rank(p: Tensor, z: Tensor, b: int) -> Tensor:
     """``p (h, B*Nt, L) @ z_b`` per prompt b, ``z (B, L, r)`` -> ``(h, B*Nt, r)``."""
     h, rows, L = p.shape
     if b == 1:
@@ -147,19 +155,33 @@ def projected_to_tokens(
     prompt's image tokens (queries and ``residual``) are those of ``qpt``/``residual`` plus its
     ``z @ m``, as in :func:`tokens_to_projected`; the residual's part joins the output product
     (``record`` gets the joined factors)."""
-    h, dim = attn.num_heads, attn.internal_dim
-    d = dim // h
-    b, nt, _ = k.shape
-    L = qpt.shape[2]
-    kh = attn.k_proj(k).reshape(b * nt, h, d).transpose(0, 1) * d**-0.5  # (h, B*Nt, d)
-    # scores (h, B*Nt, L): L is the long, contiguous axis of the product and of the softmax, which
-    # runs over each prompt's Nt keys along a strided axis (a short last axis is slow on CPU)
+    b = k.shape[0]
+    kh = token_heads(attn, attn.k_proj, k)  # (h, B*Nt, d)
     scores = kh @ qpt
     if update is not None:
         z, m = update
-        _add_low_rank(scores, kh @ _per_head(m @ attn.q_proj.weight.T, h).transpose(1, 2), z, b)
-    p = scores.view(h, b, nt, L).softmax(dim=2).transpose(0, 1)  # (B, h, Nt, L)
-    return _weighted_values(attn, p.reshape(b, h * nt, L).transpose(1, 2), v, residual, out, record, update)
+        _add_low_rank(scores, kh @ _per_head(m @ attn.q_proj.weight.T, attn.num_heads).transpose(1, 2), z, b)
+    return attend_to_tokens(attn, scores, v, residual, out, record, update)
+
+
+def attend_to_tokens(
+    attn: Attention,
+    scores: Tensor,
+    v: Tensor,
+    residual: Tensor | None = None,
+    out: Tensor | None = None,
+    record: list | None = None,
+    update: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Image tokens attend to prompt tokens ``v (B, Nt, C)`` with the scores ``(heads, B*Nt, L)``
+    (rows prompt-major) -> ``(B, L, C)``; the rest as in :func:`projected_to_tokens`.
+
+    L is the long, contiguous axis of the scores and of the softmax, which runs over each
+    prompt's Nt keys along a strided axis (a short last axis is slow on CPU)."""
+    h, rows, L = scores.shape
+    b = v.shape[0]
+    p = scores.view(h, b, rows // b, L).softmax(dim=2).transpose(0, 1)  # (B, h, Nt, L)
+    return _weighted_values(attn, p.reshape(b, rows // b * h, L).transpose(1, 2), v, residual, out, record, update)
 
 
 def _weighted_values(

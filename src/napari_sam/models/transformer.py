@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import asymmetric_attention
+from . import asymmetric_attention, update_projection
 from .asymmetric_attention import worth_it
 from .common import MLPBlock
 
@@ -21,7 +21,8 @@ class PreparedImage:
     ``src`` (1, L, C) image tokens (embedding + the no-mask dense prompt), ``pe`` (1, L, C) their
     positional encoding, ``k`` = src + pe; ``t2i_k``/``t2i_v`` (1, L, D): the first layer's
     token-to-image key/value projections; ``i2t_q`` (heads, D/heads, L): its image-to-token query
-    projection, per head and transposed;
+    projection, per head and transposed; ``second``: the second layer's image-token projections
+    through the first layer's update (:mod:`.update_projection`; None for a single layer);
     ``size`` the grid (h, w), L = h * w.
     """
 
@@ -32,6 +33,7 @@ class PreparedImage:
     t2i_v: Tensor
     i2t_q: Tensor
     size: tuple[int, int]
+    second: update_projection.PreparedLayer | None = None
 
 
 @dataclass
@@ -91,7 +93,8 @@ class TwoWayTransformer(nn.Module):
         size = (int(image_embedding.shape[-2]), int(image_embedding.shape[-1]))
         L, h = k.shape[1], i2t.num_heads
         i2t_q = i2t.q_proj(k).reshape(L, h, -1).permute(1, 2, 0).contiguous()
-        return PreparedImage(src, pe, k, t2i.k_proj(k), t2i.v_proj(src), i2t_q, size)
+        second = update_projection.prepare_layer(self.layers[1], first.norm4, src, pe) if self.depth > 1 else None
+        return PreparedImage(src, pe, k, t2i.k_proj(k), t2i.v_proj(src), i2t_q, size, second)
 
     def forward(
         self,
@@ -126,11 +129,16 @@ class TwoWayTransformer(nn.Module):
         image = prepared.src if prepared is not None else image_embedding
         reuse = image.device.type == "cpu" and not torch.is_grad_enabled()
         if prepared is not None:
+            # the second layer goes through the first one's update of the image (its ImageUpdate)
+            record = trace if trace is not None or prepared.second is None else []
             queries, keys = self.layers[0](
-                point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse, trace, dense_update
+                point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse, record, dense_update
             )
-            for layer in self.layers[1:]:
-                queries, keys = layer(queries, keys, point_embedding, prepared.pe, reuse=reuse, trace=trace)
+            after = (prepared.second, record[0]) if prepared.second is not None and record[0] is not None else None
+            for i, layer in enumerate(self.layers[1:]):
+                queries, keys = layer(
+                    queries, keys, point_embedding, prepared.pe, reuse=reuse, trace=trace, after=after if i == 0 else None
+                )
             return self._final(queries, keys, point_embedding, prepared.pe, final_tokens, reuse)
         # token layout (B, h*w, C), made contiguous once: element-wise passes over a transposed
         # view read with a stride of h*w and run several times slower
@@ -190,12 +198,17 @@ class TwoWayAttentionBlock(nn.Module):
         reuse: bool = False,
         trace: list[ImageUpdate | None] | None = None,
         update: tuple[Tensor, Tensor] | None = None,
+        after: tuple[update_projection.PreparedLayer, ImageUpdate] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``;
         ``prepared``: the image's projections for this (first) layer, ``keys`` being its ``src``;
         ``reuse``: write the image-token tensors into this thread's buffers (see :func:`_buffer`);
         ``trace``: a list that gets this layer's :class:`ImageUpdate` (or None); ``update``: with
-        ``prepared``, the low-rank change of its tokens (see :meth:`TwoWayTransformer.forward`)."""
+        ``prepared``, the low-rank change of its tokens (see :meth:`TwoWayTransformer.forward`);
+        ``after``: for the second layer, the image's projections for it and the first layer's
+        update, ``keys`` being that layer's output (:mod:`.update_projection`)."""
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        through = after is not None and all(update_projection.worth_it(a, after[1]) for a in (t2i, i2t))
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -204,10 +217,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         if prepared is not None:
-            attn = self.cross_attn_token_to_image
-            out = asymmetric_attention.tokens_to_projected(
-                attn, queries + query_pe, prepared.t2i_k, prepared.t2i_v, update
-            )
+            out = asymmetric_attention.tokens_to_projected(t2i, queries + query_pe, prepared.t2i_k, prepared.t2i_v, update)
+        elif through:
+            out = update_projection.tokens_to_updated(t2i, queries + query_pe, *after)
         else:
             k = _add(keys, key_pe, reuse)
             out = self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys)
@@ -216,11 +228,13 @@ class TwoWayAttentionBlock(nn.Module):
 
         # keys + attention output in one product (the residual is the product's accumulator)
         record = [] if trace is not None else None
-        if prepared is not None:
-            attn = self.cross_attn_image_to_token
+        if prepared is not None or through:
             q = queries + query_pe
             into = _buffer("a", (q.shape[0],) + tuple(keys.shape[1:]), keys) if reuse else None
-            out = asymmetric_attention.projected_to_tokens(attn, prepared.i2t_q, q, queries, keys, into, record, update)
+            if prepared is not None:
+                out = asymmetric_attention.projected_to_tokens(i2t, prepared.i2t_q, q, queries, keys, into, record, update)
+            else:
+                out = update_projection.updated_to_tokens(i2t, *after, q, queries, keys, into, record)
         else:
             # into k's buffer: image-to-token attention reads its queries (k) before it writes
             into = k if reuse and k.shape[0] == queries.shape[0] else None  # not a shared image's
