@@ -108,3 +108,24 @@ def test_prepared_maps_layout() -> None:
     norm, lin = t.layers[0].norm4, t.layers[1].cross_attn_token_to_image.k_proj
     ref = F.linear(norm.bias + pe[0], lin.weight, lin.bias).reshape(L, HEADS, d).permute(1, 2, 0)
     torch.testing.assert_close(prep.t2i_k.e, ref)
+
+
+def test_transformer_leaves_the_last_tokens_unnormalised_for_the_trace() -> None:
+    """``tokens_out=False`` with a prepared image and a complete trace: no keys come back, the
+    queries are the same, and the trace's last statistics are those of the returned keys' LayerNorm."""
+    t = _layers()
+    emb, pe = torch.randn(1, C, 16, 16), torch.randn(1, C, 16, 16)
+    tokens = torch.randn(2, 7, C)
+    for grad in (False, True):  # CPU buffers, and the autograd path
+        with torch.inference_mode(not grad):
+            prep = t.prepare(emb, pe)
+            ref_trace: list = []
+            ref_q, keys = t(None, None, tokens, prep, final_tokens=[0, 1], trace=ref_trace)
+            keys = keys.clone()
+            trace: list = []
+            q, none = t(None, None, tokens, prep, final_tokens=[0, 1], trace=trace, tokens_out=False)
+        assert none is None and len(trace) == 2 and all(trace)
+        torch.testing.assert_close(q, ref_q, rtol=1e-4, atol=1e-5)
+        for a, b in zip(trace, ref_trace, strict=True):
+            torch.testing.assert_close(a.mean, b.mean, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(a.rstd, b.rstd, rtol=1e-4, atol=1e-5)

@@ -41,9 +41,42 @@ def tokens_to_image(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     qh = attn.q_proj(q).reshape(b, nt, h, d).transpose(1, 2) * d**-0.5  # (B, h, Nt, d)
     a = (qh @ attn.k_proj.weight.reshape(h, d, c)).reshape(b, h * nt, c)  # (B, h*Nt, C)
     p = (a @ k.transpose(1, 2)).softmax(-1)  # (B, h*Nt, L); k, v have batch B (or B == 1)
-    px = (p @ v).reshape(b, h, nt, c)
+    return _value_heads_out(attn, p @ v)
+
+
+def tokens_to_normalized(
+    attn: Attention, q: Tensor, y: Tensor, mean: Tensor, rstd: Tensor, norm: nn.LayerNorm, e: Tensor
+) -> Tensor:
+    """Prompt tokens ``q (B, Nt, C)`` attend to image tokens ``x = norm(y)`` (keys ``x + pe``,
+    values ``x``) -> ``(B, Nt, C)``, given ``y (B, L, C)`` before the LayerNorm, its statistics
+    ``mean``/``rstd (B, L, 1)``, and the keys' constant part ``e = ((norm.bias + pe) Wk^T + bk)``
+    per head ``(heads, d, L)`` (:func:`.update_projection.constant_part`).
+
+    As :func:`tokens_to_image`, with the LayerNorm never applied to the L tokens: its gain joins
+    the small side, its per-token shift and scale the scores and the attention weights."""
+    h = attn.num_heads
+    b, nt, c = q.shape
+    L = y.shape[1]
+    qh = token_heads(attn, attn.q_proj, q)  # (h, B*Nt, d)
+    a = qh.view(h, b, nt, -1).transpose(0, 1) @ attn.k_proj.weight.reshape(h, -1, c)  # (B, h, Nt, C)
+    ag = a.reshape(b, h * nt, c) * norm.weight
+    s = torch.bmm(ag, y.transpose(1, 2))  # (B, h*Nt, L)
+    s.addcmul_(ag.sum(-1, keepdim=True), mean.transpose(1, 2), value=-1).mul_(rstd.transpose(1, 2))
+    s.view(b, h, nt, L).add_((qh @ e).view(h, b, nt, L).transpose(0, 1))
+    r = s.softmax(-1).mul_(rstd.transpose(1, 2))
+    px = torch.bmm(r, y).mul_(norm.weight)  # rows of the weights sum to one: the bias passes
+    return _value_heads_out(attn, px.addcmul_(torch.bmm(r, mean), norm.weight, value=-1).add_(norm.bias))
+
+
+def _value_heads_out(attn: Attention, px: Tensor) -> Tensor:
+    """``px (B, heads*Nt, C)``: per head, the attention weights times the image tokens ->
+    through each head's value projection and the output projection -> ``(B, Nt, C)``."""
+    h, dim = attn.num_heads, attn.internal_dim
+    d = dim // h
+    b, rows, c = px.shape
+    px = px.reshape(b, h, rows // h, c)
     out = px @ attn.v_proj.weight.reshape(h, d, c).transpose(1, 2) + attn.v_proj.bias.reshape(h, 1, d)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, nt, dim))
+    return attn.out_proj(out.transpose(1, 2).reshape(b, rows // h, dim))
 
 
 def image_to_tokens(

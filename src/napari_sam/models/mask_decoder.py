@@ -209,8 +209,9 @@ class MaskDecoder(nn.Module):
         trace = [] if prepared is not None else None  # the layers' image updates, for the upscaling
         if prepared is not None:
             h, w = prepared.image.size
-            hs, keys = self.transformer(
-                None, None, tokens_in, prepared.image, final_tokens=final, trace=trace, dense_update=dense_update
+            hs, keys = self.transformer(  # keys None: read through the trace only
+                None, None, tokens_in, prepared.image, final_tokens=final, trace=trace, dense_update=dense_update,
+                tokens_out=False,
             )
         else:
             dense = dense_prompt_embeddings
@@ -224,7 +225,7 @@ class MaskDecoder(nn.Module):
         if min_iou is not None:
             keep = iou_pred > min_iou
             rows = keep.any(1).nonzero().flatten()  # prompts with at least one mask to decode
-            hs, keys = hs[rows], keys[rows]
+            hs, keys = hs[rows], None if keys is None else keys[rows]
             if trace:
                 trace = [t and type(t)(t.p[rows], t.n[rows], t.mean[rows], t.rstd[rows]) for t in trace]
         hyper_in = torch.stack(
@@ -233,8 +234,9 @@ class MaskDecoder(nn.Module):
         # the first upscaling map through the layers' low-rank updates (fewer multiply-adds)
         first = None
         if trace and all(trace):  # into the transformer's free buffer on a CPU (see transformer._buffer)
-            shape = (*keys.shape[:2], prepared.upscale.src_maps.shape[-1])
-            into = _buffer("a", shape, keys) if keys.device.type == "cpu" and not torch.is_grad_enabled() else None
+            like = trace[-1].n
+            shape = (len(hs), trace[-1].p.shape[1], prepared.upscale.src_maps.shape[-1])
+            into = _buffer("a", shape, like) if like.device.type == "cpu" and not torch.is_grad_enabled() else None
             first = upscale_reassociation.first_upscale(prepared.upscale, trace, into)
         masks = self._masks(hyper_in, keys, first)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
         if keep is not None:
@@ -252,8 +254,8 @@ class MaskDecoder(nn.Module):
         image tokens at a time: each token upscales to its own 4x4 block, so the pieces are exact, and
         their intermediates (16x the tokens) stay in cache instead of being fresh multi-MB buffers.
         ``first (B, L, C)``: the first deconvolution's output when already known (then ``keys`` is
-        not read)."""
-        b, L, c = keys.shape
+        not read, and may be None)."""
+        b, L, c = (keys if first is None else first).shape
         step = max(1, _CACHE_ELEMENTS // (16 * 2 * max(b, 1) * c))  # deconv-2 output of a piece: ~1/16 of the budget
         mats = self._upscale_mats()  # once per call, not per piece
 

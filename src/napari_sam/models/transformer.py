@@ -23,6 +23,7 @@ class PreparedImage:
     token-to-image key/value projections; ``i2t_q`` (heads, D/heads, L): its image-to-token query
     projection, per head and transposed; ``second``: the second layer's image-token projections
     through the first layer's update (:mod:`.update_projection`; None for a single layer);
+    ``final_e``: the final attention's keys' constant part (:func:`.update_projection.constant_part`);
     ``size`` the grid (h, w), L = h * w.
     """
 
@@ -34,6 +35,7 @@ class PreparedImage:
     i2t_q: Tensor
     size: tuple[int, int]
     second: update_projection.PreparedLayer | None = None
+    final_e: Tensor | None = None
 
 
 @dataclass
@@ -94,7 +96,9 @@ class TwoWayTransformer(nn.Module):
         L, h = k.shape[1], i2t.num_heads
         i2t_q = i2t.q_proj(k).reshape(L, h, -1).permute(1, 2, 0).contiguous()
         second = update_projection.prepare_layer(self.layers[1], first.norm4, src, pe) if self.depth > 1 else None
-        return PreparedImage(src, pe, k, t2i.k_proj(k), t2i.v_proj(src), i2t_q, size, second)
+        final = self.final_attn_token_to_image
+        final_e = update_projection.constant_part(final.k_proj, self.layers[-1].norm4, pe, final.num_heads)
+        return PreparedImage(src, pe, k, t2i.k_proj(k), t2i.v_proj(src), i2t_q, size, second, final_e)
 
     def forward(
         self,
@@ -105,7 +109,8 @@ class TwoWayTransformer(nn.Module):
         final_tokens: list[int] | None = None,
         trace: list[ImageUpdate | None] | None = None,
         dense_update: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        tokens_out: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
         """
         Args:
             image_embedding: ``(B, C, h, w)``; None with ``prepared``.
@@ -120,10 +125,14 @@ class TwoWayTransformer(nn.Module):
             dense_update: with ``prepared``: ``(z (B, L, r), m (r, C))``, low-rank changes of the
                 prepared image tokens (mask prompts instead of none, :meth:`PromptEncoder.mask_update`):
                 prompt b's tokens are ``prepared.src + z[b] @ m``.
+            tokens_out: False: the caller reads the image tokens only through ``trace``; with
+                ``prepared`` and a complete trace they are then never normalised by the last layer
+                (the final attention reads them before its LayerNorm) and None is returned for keys.
 
         Returns:
-            queries ``(B, N, C)`` (``(B, len(final_tokens), C)``) and keys ``(B, h*w, C)``. On a CPU
-            outside autograd, keys is a buffer of this thread's that the next call overwrites.
+            queries ``(B, N, C)`` (``(B, len(final_tokens), C)``) and keys ``(B, h*w, C)`` (or None,
+            see ``tokens_out``). On a CPU outside autograd, keys is a buffer of this thread's that
+            the next call overwrites.
         """
         # CPU inference: the image-token tensors go into this thread's two reused buffers
         image = prepared.src if prepared is not None else image_embedding
@@ -135,10 +144,21 @@ class TwoWayTransformer(nn.Module):
                 point_embedding, prepared.src, point_embedding, prepared.pe, prepared, reuse, record, dense_update
             )
             after = (prepared.second, record[0]) if prepared.second is not None and record[0] is not None else None
+            n_final = point_embedding.shape[1] if final_tokens is None else len(final_tokens)
+            raw = (  # the last layer's tokens stay before their LayerNorm
+                not tokens_out
+                and trace is not None
+                and self.depth > 1
+                and worth_it(self.final_attn_token_to_image, n_final, prepared.src.shape[1])
+            )
             for i, layer in enumerate(self.layers[1:]):
+                last = raw and i == self.depth - 2 and all(trace)
                 queries, keys = layer(
-                    queries, keys, point_embedding, prepared.pe, reuse=reuse, trace=trace, after=after if i == 0 else None
+                    queries, keys, point_embedding, prepared.pe, reuse=reuse, trace=trace,
+                    after=after if i == 0 else None, raw=last,
                 )
+            if raw and all(trace):
+                return self._final_raw(queries, keys, point_embedding, prepared, trace[-1], final_tokens), None
             return self._final(queries, keys, point_embedding, prepared.pe, final_tokens, reuse)
         # token layout (B, h*w, C), made contiguous once: element-wise passes over a transposed
         # view read with a stride of h*w and run several times slower
@@ -163,6 +183,25 @@ class TwoWayTransformer(nn.Module):
         k = _add(keys, image_pe, reuse)
         attn_out = self.final_attn_token_to_image(q=queries + point_embedding, k=k, v=keys)
         return self.norm_final_attn(queries + attn_out), keys
+
+    def _final_raw(
+        self,
+        queries: Tensor,
+        y: Tensor,
+        point_embedding: Tensor,
+        prepared: PreparedImage,
+        update: ImageUpdate,
+        final_tokens: list[int] | None = None,
+    ) -> Tensor:
+        """:meth:`_final`'s queries from the last layer's image tokens before their LayerNorm
+        (``y``; ``update`` has its statistics)."""
+        if final_tokens is not None:
+            queries, point_embedding = queries[:, final_tokens], point_embedding[:, final_tokens]
+        attn_out = asymmetric_attention.tokens_to_normalized(
+            self.final_attn_token_to_image, queries + point_embedding, y, update.mean, update.rstd,
+            self.layers[-1].norm4, prepared.final_e,
+        )
+        return self.norm_final_attn(queries + attn_out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -199,6 +238,7 @@ class TwoWayAttentionBlock(nn.Module):
         trace: list[ImageUpdate | None] | None = None,
         update: tuple[Tensor, Tensor] | None = None,
         after: tuple[update_projection.PreparedLayer, ImageUpdate] | None = None,
+        raw: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """``queries (B, N, C)``, ``keys (B, L, C)``, ``query_pe (B, N, C)``, ``key_pe (1|B, L, C)``;
         ``prepared``: the image's projections for this (first) layer, ``keys`` being its ``src``;
@@ -206,7 +246,9 @@ class TwoWayAttentionBlock(nn.Module):
         ``trace``: a list that gets this layer's :class:`ImageUpdate` (or None); ``update``: with
         ``prepared``, the low-rank change of its tokens (see :meth:`TwoWayTransformer.forward`);
         ``after``: for the second layer, the image's projections for it and the first layer's
-        update, ``keys`` being that layer's output (:mod:`.update_projection`)."""
+        update, ``keys`` being that layer's output (:mod:`.update_projection`); ``raw`` (with
+        ``trace``): return the image tokens before this layer's last LayerNorm when its attention
+        went through the prompt tokens (its statistics are in the trace either way)."""
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         through = after is not None and all(update_projection.worth_it(a, after[1]) for a in (t2i, i2t))
         if self.skip_first_layer_pe:
@@ -242,6 +284,10 @@ class TwoWayAttentionBlock(nn.Module):
                 q=k, k=queries + query_pe, v=queries, residual=keys, out=into, record=record
             )
         norm = self.norm4
+        if raw and record:  # the caller reads the tokens through their statistics
+            scratch = _buffer("keys", tuple(out.shape), out) if reuse else None
+            trace.append(ImageUpdate(*record[0], *_layer_norm_stats(out, norm.eps, scratch)))
+            return queries, out
         if reuse:
             keys, mean, rstd = _layer_norm_into(out, norm, _buffer("keys", tuple(out.shape), out))
         elif trace is None:
@@ -282,11 +328,20 @@ def _layer_norm_into(x: Tensor, norm: nn.LayerNorm, out: Tensor) -> tuple[Tensor
     """``norm(x)`` over the last axis written into ``out`` (``x`` unchanged), with the mean and
     reciprocal standard deviation ``(..., 1)`` it used: ATen's LayerNorm has no out= variant that
     skips its own allocation. Within 1e-5 of it (two-pass mean and norm)."""
-    mean = x.mean(-1, keepdim=True)
-    torch.sub(x, mean, out=out)
-    n = x.shape[-1]
-    rstd = torch.linalg.vector_norm(out, dim=-1, keepdim=True).square_().div_(n).add_(norm.eps).rsqrt_()
+    mean, rstd = _layer_norm_stats(x, norm.eps, out)
     return torch.addcmul(norm.bias, out.mul_(rstd), norm.weight, out=out), mean, rstd
+
+
+def _layer_norm_stats(x: Tensor, eps: float, centred: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """LayerNorm's ``mean`` and ``rstd`` ``(..., 1)`` of ``x`` over its last axis; ``x - mean``
+    is written into ``centred`` (default: a new tensor). Two passes: several times faster on a
+    CPU than ``var_mean``."""
+    mean = x.mean(-1, keepdim=True)
+    if centred is None:  # out of place (autograd)
+        return mean, ((x - mean).square().mean(-1, keepdim=True) + eps).rsqrt()
+    torch.sub(x, mean, out=centred)
+    rstd = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return mean, rstd
 
 
 class Attention(nn.Module):

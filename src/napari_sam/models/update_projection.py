@@ -88,9 +88,14 @@ def prepare(
         return x.permute(1, 2, 0).contiguous() if keys else x.transpose(0, 1).contiguous()
 
     a = per_head(src[0] @ wg.T)
-    const = beta @ w.T + linear.bias
-    e = per_head(torch.addmm(const, pe[0], w.T)) if pe is not None else const.reshape(heads, 1, d)
+    e = constant_part(linear, norm, pe, heads) if pe is not None else (beta @ w.T + linear.bias).reshape(heads, 1, d)
     return UpdatedMap(a, e, wg, (w @ g).reshape(heads, 1, d))
+
+
+def constant_part(linear: nn.Linear, norm: nn.LayerNorm, pe: Tensor, heads: int) -> Tensor:
+    """``(norm.bias + pe) W^T + b`` of ``linear`` per head, ``(heads, d, L)``; ``pe (1, L, C)``."""
+    x = torch.addmm(norm.bias @ linear.weight.T + linear.bias, pe[0], linear.weight.T)  # (L, D)
+    return x.reshape(x.shape[0], heads, -1).permute(1, 2, 0).contiguous()
 
 
 def worth_it(attn: Attention, update: ImageUpdate) -> bool:
