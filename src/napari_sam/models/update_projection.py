@@ -109,8 +109,7 @@ def tokens_to_updated(attn: Attention, q: Tensor, prep: PreparedLayer, update: I
     positional encoding, values without) -> ``(B, Nt, C)``."""
     b, nt, _ = q.shape
     qh = token_heads(attn, attn.q_proj, q)  # (h, B*Nt, d)
-    weights = scores(qh, prep.t2i_k, *_factors(update)).softmax(-1)
-    out = values(weights, prep.t2i_v, *_factors(update))
+    out = values(scores(qh, prep.t2i_k, update).softmax(-1), prep.t2i_v, update)
     return attn.out_proj(out.transpose(0, 1).reshape(b, nt, attn.internal_dim))
 
 
@@ -129,19 +128,16 @@ def updated_to_tokens(
     plus the attention output, into ``out`` when given; ``record`` as in
     :func:`.asymmetric_attention.image_to_tokens`."""
     kh = token_heads(attn, attn.k_proj, k)  # (h, B*Nt, d)
-    return attend_to_tokens(attn, scores(kh, prep.i2t_q, *_factors(update)), v, residual, out, record)
+    return attend_to_tokens(attn, scores(kh, prep.i2t_q, update), v, residual, out, record)
 
 
-def _factors(u: ImageUpdate) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return u.p, u.n, u.mean, u.rstd
-
-
-def scores(left: Tensor, m: UpdatedMap, p: Tensor, n: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+def scores(left: Tensor, m: UpdatedMap, update: ImageUpdate) -> Tensor:
     """``left_h @ proj_h^T`` per head for each prompt's updated image tokens -> ``(heads, B*Nt, L)``.
 
-    ``left (heads, B*Nt, d)`` (rows prompt-major); ``m`` a ``keys=True`` map; the update of the
-    :class:`~.transformer.ImageUpdate`: ``p (B, L, K)``, ``n (B, K, C)``, ``mean``/``rstd (B, L, 1)``.
+    ``left (heads, B*Nt, d)`` (rows prompt-major); ``m`` a ``keys=True`` map; ``update``: the
+    first layer's, ``p (B, L, K)``, ``n (B, K, C)``, ``mean``/``rstd (B, L, 1)``.
     """
+    p, n, mean, rstd = update.p, update.n, update.mean, update.rstd
     h, rows, d = left.shape
     b, L, k = p.shape
     nt = rows // b
@@ -161,11 +157,12 @@ def scores(left: Tensor, m: UpdatedMap, p: Tensor, n: Tensor, mean: Tensor, rstd
     return s.baddbmm_(left, m.e)  # + the constant part (positional encoding, biases)
 
 
-def values(weights: Tensor, m: UpdatedMap, p: Tensor, n: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+def values(weights: Tensor, m: UpdatedMap, update: ImageUpdate) -> Tensor:
     """``weights_h @ proj_h`` per head for each prompt's updated image tokens -> ``(heads, B*Nt, d)``.
 
     ``weights (heads, B*Nt, L)`` (attention weights: each row sums to one); ``m`` a ``keys=False``
-    map without positional encoding; ``p``, ``n``, ``mean``, ``rstd`` as in :func:`scores`."""
+    map without positional encoding; ``update`` as in :func:`scores`."""
+    p, n, mean, rstd = update.p, update.n, update.mean, update.rstd
     h, rows, L = weights.shape
     b = p.shape[0]
     r = (weights.view(h, b, rows // b, L) * rstd.view(1, b, 1, L)).view(h, rows, L)
