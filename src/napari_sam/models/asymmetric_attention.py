@@ -129,7 +129,7 @@ def tokens_to_projected(
     scores = qh @ kh.transpose(1, 2)  # (h, B*Nt, L)
     if update is not None:
         z, m = update
-        _add_low_rank(scores, qh @ _per_head(m @ attn.k_proj.weight.T, h).transpose(1, 2), z, b)
+        add_low_rank(scores, qh @ _per_head(m @ attn.k_proj.weight.T, h).transpose(1, 2), z, b)
     p = scores.softmax(-1)
     out = p @ vh  # (h, B*Nt, d)
     if update is not None:
@@ -150,7 +150,7 @@ def _per_head(x: Tensor, h: int) -> Tensor:
     return x.reshape(x.shape[0], h, -1).transpose(0, 1)
 
 
-def _add_low_rank(scores: Tensor, g: Tensor, z: Tensor, b: int) -> None:
+def add_low_rank(scores: Tensor, g: Tensor, z: Tensor, b: int) -> None:
     """``scores (h, B*Nt, L) += g (h, B*Nt, r) @ z_b^T`` per prompt b, ``z (B, L, r)``, in place."""
     h, rows, L = scores.shape
     if b == 1:
@@ -193,7 +193,7 @@ def projected_to_tokens(
     scores = kh @ qpt
     if update is not None:
         z, m = update
-        _add_low_rank(scores, kh @ _per_head(m @ attn.q_proj.weight.T, attn.num_heads).transpose(1, 2), z, b)
+        add_low_rank(scores, kh @ _per_head(m @ attn.q_proj.weight.T, attn.num_heads).transpose(1, 2), z, b)
     return attend_to_tokens(attn, scores, v, residual, out, record, update)
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .asymmetric_attention import attend_to_tokens, times_low_rank, token_heads
+from .asymmetric_attention import add_low_rank, attend_to_tokens, times_low_rank, token_heads
 
 if TYPE_CHECKING:
     from .transformer import Attention, ImageUpdate
@@ -139,21 +139,13 @@ def scores(left: Tensor, m: UpdatedMap, update: ImageUpdate) -> Tensor:
     """
     p, n, mean, rstd = update.p, update.n, update.mean, update.rstd
     h, rows, d = left.shape
-    b, L, k = p.shape
+    b, L, _ = p.shape
     nt = rows // b
     s = left @ m.a  # (h, B*Nt, L): the image's own part
-    g = _per_prompt(left, n @ m.wg.T, b)  # (h, B*Nt, K)
+    add_low_rank(s, _per_prompt(left, n @ m.wg.T, b), p, b)  # + (left n Wg^T) p^T
     c = (left * m.u).sum(-1, keepdim=True)  # (h, B*Nt, 1)
-    if b == 1:
-        s.view(h * rows, L).addmm_(g.reshape(h * rows, k), p[0].T)
-        s.view(h * rows, L).addr_(c.reshape(-1), mean.reshape(L), alpha=-1)
-        s.mul_(rstd.reshape(1, 1, L))
-    else:
-        s4 = s.view(h, b, nt, L)
-        g4 = g.reshape(h, b, nt, k).transpose(0, 1).reshape(b, h * nt, k)
-        s4.add_(torch.bmm(g4, p.transpose(1, 2)).view(b, h, nt, L).transpose(0, 1))
-        s4.addcmul_(c.view(h, b, nt, 1), mean.view(1, b, 1, L), value=-1)
-        s4.mul_(rstd.view(1, b, 1, L))
+    s4 = s.view(h, b, nt, L)
+    s4.addcmul_(c.view(h, b, nt, 1), mean.view(1, b, 1, L), value=-1).mul_(rstd.view(1, b, 1, L))
     return s.baddbmm_(left, m.e)  # + the constant part (positional encoding, biases)
 
 
