@@ -35,13 +35,20 @@ def worth_it(attn: Attention, n_small: int, n_large: int) -> bool:
 
 def tokens_to_image(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``q (B, Nt, C)`` prompt tokens attend to ``k, v (B, L, C)`` image tokens -> ``(B, Nt, C)``."""
-    h, dim = attn.num_heads, attn.internal_dim
-    d = dim // h
-    b, nt, c = q.shape
-    qh = attn.q_proj(q).reshape(b, nt, h, d).transpose(1, 2) * d**-0.5  # (B, h, Nt, d)
-    a = (qh @ attn.k_proj.weight.reshape(h, d, c)).reshape(b, h * nt, c)  # (B, h*Nt, C)
+    _, a = _queries_through_keys(attn, q)  # (B, h*Nt, C)
     p = (a @ k.transpose(1, 2)).softmax(-1)  # (B, h*Nt, L); k, v have batch B (or B == 1)
     return _value_heads_out(attn, p @ v)
+
+
+def _queries_through_keys(attn: Attention, q: Tensor) -> tuple[Tensor, Tensor]:
+    """Prompt tokens ``q (B, Nt, C)`` -> their scaled per-head queries ``(heads, B*Nt, d)`` and
+    those through each head's key projection, ``(B, heads*Nt, C)`` (a query's score against image
+    token ``x`` is then a dot product with ``x``, up to the key bias that the softmax ignores)."""
+    h = attn.num_heads
+    b, nt, c = q.shape
+    qh = token_heads(attn, attn.q_proj, q)
+    a = qh.view(h, b, nt, -1).transpose(0, 1) @ attn.k_proj.weight.reshape(h, -1, c)  # (B, h, Nt, C)
+    return qh, a.reshape(b, h * nt, c)
 
 
 def tokens_to_normalized(
@@ -55,11 +62,10 @@ def tokens_to_normalized(
     As :func:`tokens_to_image`, with the LayerNorm never applied to the L tokens: its gain joins
     the small side, its per-token shift and scale the scores and the attention weights."""
     h = attn.num_heads
-    b, nt, c = q.shape
+    b, nt, _ = q.shape
     L = y.shape[1]
-    qh = token_heads(attn, attn.q_proj, q)  # (h, B*Nt, d)
-    a = qh.view(h, b, nt, -1).transpose(0, 1) @ attn.k_proj.weight.reshape(h, -1, c)  # (B, h, Nt, C)
-    ag = a.reshape(b, h * nt, c) * norm.weight
+    qh, a = _queries_through_keys(attn, q)  # (h, B*Nt, d), (B, h*Nt, C)
+    ag = a * norm.weight
     s = torch.bmm(ag, y.transpose(1, 2))  # (B, h*Nt, L)
     s.addcmul_(ag.sum(-1, keepdim=True), mean.transpose(1, 2), value=-1).mul_(rstd.transpose(1, 2))
     s.view(b, h, nt, L).add_((qh @ e).view(h, b, nt, L).transpose(0, 1))
@@ -143,6 +149,12 @@ def token_heads(attn: Attention, proj: nn.Linear, x: Tensor) -> Tensor:
     h = attn.num_heads
     d = attn.internal_dim // h
     return proj(x).reshape(-1, h, d).transpose(0, 1) * d**-0.5
+
+
+def heads_along_tokens(x: Tensor, heads: int) -> Tensor:
+    """Projected image tokens ``(L, D)`` -> ``(heads, D/heads, L)``, contiguous: per head, the
+    long token axis is the contiguous one of the products with a few prompt tokens."""
+    return x.reshape(x.shape[0], heads, -1).permute(1, 2, 0).contiguous()
 
 
 def _per_head(x: Tensor, h: int) -> Tensor:

@@ -93,8 +93,7 @@ class TwoWayTransformer(nn.Module):
         first = self.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         size = (int(image_embedding.shape[-2]), int(image_embedding.shape[-1]))
-        L, h = k.shape[1], i2t.num_heads
-        i2t_q = i2t.q_proj(k).reshape(L, h, -1).permute(1, 2, 0).contiguous()
+        i2t_q = asymmetric_attention.heads_along_tokens(i2t.q_proj(k)[0], i2t.num_heads)
         second = update_projection.prepare_layer(self.layers[1], first.norm4, src, pe) if self.depth > 1 else None
         final = self.final_attn_token_to_image
         final_e = update_projection.constant_part(final.k_proj, self.layers[-1].norm4, pe, final.num_heads)

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .asymmetric_attention import add_low_rank, attend_to_tokens, times_low_rank, token_heads
+from .asymmetric_attention import (
+    add_low_rank,
+    attend_to_tokens,
+    heads_along_tokens,
+    times_low_rank,
+    token_heads,
+)
 
 if TYPE_CHECKING:
     from .transformer import Attention, ImageUpdate
@@ -83,19 +89,15 @@ def prepare(
     dim, L = w.shape[0], src.shape[1]
     d = dim // heads
 
-    def per_head(x: Tensor) -> Tensor:  # (L, D) -> (heads, d, L) or (heads, L, d)
-        x = x.reshape(L, heads, d)
-        return x.permute(1, 2, 0).contiguous() if keys else x.transpose(0, 1).contiguous()
-
-    a = per_head(src[0] @ wg.T)
+    a = src[0] @ wg.T  # (L, D)
+    a = heads_along_tokens(a, heads) if keys else a.reshape(L, heads, d).transpose(0, 1).contiguous()
     e = constant_part(linear, norm, pe, heads) if pe is not None else (beta @ w.T + linear.bias).reshape(heads, 1, d)
     return UpdatedMap(a, e, wg, (w @ g).reshape(heads, 1, d))
 
 
 def constant_part(linear: nn.Linear, norm: nn.LayerNorm, pe: Tensor, heads: int) -> Tensor:
     """``(norm.bias + pe) W^T + b`` of ``linear`` per head, ``(heads, d, L)``; ``pe (1, L, C)``."""
-    x = torch.addmm(norm.bias @ linear.weight.T + linear.bias, pe[0], linear.weight.T)  # (L, D)
-    return x.reshape(x.shape[0], heads, -1).permute(1, 2, 0).contiguous()
+    return heads_along_tokens(torch.addmm(norm.bias @ linear.weight.T + linear.bias, pe[0], linear.weight.T), heads)
 
 
 def worth_it(attn: Attention, update: ImageUpdate) -> bool:
