@@ -440,6 +440,37 @@ def test_decoder_chunks_and_iou_filter(shared_image):
             torch.testing.assert_close(kept2, kept, atol=1e-4, rtol=1e-4)
 
 
+def test_positional_parts_are_kept_until_the_encoding_or_a_weight_changes():
+    """``TwoWayTransformer.positional_parts`` (a third of ``prepare``'s products) is computed once
+    for an equal positional encoding and unchanged weights, again after an in-place weight update
+    or for another encoding, and never kept under autograd; prepared images agree either way."""
+    torch.manual_seed(2)
+    model = build_model("nano").eval()
+    tr, pe = model.mask_decoder.transformer, model.prompt_encoder.get_dense_pe()
+    emb = torch.randn(1, 128, 64, 64)
+    with torch.inference_mode():
+        parts = tr.positional_parts(pe)
+        assert tr.positional_parts(pe.clone()) is parts  # equal values, another tensor
+        cached = tr.prepare(emb, pe)
+        tr._positional_cache = None
+        fresh = tr.prepare(emb, pe)
+    for name in ("t2i_k", "t2i_v", "i2t_q", "final_e"):
+        torch.testing.assert_close(getattr(cached, name), getattr(fresh, name), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        parts = tr.positional_parts(pe)
+        assert tr.positional_parts(pe + 1e-3) is not parts  # another encoding
+        parts = tr.positional_parts(pe)
+    with torch.no_grad():
+        tr.final_attn_token_to_image.k_proj.weight.mul_(1.01)  # an optimiser step, a loaded state dict
+    with torch.inference_mode():
+        again = tr.positional_parts(pe)
+    assert again is not parts and not torch.equal(again.final_e, parts.final_e)
+    tr._positional_cache = None
+    with torch.enable_grad():
+        tr.positional_parts(pe)
+    assert tr._positional_cache is None
+
+
 def test_mask_prompt_as_a_low_rank_update_of_the_prepared_image():
     """A mask prompt is the no-mask dense prompt plus a rank-17 product (``mask_update``); decoding
     the prepared (no-mask) image with it gives the plain decoder's masks with the mask's dense prompt."""

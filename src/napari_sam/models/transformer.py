@@ -19,23 +19,39 @@ class PreparedImage:
     """The prompt-independent part of the first two-way layer for one image, computed once.
 
     ``src`` (1, L, C) image tokens (embedding + the no-mask dense prompt), ``pe`` (1, L, C) their
-    positional encoding, ``k`` = src + pe; ``t2i_k``/``t2i_v`` (1, L, D): the first layer's
-    token-to-image key/value projections; ``i2t_q`` (heads, D/heads, L): its image-to-token query
-    projection, per head and transposed; ``second``: the second layer's image-token projections
-    through the first layer's update (:mod:`.update_projection`; None for a single layer);
-    ``final_e``: the final attention's keys' constant part (:func:`.update_projection.constant_part`);
-    ``size`` the grid (h, w), L = h * w.
+    positional encoding; ``t2i_k``/``t2i_v`` (1, L, D): the first layer's token-to-image key/value
+    projections (keys of ``src + pe``); ``i2t_q`` (heads, D/heads, L): its image-to-token query
+    projection of ``src + pe``, per head and transposed; ``second``: the second layer's image-token
+    projections through the first layer's update (:mod:`.update_projection`; None for a single
+    layer); ``final_e``: the final attention's keys' constant part
+    (:func:`.update_projection.constant_part`); ``size`` the grid (h, w), L = h * w.
     """
 
     src: Tensor
     pe: Tensor
-    k: Tensor
     t2i_k: Tensor
     t2i_v: Tensor
     i2t_q: Tensor
     size: tuple[int, int]
     second: update_projection.PreparedLayer | None = None
     final_e: Tensor | None = None
+
+
+@dataclass
+class PositionalParts:
+    """What :meth:`TwoWayTransformer.prepare` computes from the positional encoding and the weights
+    alone, the same for every image (:meth:`TwoWayTransformer.positional_parts`): ``pe`` (1, L, C)
+    the encoding as tokens; ``t2i_k``, ``i2t_q`` (L, D): the first layer's token-to-image key and
+    image-to-token query projections of ``pe``, biases included (those of ``src + pe`` are these
+    plus ``src``'s, without bias); ``second``: the second layer's
+    :func:`.update_projection.layer_constants` (None for a single layer); ``final_e``: the final
+    attention's keys' constant part."""
+
+    pe: Tensor
+    t2i_k: Tensor
+    i2t_q: Tensor
+    second: tuple[Tensor, Tensor] | None
+    final_e: Tensor
 
 
 @dataclass
@@ -83,21 +99,51 @@ class TwoWayTransformer(nn.Module):
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
+        self._positional_cache: tuple | None = None  # see positional_parts
 
     def prepare(self, image_embedding: Tensor, image_pe: Tensor) -> PreparedImage:
         """``image_embedding (1, C, h, w)`` (already plus the dense prompt), ``image_pe (1, C, h, w)``
         -> the :class:`PreparedImage` that :meth:`forward` takes instead of them."""
         src = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        k = src + pe
+        parts = self.positional_parts(image_pe)
         first = self.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         size = (int(image_embedding.shape[-2]), int(image_embedding.shape[-1]))
-        i2t_q = asymmetric_attention.heads_along_tokens(i2t.q_proj(k)[0], i2t.num_heads)
-        second = update_projection.prepare_layer(self.layers[1], first.norm4, src, pe) if self.depth > 1 else None
+        # projections of src + pe: src's product accumulated onto pe's (bias included there)
+        t2i_k = torch.addmm(parts.t2i_k, src[0], t2i.k_proj.weight.T)[None]
+        i2t_q = asymmetric_attention.heads_along_tokens(torch.addmm(parts.i2t_q, src[0], i2t.q_proj.weight.T), i2t.num_heads)
+        second = None
+        if self.depth > 1:
+            second = update_projection.prepare_layer(self.layers[1], first.norm4, src, parts.pe, parts.second)
+        return PreparedImage(src, parts.pe, t2i_k, t2i.v_proj(src), i2t_q, size, second, parts.final_e)
+
+    def positional_parts(self, image_pe: Tensor) -> PositionalParts:
+        """:class:`PositionalParts` of ``image_pe (1, C, h, w)``.
+
+        Outside autograd the last result is kept and returned again for an equal encoding while
+        the weights are unchanged (same storage, no in-place update: ``Tensor._version``): a
+        third of :meth:`prepare`'s multiply-adds (vit_b: 5 of 11 products of ``L x C x D``)."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cached = self._positional_cache if not torch.is_grad_enabled() else None
+        if cached is not None and cached[0] == key:
+            old = cached[1]
+            if old.shape == image_pe.shape and old.dtype == image_pe.dtype and old.device == image_pe.device:
+                if torch.equal(old, image_pe):
+                    return cached[2]
+        pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        first = self.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         final = self.final_attn_token_to_image
-        final_e = update_projection.constant_part(final.k_proj, self.layers[-1].norm4, pe, final.num_heads)
-        return PreparedImage(src, pe, k, t2i.k_proj(k), t2i.v_proj(src), i2t_q, size, second, final_e)
+        parts = PositionalParts(
+            pe,
+            t2i.k_proj(pe)[0],
+            i2t.q_proj(pe)[0],
+            update_projection.layer_constants(self.layers[1], first.norm4, pe) if self.depth > 1 else None,
+            update_projection.constant_part(final.k_proj, self.layers[-1].norm4, pe, final.num_heads),
+        )
+        if not torch.is_grad_enabled():
+            self._positional_cache = (key, image_pe.clone(), parts)
+        return parts
 
     def forward(
         self,

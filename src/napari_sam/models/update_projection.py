@@ -66,24 +66,42 @@ class PreparedLayer:
     i2t_q: UpdatedMap
 
 
-def prepare_layer(layer: nn.Module, norm: nn.LayerNorm, src: Tensor, pe: Tensor) -> PreparedLayer:
+def prepare_layer(
+    layer: nn.Module, norm: nn.LayerNorm, src: Tensor, pe: Tensor, consts: tuple[Tensor, Tensor] | None = None
+) -> PreparedLayer:
     """``layer``: a :class:`~.transformer.TwoWayAttentionBlock` after the first; ``norm``: the
     first layer's image-token LayerNorm; ``src``, ``pe`` ``(1, L, C)``: the first layer's input
-    image tokens and their positional encoding."""
+    image tokens and their positional encoding; ``consts``: :func:`layer_constants` of ``pe``,
+    when already known."""
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
     heads = t2i.num_heads
+    e_k, e_q = layer_constants(layer, norm, pe) if consts is None else consts
     return PreparedLayer(
-        prepare(t2i.k_proj, norm, src, pe, heads, keys=True),
+        prepare(t2i.k_proj, norm, src, pe, heads, keys=True, e=e_k),
         prepare(t2i.v_proj, norm, src, None, heads, keys=False),
-        prepare(i2t.q_proj, norm, src, pe, i2t.num_heads, keys=True),
+        prepare(i2t.q_proj, norm, src, pe, i2t.num_heads, keys=True, e=e_q),
     )
 
 
+def layer_constants(layer: nn.Module, norm: nn.LayerNorm, pe: Tensor) -> tuple[Tensor, Tensor]:
+    """The constant parts (:func:`constant_part`) of ``layer``'s token-to-image keys and
+    image-to-token queries: they depend on the positional encoding and the weights only."""
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    return constant_part(t2i.k_proj, norm, pe, t2i.num_heads), constant_part(i2t.q_proj, norm, pe, i2t.num_heads)
+
+
 def prepare(
-    linear: nn.Linear, norm: nn.LayerNorm, src: Tensor, pe: Tensor | None, heads: int, keys: bool
+    linear: nn.Linear,
+    norm: nn.LayerNorm,
+    src: Tensor,
+    pe: Tensor | None,
+    heads: int,
+    keys: bool,
+    e: Tensor | None = None,
 ) -> UpdatedMap:
     """:class:`UpdatedMap` of ``linear`` on ``norm``'s output tokens (+ ``pe (1, L, C)`` when given)
-    for the image tokens ``src (1, L, C)`` before the update."""
+    for the image tokens ``src (1, L, C)`` before the update; ``e``: its constant part, when
+    already known."""
     w, g, beta = linear.weight, norm.weight, norm.bias
     wg = w * g
     dim, L = w.shape[0], src.shape[1]
@@ -91,7 +109,8 @@ def prepare(
 
     a = src[0] @ wg.T  # (L, D)
     a = heads_along_tokens(a, heads) if keys else a.reshape(L, heads, d).transpose(0, 1).contiguous()
-    e = constant_part(linear, norm, pe, heads) if pe is not None else (beta @ w.T + linear.bias).reshape(heads, 1, d)
+    if e is None:
+        e = constant_part(linear, norm, pe, heads) if pe is not None else (beta @ w.T + linear.bias).reshape(heads, 1, d)
     return UpdatedMap(a, e, wg, (w @ g).reshape(heads, 1, d))
 
 
