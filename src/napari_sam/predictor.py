@@ -50,11 +50,12 @@ class ImageEmbedding:
 
 
 # The decoder's per-image preparation (``MaskDecoder.prepare_image``) costs about one plain prompt
-# and saves a quarter to two fifths of each later one (vit_b, 2-core CPU: prepare 32 ms; one
-# refining click 35 ms plain, 27 ms prepared; 8 boxes with masks 332 vs 197 ms), so an image is
-# prepared on its second prompt call, or on the first when that has this many prompts: a single
-# call per image (a volume's propagation step, a tile's first click) stays on the plain path.
-PREPARE_FOR_PROMPTS = 4
+# and saves a quarter to two fifths of each later one (``bench/bench_prepare.py``: vit_b, 2-core
+# CPU, one box with a mask prompt ~44 ms on the plain path, ~70 with the preparation, ~31 after it),
+# so an image is prepared on its second prompt call, or on the first when that has this many
+# prompts: a single small call per image (a volume's propagation step, a tile's first click) stays
+# on the plain path.
+PREPARE_FOR_PROMPTS = 3
 
 
 class SamPredictor:
