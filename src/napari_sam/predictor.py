@@ -49,12 +49,11 @@ class ImageEmbedding:
         return self.features.element_size() * self.features.numel()
 
 
-# The decoder's per-image preparation (``MaskDecoder.prepare_image``) costs about one plain prompt
-# and saves a quarter to two fifths of each later one (``bench/bench_prepare.py``: vit_b, 2-core
-# CPU, one box with a mask prompt ~44 ms on the plain path, ~70 with the preparation, ~31 after it),
-# so an image is prepared on its second prompt call, or on the first when that has this many
-# prompts: a single small call per image (a volume's propagation step, a tile's first click) stays
-# on the plain path.
+# The decoder's per-image preparation (``MaskDecoder.prepare_image``) costs less than one plain
+# prompt and saves a quarter to two fifths of each later one (``bench/bench_prepare.py``; figures in
+# docs/engine.md, "Per image, once"), so an image is prepared on its second prompt call, or on the
+# first when that has this many prompts: a single small call per image (a volume's propagation
+# step, a tile's first click) stays on the plain path.
 PREPARE_FOR_PROMPTS = 3
 
 
