@@ -2,8 +2,10 @@
 
 Prints a table of medians (encoder latency on a 1024x1024 input; prompt-to-mask latency for one
 point, multimask, decoder + post-processing to the full resolution of a 1024x1024 and a
-2048x1536 image, and for a refining click: two points and the first click's low-res logits as
-``mask_input``, one mask) and the agreement of embeddings and masks. Runs of ours and of the official are
+2048x1536 image, the same as the first click on an image (ours then decodes without the image's
+per-image preparation, which the predictor makes from an image's second prompt call on), and for
+a refining click: two points and the first click's low-res logits as ``mask_input``, one mask) and
+the agreement of embeddings and masks. Runs of ours and of the official are
 interleaved, so that load from other processes hits both alike.
 
     python bench/bench_engine.py                      # vit_b, CPU, fp32
@@ -146,6 +148,17 @@ def main(argv: list[str] | None = None) -> None:
         }
         med = _interleaved(fns, args.decoder_runs, device, warmup=2)
         rows.append((f"point->masks {h}x{w}", med["ours"], med["official"], med["paired"]))
+        # the first click on an image: ours without the image's decoder preparation (the predictor
+        # prepares an image from its second prompt call on), each run on a freshly set embedding
+        emb = ImageEmbedding(feats, (h, w), input_size)
+
+        def ours_first(pt=pt, lb=lb, emb=emb):
+            ours.set_image_embedding(emb)
+            return ours.predict(pt, lb)
+
+        fns = {"ours": ours_first, "official": lambda pt=pt, lb=lb: ref.predict(pt, lb)}
+        med = _interleaved(fns, args.decoder_runs, device, warmup=2)
+        rows.append((f"first click {h}x{w}", med["ours"], med["official"], med["paired"]))
         a, b = ref.predict(pt, lb), ours.predict(pt, lb)
         print(
             f"{h}x{w}: mask pixel agreement {(a[0] == b[0]).mean():.6f}, "
