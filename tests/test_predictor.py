@@ -196,8 +196,10 @@ def test_image_prepared_from_its_second_prompt_call_or_a_large_batch(pair):
     ``PREPARE_FOR_PROMPTS`` prompts; the masks are the plain path's either way."""
     from napari_sam.predictor import PREPARE_FOR_PROMPTS
 
-    _, ours, _ = pair
+    _, ours, img = pair
     p = SamPredictor(ours.model, device="cpu")
+    p.set_image(img[:200, :300])  # encoding: prepared at once
+    assert p._prepared is not None
     p.set_image_embedding(ours.embedding)
     first = p.predict(**PROMPTS["point"])
     assert p._prepared is None
@@ -219,6 +221,13 @@ def test_image_prepared_from_its_second_prompt_call_or_a_large_batch(pair):
     boxes = np.array([[40, 30, 200, 160]] * PREPARE_FOR_PROMPTS)
     p.predict_batch(boxes=boxes)
     assert p._prepared is not None
+    p.set_image_embedding(ours.embedding)
+    p.prepare()  # what set_image does after encoding: the first click is then on the prepared image
+    prep = p._prepared
+    assert prep is not None
+    first_prepared = p.predict(**PROMPTS["point"])
+    assert p._prepared is prep
+    np.testing.assert_allclose(first_prepared[1], again[1], rtol=1e-5, atol=1e-6)
 
 
 def test_bgr_input(pair):

@@ -119,8 +119,24 @@ class SamPredictor:
         return ImageEmbedding(features, (int(img.shape[0]), int(img.shape[1])), (int(h), int(w)))
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
-        """Compute and keep the embedding of ``image`` (see :meth:`compute_embedding`)."""
+        """Compute and keep the embedding of ``image`` (see :meth:`compute_embedding`), and
+        :meth:`prepare` the decoder for it (a few ms next to the encoder's seconds)."""
         self.set_image_embedding(self.compute_embedding(image, image_format, contrast_limits))
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Do the decoder's prompt-independent work for the current image now
+        (``MaskDecoder.prepare_image``; nothing for a decoder without it, or when already done).
+
+        :meth:`set_image` calls it; after :meth:`set_image_embedding` the predictor does it itself
+        on the image's second prompt call, or on the first of ``PREPARE_FOR_PROMPTS`` prompts or
+        more: call it to have the first click of an image set that way on the prepared image too."""
+        emb = self._require_image()
+        decoder = self.model.mask_decoder
+        if self._prepared is None and hasattr(decoder, "prepare_image"):
+            with torch.inference_mode():
+                _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)  # the no-mask prompt
+                self._prepared = decoder.prepare_image(emb.features, self.dense_pe, dense)
 
     def set_image_embedding(self, emb: ImageEmbedding) -> None:
         """Use a previously computed embedding (moved to this predictor's device)."""
