@@ -146,7 +146,8 @@ def test_box_larger_than_a_tile_uses_the_whole_image(tiled):
     plain.set_image(img)
     m, s, _ = plain.predict(box=box, multimask_output=False)
     np.testing.assert_array_equal(masks, m)
-    np.testing.assert_array_equal(scores, s)
+    # plain.set_image prepared the image for the decoder; the overview's first call is not: rounding apart
+    np.testing.assert_allclose(scores, s, rtol=1e-5, atol=1e-6)
     assert low.shape == (1, 150, 175) and np.isfinite(low).all()
 
 

@@ -146,8 +146,11 @@ class TiledPredictor:
                 return done.value
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
-        """Compute and keep the embedding(s) of ``image``."""
+        """Compute and keep the embedding(s) of ``image``; one that fits a tile is also prepared
+        for the decoder, as ``SamPredictor.set_image`` does (tiles are, when decoded: ``_use``)."""
         self.set_image_embedding(self.compute_embedding(image, image_format, contrast_limits))
+        if not self.is_tiled:
+            self.predictor.prepare()
 
     def set_image_embedding(self, emb: ImageEmbedding | TiledEmbedding) -> None:
         """Use a previously computed embedding (plain or tiled)."""
