@@ -341,17 +341,16 @@ class SamPredictor:
         with torch.inference_mode():
             extra = {}  # our decoder: the image's prompt-independent work, once per image
             n = len(point_coords) if point_coords is not None else len(boxes) if boxes is not None else 1
-            prepare = hasattr(decoder, "prepare_image") and (
+            use_prepared = hasattr(decoder, "prepare_image") and (
                 self._prepared is not None or self._calls > 0 or n >= PREPARE_FOR_PROMPTS
             )
             self._calls += 1
             # prompts with masks (refining clicks, propagation): the prepared image plus low-rank
             # changes, when the points/boxes give one prompt per mask (masks alone: the plain path)
-            low_rank = prepare and mask_input is not None and len(mask_input) == n and hasattr(encoder, "mask_update")
+            low_rank = use_prepared and mask_input is not None and len(mask_input) == n and hasattr(encoder, "mask_update")
             sparse, dense = encoder(points=points, boxes=boxes, masks=None if low_rank else mask_input)
-            if prepare and (mask_input is None or low_rank):
-                if self._prepared is None:
-                    self._prepared = decoder.prepare_image(emb.features, self.dense_pe, dense)
+            if use_prepared and (mask_input is None or low_rank):
+                self.prepare()
                 extra["prepared"] = self._prepared
                 if low_rank:
                     extra["dense_update"] = encoder.mask_update(mask_input)

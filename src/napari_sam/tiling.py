@@ -147,7 +147,8 @@ class TiledPredictor:
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
         """Compute and keep the embedding(s) of ``image``; one that fits a tile is also prepared
-        for the decoder, as ``SamPredictor.set_image`` does (tiles are, when decoded: ``_use``)."""
+        for the decoder, as ``SamPredictor.set_image`` does (a tile is prepared by the inner
+        predictor's own rule once decoded: its second call, or a first one of several prompts)."""
         self.set_image_embedding(self.compute_embedding(image, image_format, contrast_limits))
         if not self.is_tiled:
             self.predictor.prepare()
