@@ -498,3 +498,52 @@ def test_mask_prompt_as_a_low_rank_update_of_the_prepared_image():
                 torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-5)
             with pytest.raises(ValueError, match="one low-rank update per prompt"):
                 dec(emb, pe, sparse[:1].expand(2, -1, -1), None, True, prepared=prep, dense_update=(z[:1], m))
+
+
+def test_to_tokens_transposes_adds_and_leaves_the_input_alone():
+    """``common.to_tokens``: ``(B, C, h, w)`` -> contiguous ``(B, h*w, C)`` equal to
+    ``flatten(2).transpose(1, 2)`` (plus a per-channel vector), for standard and channels-last
+    inputs; the input is never changed (a channels-last input is already a token layout)."""
+    from napari_sam.models.common import to_tokens
+
+    torch.manual_seed(0)
+    vec = torch.randn(1, 1, 32)
+    for x in (torch.randn(2, 32, 8, 6), torch.randn(2, 32, 8, 6).to(memory_format=torch.channels_last)):
+        before = x.clone()
+        want = x.flatten(2).transpose(1, 2)
+        t = to_tokens(x)
+        assert t.is_contiguous() and torch.equal(t, want)
+        t = to_tokens(x, vec)
+        assert t.is_contiguous() and torch.equal(t, (x + vec.reshape(1, 32, 1, 1)).flatten(2).transpose(1, 2))
+        assert torch.equal(x, before)
+
+
+def test_pe_tokens_are_kept_for_the_same_unchanged_or_an_equal_encoding():
+    """``TwoWayTransformer.pe_tokens``: the positional encoding's token layout is computed once for
+    a tensor while it is unchanged (version counter) or an equal one, again after an in-place
+    change or for another encoding, and never kept under autograd."""
+    model = build_model("nano").eval()
+    tr = model.mask_decoder.transformer
+    with torch.no_grad():
+        pe = model.prompt_encoder.get_dense_pe()
+        first = tr.pe_tokens(pe)
+        assert torch.equal(first, pe.flatten(2).transpose(1, 2))
+        assert tr.pe_tokens(pe) is first
+        assert tr.pe_tokens(pe.clone()) is first  # equal values, another tensor
+        pe.add_(1.0)  # changed in place: recomputed
+        again = tr.pe_tokens(pe)
+        assert again is not first and torch.equal(again, pe.flatten(2).transpose(1, 2))
+    with torch.inference_mode():  # inference tensors have no version counter: compared by value
+        ipe = model.prompt_encoder.get_dense_pe()
+        kept = tr.pe_tokens(ipe)
+        assert tr.pe_tokens(ipe) is kept
+        ipe.mul_(2.0)
+        assert torch.equal(tr.pe_tokens(ipe), ipe.flatten(2).transpose(1, 2))
+    tr._pe_tokens = None
+    with torch.enable_grad():
+        tr.pe_tokens(pe)
+    assert tr._pe_tokens is None
+    with torch.inference_mode():
+        kept = tr.pe_tokens(pe)
+    with torch.enable_grad():  # an inference tensor kept is not handed to autograd
+        assert not tr.pe_tokens(pe).is_inference()

@@ -167,8 +167,8 @@ class SamPredictor:
         """(1, C, h, w) positional encoding of the embedding grid: the model's, the same for every
         image (and tile, and crop), so computed once."""
         if self._dense_pe is None:
-            with torch.inference_mode():
-                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+            with torch.no_grad():  # not an inference tensor: its version counter lets the decoder
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()  # keep its token layout
         return self._dense_pe
 
     @property

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import upscale_reassociation
-from .common import LayerNorm2d, act_inplace
+from .common import LayerNorm2d, act_inplace, to_tokens
 from .transformer import PreparedImage, _buffer
 
 
@@ -107,7 +107,7 @@ class MaskDecoder(nn.Module):
         ``(1, C, h, w)`` (or broadcastable: the no-mask embedding); valid for prompts with that
         dense prompt, i.e. without ``mask_input``.
         """
-        image = self.transformer.prepare(image_embeddings + dense_prompt_embeddings[:1], image_pe)
+        image = self.transformer.prepare(_image_tokens(image_embeddings, dense_prompt_embeddings[:1]), image_pe)
         conv1 = self.output_upscaling[0]
         norms = [layer.norm4 for layer in self.transformer.layers]
         w, b = _deconv_matrix(conv1.weight), conv1.bias.repeat(4)
@@ -217,8 +217,8 @@ class MaskDecoder(nn.Module):
             dense = dense_prompt_embeddings
             if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
                 dense = dense[:1]
-            src = image_embeddings + dense  # (1 | B, C, h, w)
-            h, w = src.shape[-2:]
+            h, w = image_embeddings.shape[-2:]
+            src = _image_tokens(image_embeddings, dense)  # (1 | B, h*w, C)
             hs, keys = self.transformer(src, image_pe, tokens_in, final_tokens=final)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
         keep = None
@@ -293,6 +293,17 @@ class MaskDecoder(nn.Module):
         else:
             x = F.linear(x, mats[2], mats[3])
         return act_inplace(act2, x.reshape(b, 16 * n, conv2.out_channels))
+
+
+def _image_tokens(image: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``image (1 | B, C, h, w) + dense (1 | B, C, h, w)`` (broadcast) as tokens ``(1 | B, h*w, C)``.
+
+    A dense prompt that is one vector per prompt (the no-mask embedding, expanded over the grid:
+    zero strides) is added to the image's tokens after the transposition; any other one before."""
+    b = max(image.shape[0], dense.shape[0])
+    if dense.stride(-1) == 0 and dense.stride(-2) == 0 and image.shape[0] == b:
+        return to_tokens(image, dense[:, :, 0, 0][:, None, :])
+    return to_tokens(image + dense)
 
 
 # elements of image-token tensors per decoder chunk (16 MiB of float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from . import asymmetric_attention, update_projection
 from .asymmetric_attention import worth_it
-from .common import MLPBlock
+from .common import MLPBlock, to_tokens
 
 
 @dataclass
@@ -100,15 +101,17 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
         self._positional_cache: tuple | None = None  # see positional_parts
+        self._pe_tokens: tuple | None = None  # see pe_tokens
 
     def prepare(self, image_embedding: Tensor, image_pe: Tensor) -> PreparedImage:
-        """``image_embedding (1, C, h, w)`` (already plus the dense prompt), ``image_pe (1, C, h, w)``
-        -> the :class:`PreparedImage` that :meth:`forward` takes instead of them."""
-        src = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        """``image_embedding (1, C, h, w)`` (already plus the dense prompt; or as tokens ``(1,
+        h*w, C)``), ``image_pe (1, C, h, w)`` -> the :class:`PreparedImage` that :meth:`forward`
+        takes instead of them."""
+        src = to_tokens(image_embedding) if image_embedding.ndim == 4 else image_embedding
         parts = self.positional_parts(image_pe)
         first = self.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        size = (int(image_embedding.shape[-2]), int(image_embedding.shape[-1]))
+        size = (int(image_pe.shape[-2]), int(image_pe.shape[-1]))
         # projections of src + pe: src's product accumulated onto pe's (bias included there)
         t2i_k = torch.addmm(parts.t2i_k, src[0], t2i.k_proj.weight.T)[None]
         i2t_q = asymmetric_attention.heads_along_tokens(torch.addmm(parts.i2t_q, src[0], i2t.q_proj.weight.T), i2t.num_heads)
@@ -126,12 +129,9 @@ class TwoWayTransformer(nn.Module):
         ~18 MB kept (vit_b: the parts and a copy of the encoding to compare with)."""
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         cached = self._positional_cache if not torch.is_grad_enabled() else None
-        if cached is not None and cached[0] == key:
-            old = cached[1]
-            if old.shape == image_pe.shape and old.dtype == image_pe.dtype and old.device == image_pe.device:
-                if torch.equal(old, image_pe):
-                    return cached[2]
-        pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        if cached is not None and cached[0] == key and _equal(cached[1], image_pe):
+            return cached[2]
+        pe = self.pe_tokens(image_pe)
         first = self.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         final = self.final_attn_token_to_image
@@ -146,6 +146,25 @@ class TwoWayTransformer(nn.Module):
             self._positional_cache = (key, image_pe.clone(), parts)
         return parts
 
+    def pe_tokens(self, image_pe: Tensor) -> Tensor:
+        """``image_pe (1 | B, C, h, w)`` as contiguous tokens ``(1 | B, h*w, C)``: a transposing
+        copy per call (8 MB kept for SAM) saved. Outside autograd the last result is kept (and
+        never used under autograd) and returned again for the same tensor, unchanged since (its version counter; a predictor
+        passes its one encoding at every call), or for an equal one (compared by value: inference
+        tensors have no version counter)."""
+        kept = self._pe_tokens if not torch.is_grad_enabled() else None
+        if kept is not None:
+            ref, version, copy, pe = kept
+            if ref() is image_pe and not image_pe.is_inference() and image_pe._version == version:
+                return pe
+            if _equal(copy, image_pe):
+                return pe
+        pe = to_tokens(image_pe)
+        if not torch.is_grad_enabled():
+            version = None if image_pe.is_inference() else image_pe._version
+            self._pe_tokens = (weakref.ref(image_pe), version, image_pe.clone(), pe)
+        return pe
+
     def forward(
         self,
         image_embedding: Tensor | None,
@@ -159,7 +178,8 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """
         Args:
-            image_embedding: ``(B, C, h, w)``; None with ``prepared``.
+            image_embedding: ``(B, C, h, w)`` (or already as tokens ``(B, h*w, C)``); None with
+                ``prepared``.
             image_pe: ``(1 | B, C, h, w)`` positional encoding (broadcast over the batch); None with
                 ``prepared``.
             point_embedding: ``(B, N, C)`` prompt tokens.
@@ -208,8 +228,9 @@ class TwoWayTransformer(nn.Module):
             return self._final(queries, keys, point_embedding, prepared.pe, final_tokens, reuse)
         # token layout (B, h*w, C), made contiguous once: element-wise passes over a transposed
         # view read with a stride of h*w and run several times slower
-        image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        if image_embedding.ndim == 4:
+            image_embedding = to_tokens(image_embedding)
+        image_pe = self.pe_tokens(image_pe)
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, image_pe, reuse=reuse, trace=trace)
@@ -363,6 +384,11 @@ def _buffer(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
         t = bufs[name] = like.new_empty(shape)
     return t
+
+
+def _equal(a: Tensor, b: Tensor) -> bool:
+    """Same shape, dtype, device and values."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
 
 
 def _add(keys: Tensor, pe: Tensor, reuse: bool) -> Tensor:
