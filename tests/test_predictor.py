@@ -7,6 +7,7 @@ seconds. Set ``NAPARI_SAM_SLOW=1`` to run the same parity checks on vit_b (~1-2 
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -228,6 +229,44 @@ def test_image_prepared_from_its_second_prompt_call_or_a_large_batch(pair):
     first_prepared = p.predict(**PROMPTS["point"])
     assert p._prepared is prep
     np.testing.assert_allclose(first_prepared[1], again[1], rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_carries_its_decoder_preparation(pair):
+    """``prepare_embedding`` does the decoder's per-image work without changing the predictor;
+    ``set_image_embedding`` then decodes the first prompt on it (the same results as a predictor
+    that prepared itself), unless the decoder or its weights differ; ``to``/``without_preparation``
+    drop it."""
+    _, ours, _ = pair
+    p = SamPredictor(ours.model, device="cpu")
+    emb = ours.embedding
+    assert emb.prepared is None
+    ready = p.prepare_embedding(emb)
+    assert not p.is_image_set and ready.prepared is not None and emb.prepared is None
+    assert ready.prepared.nbytes > 4 * emb.nbytes
+    assert torch.equal(ready.features, emb.features) and ready == emb  # the preparation is not compared
+    assert p.prepare_embedding(ready) is ready  # already prepared for this decoder
+    p.set_image_embedding(ready)
+    assert p._prepared is ready.prepared.value  # before any prompt
+    first = p.predict(**PROMPTS["point"])
+    assert p._prepared is ready.prepared.value
+    q = SamPredictor(ours.model, device="cpu")
+    q.set_image_embedding(emb)
+    q.prepare()
+    want = q.predict(**PROMPTS["point"])
+    for a, b in zip(first, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = SamPredictor(copy.deepcopy(ours.model), device="cpu")  # another decoder (equal weights)
+    other.set_image_embedding(ready)
+    assert other._prepared is None
+    assert ready.without_preparation().prepared is None and ready.without_preparation() == ready
+    assert emb.without_preparation() is emb
+    with torch.no_grad():  # an in-place weight change (an optimiser step, a loaded state dict)
+        w = ours.model.mask_decoder.iou_token.weight
+        w.add_(0.0)
+    p.set_image_embedding(ready)
+    assert p._prepared is None  # made with weights of another version: prepared again when it pays
+    with pytest.raises(TypeError, match="ImageEmbedding"):
+        p.prepare_embedding(emb.features)
 
 
 def test_bgr_input(pair):

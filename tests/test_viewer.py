@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam._slicing import SamUserError, box_rc_to_xy, rc_to_xy
+from napari_sam._slicing import EmbeddingCache, SamUserError, box_rc_to_xy, rc_to_xy
 from napari_sam.predictor import SamPredictor
 from napari_sam.viewer import SegmentAnything
 
@@ -25,6 +25,32 @@ def _direct(model, image, pts=None, labels=None, box=None, multimask=False):
 def test_coordinate_conversion_is_row_col_to_xy():
     np.testing.assert_array_equal(rc_to_xy([[3, 7], [1, 2]]), [[7, 3], [2, 1]])
     np.testing.assert_array_equal(box_rc_to_xy([[10, 20], [5, 40]]), [20, 5, 40, 10])
+
+
+def test_embedding_cache_keeps_decoder_preparations_of_its_most_recent_entries():
+    """The cache drops the decoder's preparation (``ImageEmbedding.prepared``, ~6x the features'
+    memory) from all but its ``keep_prepared`` most recently stored or used entries; the
+    embeddings themselves stay."""
+    import torch
+
+    from napari_sam.predictor import ImageEmbedding
+
+    cache = EmbeddingCache(maxsize=4, keep_prepared=2)
+    embs = {k: ImageEmbedding(torch.zeros(1, 2, 4, 4), (8, 8), (8, 8), prepared=object()) for k in "abcde"}
+    cache.put("a", embs["a"])
+    cache.put("b", embs["b"])
+    assert cache.get("a").prepared is not None  # used: now more recent than "b"
+    cache.put("c", embs["c"])
+    assert cache._items["b"].prepared is None and cache._items["b"].features is embs["b"].features
+    assert cache._items["c"].prepared is not None and cache._items["a"].prepared is not None
+    cache.put("d", embs["d"])
+    cache.put("e", embs["e"])  # "b" (least recent) leaves; "a" and "c" lose their preparation
+    assert "b" not in cache and len(cache) == 4
+    assert [k for k in "acde" if cache._items[k].prepared is not None] == ["d", "e"]
+    assert cache.get("a").prepared is None  # used again: it stays without (prepared again on clicks)
+    assert embs["c"].prepared is not None  # the caller's object is not changed
+    cache.put("x", "not an embedding")  # values without a preparation are left alone
+    assert cache.get("x") == "not an embedding"
 
 
 def test_segment_points_box_commit_undo(make_napari_viewer, tiny_sam):

@@ -130,10 +130,16 @@ def in_slice(coords: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
 
 
 class EmbeddingCache:
-    """A small LRU of embeddings keyed by (layer, slice index, image settings, model)."""
+    """A small LRU of embeddings keyed by (layer, slice index, image settings, model).
 
-    def __init__(self, maxsize: int = 8) -> None:
+    Embeddings that carry the mask decoder's per-image preparation (``ImageEmbedding.prepared``,
+    ~6x the features' memory for SAM) keep it only while among the ``keep_prepared`` most recently
+    stored or used entries (the slice on screen and its prefetched neighbours); older entries
+    are kept without it (their first click then prepares again)."""
+
+    def __init__(self, maxsize: int = 8, keep_prepared: int = 3) -> None:
         self.maxsize = maxsize
+        self.keep_prepared = keep_prepared
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
 
     def get(self, key: Hashable) -> Any | None:
@@ -141,6 +147,7 @@ class EmbeddingCache:
         if key not in self._items:
             return None
         self._items.move_to_end(key)
+        self._drop_old_preparations()
         return self._items[key]
 
     def put(self, key: Hashable, value: Any) -> None:
@@ -149,6 +156,13 @@ class EmbeddingCache:
         self._items.move_to_end(key)
         while len(self._items) > self.maxsize:
             self._items.popitem(last=False)
+        self._drop_old_preparations()
+
+    def _drop_old_preparations(self) -> None:
+        for key in list(self._items)[: max(0, len(self._items) - self.keep_prepared)]:
+            emb = self._items[key]
+            if getattr(emb, "prepared", None) is not None:
+                self._items[key] = emb.without_preparation()
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items

@@ -1,7 +1,8 @@
 """Slices and embeddings of ``SegmentAnything``: slice index on screen, per-slice LRU cache, encode jobs.
 
 The cache key is (image layer, slice index, contrast limits used, composite channel axis, model version),
-so changing any of them re-encodes. ``encode_job`` captures the settings on the GUI thread and returns a
+so changing any of them re-encodes. Encode jobs also make the mask decoder's per-image preparation
+(``SamPredictor.prepare_embedding``); the cache keeps it for its most recent entries only. ``encode_job`` captures the settings on the GUI thread and returns a
 callable that only reads the needed slice (``np.asarray(layer.data[index])``) and encodes it, safe to run in
 a worker thread.
 """
@@ -81,7 +82,10 @@ class EmbeddingsMixin:
             return to_sam_image(arr, contrast_limits=limits, rgb=rgb)
 
         def job() -> Any:
-            return predictor.compute_embedding(read())
+            emb = predictor.compute_embedding(read())
+            # the decoder's per-image work too, while off the event loop: the slice's first click
+            # is then decoded on the prepared image, as its later ones are
+            return predictor.prepare_embedding(emb) if hasattr(predictor, "prepare_embedding") else emb
 
         job.steps = 1
         if hasattr(predictor, "iter_embedding"):  # tiles: one encoder run per tile and the overview
