@@ -362,6 +362,12 @@ def test_bad_embedding_image_and_format(pair):
         ours.set_image_embedding(ImageEmbedding(torch.zeros(1, 256, 32, 32), (10, 10), (10, 10)))
     with pytest.raises(TypeError, match="ImageEmbedding"):
         ours.set_image_embedding(torch.zeros(1, 256, 64, 64))
+    before = ours.embedding
+    with pytest.raises(ValueError, match=r"input_size \(2048, 1024\) must be within the model's 1024x1024"):
+        ours.set_image_embedding(ImageEmbedding(torch.zeros(1, 256, 64, 64), (2048, 1024), (2048, 1024)))
+    with pytest.raises(ValueError, match="original_size"):
+        ours.set_image_embedding(ImageEmbedding(torch.zeros(1, 256, 64, 64), (0, 10), (10, 10)))
+    assert ours.embedding is before  # the image in use stays
     with pytest.raises(ValueError, match="image_format"):
         ours.compute_embedding(img, image_format="HSV")
     with pytest.raises(ValueError, match=r"shape \(2, 3, 4, 5\)"):

@@ -215,6 +215,11 @@ class SamPredictor:
                 f"embedding features must have shape (1, C, {self.embedding_size[0]}, "
                 f"{self.embedding_size[1]}) for this model, got {tuple(f.shape)}"
             )
+        if not all(0 < s <= self.img_size for s in emb.input_size) or min(emb.original_size) <= 0:
+            raise ValueError(
+                f"embedding input_size {tuple(emb.input_size)} must be within the model's "
+                f"{self.img_size}x{self.img_size} input, and original_size {tuple(emb.original_size)} positive"
+            )
         self._embedding = emb.to(self.device)
         prep = self._embedding.prepared
         self._prepared = prep.value if prep is not None and prep.fits(self.model.mask_decoder) else None
