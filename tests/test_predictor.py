@@ -267,6 +267,8 @@ def test_embedding_carries_its_decoder_preparation(pair):
     assert p._prepared is None  # made with weights of another version: prepared again when it pays
     with pytest.raises(TypeError, match="ImageEmbedding"):
         p.prepare_embedding(emb.features)
+    with pytest.raises(ValueError, match="must have shape"):
+        p.prepare_embedding(ImageEmbedding(torch.zeros(1, 256, 32, 32), (10, 10), (10, 10)))
 
 
 def test_bgr_input(pair):

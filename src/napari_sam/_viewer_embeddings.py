@@ -1,10 +1,10 @@
 """Slices and embeddings of ``SegmentAnything``: slice index on screen, per-slice LRU cache, encode jobs.
 
 The cache key is (image layer, slice index, contrast limits used, composite channel axis, model version),
-so changing any of them re-encodes. Encode jobs also make the mask decoder's per-image preparation
-(``SamPredictor.prepare_embedding``); the cache keeps it for its most recent entries only. ``encode_job`` captures the settings on the GUI thread and returns a
+so changing any of them re-encodes. ``encode_job`` captures the settings on the GUI thread and returns a
 callable that only reads the needed slice (``np.asarray(layer.data[index])``) and encodes it, safe to run in
-a worker thread.
+a worker thread; it also makes the mask decoder's per-image preparation there
+(``SamPredictor.prepare_embedding``), which the cache keeps for its most recent entries only.
 """
 
 from __future__ import annotations

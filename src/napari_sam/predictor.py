@@ -195,8 +195,7 @@ class SamPredictor:
         the features' memory while kept: ``emb.prepared.nbytes``). Returns ``emb`` itself for a
         decoder without a preparation or an embedding already prepared for this decoder."""
         decoder = self.model.mask_decoder
-        if not isinstance(emb, ImageEmbedding):
-            raise TypeError(f"expected an ImageEmbedding, got {type(emb).__name__}")
+        self._check_embedding(emb)
         if not hasattr(decoder, "prepare_image") or (emb.prepared is not None and emb.prepared.fits(decoder)):
             return emb
         emb = emb.to(self.device)
@@ -207,6 +206,14 @@ class SamPredictor:
     def set_image_embedding(self, emb: ImageEmbedding) -> None:
         """Use a previously computed embedding (moved to this predictor's device), with its
         decoder preparation when it has one made for this predictor's decoder and weights."""
+        self._check_embedding(emb)
+        self._embedding = emb.to(self.device)
+        prep = self._embedding.prepared
+        self._prepared = prep.value if prep is not None and prep.fits(self.model.mask_decoder) else None
+        self._calls = 0
+
+    def _check_embedding(self, emb: ImageEmbedding) -> None:
+        """A clear error for an embedding that does not fit this model."""
         if not isinstance(emb, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(emb).__name__}")
         f = emb.features
@@ -220,10 +227,6 @@ class SamPredictor:
                 f"embedding input_size {tuple(emb.input_size)} must be within the model's "
                 f"{self.img_size}x{self.img_size} input, and original_size {tuple(emb.original_size)} positive"
             )
-        self._embedding = emb.to(self.device)
-        prep = self._embedding.prepared
-        self._prepared = prep.value if prep is not None and prep.fits(self.model.mask_decoder) else None
-        self._calls = 0
 
     def reset_image(self) -> None:
         """Forget the current image."""

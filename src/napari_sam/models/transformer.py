@@ -148,10 +148,10 @@ class TwoWayTransformer(nn.Module):
 
     def pe_tokens(self, image_pe: Tensor) -> Tensor:
         """``image_pe (1 | B, C, h, w)`` as contiguous tokens ``(1 | B, h*w, C)``: a transposing
-        copy per call (8 MB kept for SAM) saved. Outside autograd the last result is kept (and
-        never used under autograd) and returned again for the same tensor, unchanged since (its version counter; a predictor
+        copy per call saved (8 MB kept for SAM). Outside autograd the last result is kept and
+        returned again for the same tensor, unchanged since (its version counter; a predictor
         passes its one encoding at every call), or for an equal one (compared by value: inference
-        tensors have no version counter)."""
+        tensors have no version counter); under autograd it is always computed afresh."""
         kept = self._pe_tokens if not torch.is_grad_enabled() else None
         if kept is not None:
             ref, version, copy, pe = kept
