@@ -3,8 +3,10 @@
 Prints a table of medians (encoder latency on a 1024x1024 input; prompt-to-mask latency for one
 point, multimask, decoder + post-processing to the full resolution of a 1024x1024 and a
 2048x1536 image, the same as the first click on an image (ours then decodes without the image's
-per-image preparation, which the predictor makes from an image's second prompt call on), and for
-a refining click: two points and the first click's low-res logits as ``mask_input``, one mask) and
+per-image preparation, which the predictor makes from an image's second prompt call on), the
+same with that preparation made ahead (``SamPredictor.prepare_embedding``, as the widget's encode
+worker does: "1st click, prep. ahead"), and for a refining click: two points and the first
+click's low-res logits as ``mask_input``, one mask) and
 the agreement of embeddings and masks. Runs of ours and of the official are
 interleaved, so that load from other processes hits both alike.
 
@@ -35,6 +37,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 try:
@@ -194,6 +197,12 @@ def main(argv: list[str] | None = None) -> None:
         fns = {"ours": ours_first, "official": lambda pt=pt, lb=lb: ref.predict(pt, lb)}
         med = _interleaved(fns, args.decoder_runs, device, warmup=2)
         rows.append((f"first click {h}x{w}", med))
+        # the same with the preparation made ahead and kept with the embedding
+        # (``prepare_embedding``: what the widget's encode worker does after the encoder)
+        ready = ours.prepare_embedding(emb)
+        fns = {"ours": partial(ours_first, emb=ready), "official": lambda pt=pt, lb=lb: ref.predict(pt, lb)}
+        med = _interleaved(fns, args.decoder_runs, device, warmup=2)
+        rows.append((f"1st click, prep. ahead {h}x{w}", med))
         a, b = ref.predict(pt, lb), ours.predict(pt, lb)
         print(
             f"{h}x{w}: mask pixel agreement {(a[0] == b[0]).mean():.6f}, "
@@ -218,12 +227,12 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\nspeed-up: ratio of the medians; paired: median of the per-run ratios; faults: median minor")
     print("page faults per call, ours / official (fresh memory the allocator maps in at every call)")
-    print(f"| {'stage':<24} | {'ours ms':>9} | {'official ms':>11} | {'speed-up':>8} | {'paired':>7} | {'faults':>17} |")
-    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 13}|{'-' * 10}|{'-' * 9}|{'-' * 19}|")
+    print(f"| {'stage':<32} | {'ours ms':>9} | {'official ms':>11} | {'speed-up':>8} | {'paired':>7} | {'faults':>17} |")
+    print(f"|{'-' * 34}|{'-' * 11}|{'-' * 13}|{'-' * 10}|{'-' * 9}|{'-' * 19}|")
     for name, med in rows:
         o, r, pr, f = med["ours"], med["official"], med["paired"], med["faults"]
         faults = f"{f['ours']:.0f} / {f['official']:.0f}"
-        print(f"| {name:<24} | {o * 1e3:9.1f} | {r * 1e3:11.1f} | {r / o:7.2f}x | {pr:6.2f}x | {faults:>17} |")
+        print(f"| {name:<32} | {o * 1e3:9.1f} | {r * 1e3:11.1f} | {r / o:7.2f}x | {pr:6.2f}x | {faults:>17} |")
 
 
 def _real_rows(device: torch.device, runs: int) -> list[tuple[str, dict]]:
