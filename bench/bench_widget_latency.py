@@ -1,11 +1,16 @@
 """Click-to-preview latency of the dock widget vs the bare ``SamPredictor.predict``.
 
-Run: ``xvfb-run -a python bench/bench_widget_latency.py [--arch nano|vit_t|vit_b] [--clicks 50]``.
-A 1024x1024 image, the embedding ready; each "click" is ``points_layer.add`` (what napari's add
-mode calls on mouse release) and is timed until the preview layer holds the new mask (the event
-chain: data event -> prompt read + world->data conversion -> decoder -> preview layer update).
-The bare figure is ``predictor.predict`` with the same prompt (multimask, as the widget). Random
-weights: the decoder cost does not depend on the weights.
+Run: ``xvfb-run -a python bench/bench_widget_latency.py [--arch nano|vit_t|vit_b] [--clicks 50]
+[--first-clicks 0]``. A 1024x1024 image, the embedding ready; each "click" is ``points_layer.add``
+(what napari's add mode calls on mouse release) and is timed until the preview layer holds the new
+mask (the event chain: data event -> prompt read + world->data conversion -> decoder -> preview
+layer update). The bare figure is ``predictor.predict`` with the same prompt (multimask, as the
+widget). Random weights: the decoder cost does not depend on the weights.
+
+``--first-clicks N``: also a stack of N slices, each shown, encoded by the widget's worker and then
+clicked once: the first click on a slice, with the decoder's preparation the worker made after the
+encoder (``SamPredictor.prepare_embedding``) on even slices and without it (dropped from the cache
+entry, as before session 10) on odd ones.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ def main() -> None:
     ap.add_argument("--arch", default="vit_t", help="architecture for a random-weight model (decoder is SAM's)")
     ap.add_argument("--clicks", type=int, default=50)
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--first-clicks", type=int, default=0, help="slices of a stack to click once each (see the doc)")
     args = ap.parse_args()
 
     import napari
@@ -69,7 +75,38 @@ def main() -> None:
     print(f"click -> preview (widget): median {w:.1f} ms over {len(widget_ms)} clicks")
     print(f"SamPredictor.predict     : median {b:.1f} ms")
     print(f"ratio {w / b:.2f}x (target <= 2x)")
+    if args.first_clicks > 0:
+        _first_clicks(viewer, sam, widget, app, rng, args)
     viewer.close()
+
+
+def _first_clicks(viewer, sam, widget, app, rng, args) -> None:
+    """The first click on each slice of a stack, with and without the preparation made ahead."""
+    stack = (rng.random((args.first_clicks, args.size, args.size)) * 255).astype(np.uint8)
+    for layer in list(viewer.layers):
+        if layer.name == "image":
+            viewer.layers.remove(layer)
+    viewer.add_image(stack, name="stack")
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for z in range(args.first_clicks):
+        viewer.dims.set_current_step(0, z)
+        while not (sam.has_embedding((z,)) and not widget.encoder.busy):
+            app.processEvents()
+            time.sleep(0.01)
+        key = sam._key((z,))
+        ahead = z % 2 == 0
+        if not ahead:
+            sam.cache.put(key, sam.cache.get(key).without_preparation())
+        sam.clear_prompts()
+        rc = rng.uniform(50, args.size - 50, size=2)
+        t = time.perf_counter()
+        sam.points_layer.add([z, *rc])
+        assert sam.objects is not None
+        app.processEvents()
+        times[ahead].append(1000 * (time.perf_counter() - t))
+    a, p = statistics.median(times[True]), statistics.median(times[False])
+    print(f"first click on a slice (click -> preview), {args.first_clicks} slices: prepared by the encode "
+          f"worker {a:.1f} ms, not prepared {p:.1f} ms (median of {len(times[True])} / {len(times[False])})")
 
 
 if __name__ == "__main__":
