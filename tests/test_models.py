@@ -547,3 +547,24 @@ def test_pe_tokens_are_kept_for_the_same_unchanged_or_an_equal_encoding():
         kept = tr.pe_tokens(pe)
     with torch.enable_grad():  # an inference tensor kept is not handed to autograd
         assert not tr.pe_tokens(pe).is_inference()
+
+
+def test_model_with_filled_caches_pickles_without_them(tmp_path):
+    """A model that has decoded (its transformer's positional and token-layout caches filled, one
+    holding a weak reference) still saves whole with ``torch.save`` and deep-copies; the copies
+    start without the caches."""
+    import copy
+
+    model = build_model("nano").eval()
+    tr = model.mask_decoder.transformer
+    with torch.no_grad():
+        pe = model.prompt_encoder.get_dense_pe()
+        tr.prepare(torch.randn(1, 128, 64, 64), pe)
+    assert tr._pe_tokens is not None and tr._positional_cache is not None
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    for other in (loaded, copy.deepcopy(model)):
+        t = other.mask_decoder.transformer
+        assert t._pe_tokens is None and t._positional_cache is None
+        assert torch.equal(t.layers[0].mlp.lin1.weight, tr.layers[0].mlp.lin1.weight)
+    assert tr._pe_tokens is not None  # the original keeps its caches

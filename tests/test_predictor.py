@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -259,6 +260,8 @@ def test_embedding_carries_its_decoder_preparation(pair):
     other.set_image_embedding(ready)
     assert other._prepared is None
     assert ready.without_preparation().prepared is None and ready.without_preparation() == ready
+    saved = pickle.loads(pickle.dumps(ready))  # saved without it (it holds a weak reference)
+    assert saved.prepared is None and torch.equal(saved.features, ready.features) and ready.prepared is not None
     assert emb.without_preparation() is emb
     with torch.no_grad():  # an in-place weight change (an optimiser step, a loaded state dict)
         w = ours.model.mask_decoder.iou_token.weight

@@ -49,6 +49,10 @@ class ImageEmbedding:
             return self
         return replace(self, features=self.features.to(device), prepared=None)
 
+    def __getstate__(self) -> dict:
+        """Pickled (and deep-copied) without the decoder's preparation."""
+        return {**self.__dict__, "prepared": None}
+
     def without_preparation(self) -> ImageEmbedding:
         """The same embedding without the decoder's preparation (self when it has none)."""
         return self if self.prepared is None else replace(self, prepared=None)

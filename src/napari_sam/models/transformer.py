@@ -103,6 +103,13 @@ class TwoWayTransformer(nn.Module):
         self._positional_cache: tuple | None = None  # see positional_parts
         self._pe_tokens: tuple | None = None  # see pe_tokens
 
+    def __getstate__(self) -> dict:
+        """Pickled (``torch.save(model)``, ``copy.deepcopy``) without the caches of
+        :meth:`positional_parts` and :meth:`pe_tokens` (a weak reference cannot be pickled)."""
+        state = dict(super().__getstate__())
+        state["_positional_cache"] = state["_pe_tokens"] = None
+        return state
+
     def prepare(self, image_embedding: Tensor, image_pe: Tensor) -> PreparedImage:
         """``image_embedding (1, C, h, w)`` (already plus the dense prompt; or as tokens ``(1,
         h*w, C)``), ``image_pe (1, C, h, w)`` -> the :class:`PreparedImage` that :meth:`forward`
