@@ -66,6 +66,26 @@ def test_small_image_is_exactly_the_plain_predictor():
         np.testing.assert_array_equal(a, b)
 
 
+def test_prepare_embedding_prepares_an_image_that_fits_a_tile_only(tiled):
+    """``TiledPredictor.prepare_embedding``: a plain (one-tile) embedding gets the inner predictor's
+    decoder preparation, used by the first click after ``set_image_embedding``; a tiled one is
+    returned unchanged."""
+    tp, _ = tiled
+    assert tp.prepare_embedding(tp.embedding) is tp.embedding  # tiled
+    small = TiledPredictor(tp.model, device="cpu")
+    emb = small.compute_embedding(_image(200, 240))
+    ready = small.prepare_embedding(emb)
+    assert isinstance(ready, ImageEmbedding) and ready.prepared is not None
+    small.set_image_embedding(ready)
+    assert small.predictor._prepared is ready.prepared.value
+    first = small.predict(np.array([[120.0, 90.0]]), np.array([1]))
+    plain = SamPredictor(tp.model, device="cpu")
+    plain.set_image_embedding(emb)
+    plain.prepare()
+    for a, b in zip(first, plain.predict(np.array([[120.0, 90.0]]), np.array([1])), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_embedding_has_tiles_at_native_scale(tiled):
     tp, _ = tiled
     emb = tp.embedding
