@@ -51,9 +51,7 @@ def main() -> None:
     viewer.add_image(image, name="image")
     app = QApplication.instance()
     t0 = time.perf_counter()
-    while not (sam.has_embedding() and not widget.encoder.busy):
-        app.processEvents()
-        time.sleep(0.01)
+    _wait_encoded(app, sam, widget)
     encode_s = time.perf_counter() - t0
 
     pts = sam.points_layer
@@ -80,6 +78,15 @@ def main() -> None:
     viewer.close()
 
 
+def _wait_encoded(app, sam, widget, index: tuple[int, ...] | None = None) -> None:
+    """Run the event loop until the slice's embedding is cached and the encode worker is idle
+    (woken by the worker's signals, not polling on a timer)."""
+    from qtpy.QtCore import QEventLoop
+
+    while not (sam.has_embedding(index) and not widget.encoder.busy):
+        app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 50)
+
+
 def _first_clicks(viewer, sam, widget, app, rng, args) -> None:
     """The first click on each slice of a stack, with and without the preparation made ahead."""
     stack = (rng.random((args.first_clicks, args.size, args.size)) * 255).astype(np.uint8)
@@ -90,9 +97,7 @@ def _first_clicks(viewer, sam, widget, app, rng, args) -> None:
     times: dict[bool, list[float]] = {True: [], False: []}
     for z in range(args.first_clicks):
         viewer.dims.set_current_step(0, z)
-        while not (sam.has_embedding((z,)) and not widget.encoder.busy):
-            app.processEvents()
-            time.sleep(0.01)
+        _wait_encoded(app, sam, widget, (z,))
         key = sam._key((z,))
         ahead = z % 2 == 0
         if not ahead:

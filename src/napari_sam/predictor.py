@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from napari_sam._device import autocast_dtype, pick_device
 from napari_sam._postprocess import MaskUpsampler
 from napari_sam.images import to_sam_image
+from napari_sam.models.common import weights_key
 from napari_sam.transforms import ResizeLongestSide
 
 
@@ -76,11 +77,7 @@ class DecoderPreparation:
 
     def fits(self, decoder: torch.nn.Module) -> bool:
         """Whether it was made by ``decoder`` with the weights it has now."""
-        return self.decoder() is decoder and self.weights == _weights_key(decoder)
-
-
-def _weights_key(module: torch.nn.Module) -> tuple:
-    return tuple((t.data_ptr(), t._version) for t in module.parameters())
+        return self.decoder() is decoder and self.weights == weights_key(decoder)
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -204,7 +201,7 @@ class SamPredictor:
             return emb
         emb = emb.to(self.device)
         value = self._preparation(emb.features)
-        prep = DecoderPreparation(weakref.ref(decoder), _weights_key(decoder), value, _tensor_bytes(value))
+        prep = DecoderPreparation(weakref.ref(decoder), weights_key(decoder), value, _tensor_bytes(value))
         return replace(emb, prepared=prep)
 
     def set_image_embedding(self, emb: ImageEmbedding) -> None:

@@ -59,3 +59,10 @@ def to_tokens(x: torch.Tensor, vector: torch.Tensor | None = None) -> torch.Tens
     for i in range(b):
         out[i].copy_(x[i].view(c, -1).T)
     return out if vector is None else out.add_(vector)
+
+
+def weights_key(module: nn.Module) -> tuple:
+    """Each parameter's storage and version counter: changes when a weight is replaced (a loaded
+    state dict, ``.to()``) or updated in place (an optimiser step). For caches of what is computed
+    from the weights alone."""
+    return tuple((t.data_ptr(), t._version) for t in module.parameters())

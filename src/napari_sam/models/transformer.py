@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import asymmetric_attention, update_projection
 from .asymmetric_attention import worth_it
-from .common import MLPBlock, to_tokens
+from .common import MLPBlock, to_tokens, weights_key
 
 
 @dataclass
@@ -134,7 +134,7 @@ class TwoWayTransformer(nn.Module):
         the weights are unchanged (same storage, no in-place update: ``Tensor._version``): a
         third of :meth:`prepare`'s multiply-adds (vit_b: 5 of 11 products of ``L x C x D``), for
         ~18 MB kept (vit_b: the parts and a copy of the encoding to compare with)."""
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = weights_key(self)
         cached = self._positional_cache if not torch.is_grad_enabled() else None
         if cached is not None and cached[0] == key and _equal(cached[1], image_pe):
             return cached[2]
