@@ -20,11 +20,16 @@ def _cmd_gui(args: argparse.Namespace) -> int:
         viewer.open_sample("napari-sam", "nuclei")
     viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
     if args.screenshot:  # for docs and smoke tests: render once, save, quit
+        from qtpy.QtCore import QThreadPool
         from qtpy.QtWidgets import QApplication
 
         QApplication.processEvents()
         viewer.screenshot(args.screenshot, canvas_only=False)
         viewer.close()
+        # the widget's model load / first encode may still run in a worker thread: let it end
+        # before the interpreter does (napari's own event loop waits for workers on quit; this
+        # path never enters it)
+        QThreadPool.globalInstance().waitForDone()
         return 0
     napari.run()
     return 0
