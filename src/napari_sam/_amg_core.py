@@ -84,7 +84,7 @@ class CropContext:
         self.thr, self.off = float(threshold), float(offset)
         self.chunk = max(1, int(chunk_pixels) // max(1, self.size[0] * self.size[1]))
         self.pe = None
-        self.prepared = None  # the decoder's per-crop work (MaskDecoder.prepare_image), made on first use
+        self.prepared = None  # the decoder's per-crop work (FastMaskDecoder.prepare_image), made on first use
 
     def exact(self, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(N, 256, 256) logits -> intersections (N,), unions (N,), boxes (N, 4) XYXY inclusive in crop
@@ -128,17 +128,18 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where((y1 >= 0)[:, None], out, torch.zeros_like(out))
 
 
-def decode_filtered(decoder, ctx: CropContext, sparse, dense, min_iou: float):
+def decode_filtered(predictor, ctx: CropContext, sparse, dense, min_iou: float):
     """Multimask decoding keeping masks with predicted IoU > ``min_iou``: IoUs (B, 3), keep (B, 3),
-    kept low-res logits (K, 256, 256). Our decoder never upscales the dropped masks and does the
-    crop's prompt-independent work once (``ctx.prepared``); any other decoder with the official
-    ``forward`` is run whole and filtered."""
+    kept low-res logits (K, 256, 256). The fast decoder (a CPU predictor's) never upscales the
+    dropped masks and does the crop's prompt-independent work once (``ctx.prepared``); the plain
+    one is run whole and filtered."""
     features, pe = ctx.features, ctx.pe
-    if hasattr(decoder, "predict_filtered"):
+    fast = predictor.fast_decoder
+    if fast is not None:
         if ctx.prepared is None:
-            ctx.prepared = decoder.prepare_image(features, pe, dense)
-        return decoder.predict_filtered(features, pe, sparse, dense, True, min_iou, ctx.prepared)
-    low, iou = decoder(features, pe, sparse, dense, True)
+            ctx.prepared = fast.prepare_image(features, pe, dense)
+        return fast.predict_filtered(features, pe, sparse, dense, True, min_iou, ctx.prepared)
+    low, iou = predictor.model.mask_decoder(features, pe, sparse, dense, True)
     keep = iou > min_iou
     return iou, keep, low[keep]
 
@@ -152,7 +153,7 @@ def process_batch(gen, ctx: CropContext, points: np.ndarray, orig_size: tuple[in
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder(points=(c, lab), boxes=None, masks=None)
         min_iou = gen.pred_iou_thresh if gen.pred_iou_thresh > 0.0 else float("-inf")
-        iou, keep, low = decode_filtered(model.mask_decoder, ctx, sparse, dense, min_iou)
+        iou, keep, low = decode_filtered(gen.predictor, ctx, sparse, dense, min_iou)
         n_out = iou.shape[1]
         iou, keep, low = iou.flatten(0, 1).float(), keep.flatten(), low.float()  # low: (keep.sum(), 256, 256)
         idx = torch.nonzero(keep).flatten()

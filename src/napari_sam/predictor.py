@@ -11,6 +11,7 @@ in pixels of the original image.
 from __future__ import annotations
 
 import contextlib
+import logging
 import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +24,7 @@ from napari_sam._device import autocast_dtype, pick_device
 from napari_sam._postprocess import MaskUpsampler
 from napari_sam.images import to_sam_image
 from napari_sam.models.common import weights_key
+from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
 from napari_sam.transforms import ResizeLongestSide
 
 
@@ -67,7 +69,7 @@ class ImageEmbedding:
 
 @dataclass(frozen=True)
 class DecoderPreparation:
-    """A mask decoder's per-image work (``value``: ``MaskDecoder.prepare_image``) and what it was
+    """A mask decoder's per-image work on the fast path (``value``: ``FastMaskDecoder.prepare_image``) and what it was
     made with: the decoder (a weak reference) and its weights' storage and version counters."""
 
     decoder: weakref.ref
@@ -95,7 +97,9 @@ def _tensor_bytes(obj: Any) -> int:
     return sum(seen.values())
 
 
-# The decoder's per-image preparation (``MaskDecoder.prepare_image``) costs less than one plain
+log = logging.getLogger(__name__)
+
+# The fast decoder's per-image preparation (``FastMaskDecoder.prepare_image``) costs less than one plain
 # prompt and saves a quarter to two fifths of each later one (``bench/bench_prepare.py``; figures in
 # docs/engine.md, "Per image, once"), so an image is prepared on its second prompt call, or on the
 # first when that has this many prompts: a single small call per image (a volume's propagation
@@ -112,15 +116,28 @@ class SamPredictor:
         precision: ``'auto'`` (bf16 autocast for the encoder on CUDA, fp32 elsewhere), ``'fp32'``,
             ``'bf16'`` or ``'fp16'``. Only the image encoder runs under autocast; the features are
             stored as float32 and the prompt encoder and mask decoder always run in fp32.
+        decoder: which mask decoder computes the masks (the same numbers up to float rounding):
+            ``'plain'``, the reference-shaped modules (``napari_sam.models.mask_decoder``), or
+            ``'fast'``, the CPU fast path (``napari_sam.models.fast``: the image's first layer
+            prepared once, mask prompts as low-rank updates); ``'auto'``: fast on a CPU, plain
+            elsewhere. The choice is :attr:`decoder_path` (and a debug log line).
     """
 
     def __init__(
-        self, model: torch.nn.Module, device: str | torch.device | None = None, precision: str = "auto"
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        decoder: str = "auto",
     ):
         self.device = pick_device(device)
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.model = model.to(self.device).eval()
+        #: ``"plain"`` or ``"fast"``: the mask decoder this predictor runs (see ``decoder``)
+        self.decoder_path = resolve_decoder_path(decoder, self.device, self.model.mask_decoder)
+        self._fast = fast_decoder(self.model.mask_decoder) if self.decoder_path == "fast" else None
+        log.debug("SamPredictor on %s: %s mask decoder (decoder=%r)", self.device, self.decoder_path, decoder)
         self.img_size = int(model.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
         grid = tuple(int(s) for s in model.prompt_encoder.image_embedding_size)
@@ -171,33 +188,33 @@ class SamPredictor:
         self.prepare()
 
     def prepare(self) -> None:
-        """Do the decoder's prompt-independent work for the current image now
-        (``MaskDecoder.prepare_image``; nothing for a decoder without it, or when already done).
+        """Do the fast decoder's prompt-independent work for the current image now
+        (``FastMaskDecoder.prepare_image``; nothing on the plain path, or when already done).
 
         :meth:`set_image` calls it; after :meth:`set_image_embedding` the predictor does it itself
         on the image's second prompt call, or on the first of ``PREPARE_FOR_PROMPTS`` prompts or
         more (unless the embedding came with it, :meth:`prepare_embedding`): call it to have the
         first click of an image set that way on the prepared image too."""
         emb = self._require_image()
-        if self._prepared is None and hasattr(self.model.mask_decoder, "prepare_image"):
+        if self._prepared is None and self._fast is not None:
             self._prepared = self._preparation(emb.features)
 
     def _preparation(self, features: torch.Tensor) -> Any:
-        """``MaskDecoder.prepare_image`` of ``features (1, C, h, w)`` (no state changed)."""
+        """``FastMaskDecoder.prepare_image`` of ``features (1, C, h, w)`` (no state changed)."""
         with torch.inference_mode():
             _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)  # the no-mask prompt
-            return self.model.mask_decoder.prepare_image(features, self.dense_pe, dense)
+            return self._fast.prepare_image(features, self.dense_pe, dense)
 
     def prepare_embedding(self, emb: ImageEmbedding) -> ImageEmbedding:
         """``emb`` with the decoder's per-image work done and kept with it (its ``prepared``), so
         that the first prompt on it after :meth:`set_image_embedding` is decoded on the prepared
         image, as the later ones are. For a caller that encodes ahead, e.g. in a worker thread
         (this predictor's state is not changed; ~20-30 ms for SAM on a 2-core CPU, and about 6x
-        the features' memory while kept: ``emb.prepared.nbytes``). Returns ``emb`` itself for a
-        decoder without a preparation or an embedding already prepared for this decoder."""
+        the features' memory while kept: ``emb.prepared.nbytes``). Returns ``emb`` itself on the
+        plain decoder path or for an embedding already prepared for this decoder."""
         decoder = self.model.mask_decoder
         self._check_embedding(emb)
-        if not hasattr(decoder, "prepare_image") or (emb.prepared is not None and emb.prepared.fits(decoder)):
+        if self._fast is None or (emb.prepared is not None and emb.prepared.fits(decoder)):
             return emb
         emb = emb.to(self.device)
         value = self._preparation(emb.features)
@@ -247,6 +264,12 @@ class SamPredictor:
             with torch.no_grad():  # not an inference tensor: its version counter lets the decoder
                 self._dense_pe = self.model.prompt_encoder.get_dense_pe()  # keep its token layout
         return self._dense_pe
+
+    @property
+    def fast_decoder(self):
+        """The CPU fast path's decoder (``napari_sam.models.fast.FastMaskDecoder``) this predictor
+        runs, or None on the plain path (:attr:`decoder_path`)."""
+        return self._fast
 
     @property
     def is_image_set(self) -> bool:
@@ -414,33 +437,34 @@ class SamPredictor:
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
         points = (point_coords, point_labels) if point_coords is not None else None
-        encoder, decoder = self.model.prompt_encoder, self.model.mask_decoder
         with torch.inference_mode():
-            extra = {}  # our decoder: the image's prompt-independent work, once per image
-            n = len(point_coords) if point_coords is not None else len(boxes) if boxes is not None else 1
-            use_prepared = hasattr(decoder, "prepare_image") and (
-                self._prepared is not None or self._calls > 0 or n >= PREPARE_FOR_PROMPTS
-            )
-            self._calls += 1
-            # prompts with masks (refining clicks, propagation): the prepared image plus low-rank
-            # changes, when the points/boxes give one prompt per mask (masks alone: the plain path)
-            low_rank = use_prepared and mask_input is not None and len(mask_input) == n and hasattr(encoder, "mask_update")
-            sparse, dense = encoder(points=points, boxes=boxes, masks=None if low_rank else mask_input)
-            if use_prepared and (mask_input is None or low_rank):
-                self.prepare()
-                extra["prepared"] = self._prepared
-                if low_rank:
-                    extra["dense_update"] = encoder.mask_update(mask_input)
-            low_res, iou = decoder(
-                image_embeddings=emb.features,  # (1, C, h, w): the decoder broadcasts it over the batch
-                image_pe=self.dense_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask_output,
-                **extra,
-            )
+            decode = self._decode_fast if self._fast is not None else self._decode_plain
+            low_res, iou = decode(emb, points, boxes, mask_input, multimask_output)
             masks = self.postprocess_masks(low_res, emb.input_size, emb.original_size, return_logits)
         return masks, iou, low_res
+
+    def _decode_plain(self, emb: ImageEmbedding, points, boxes, mask_input, multimask_output: bool):
+        """Prompts -> low-res logits ``(B, C, 256, 256)`` and IoUs ``(B, C)`` with the plain modules."""
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.model.mask_decoder(emb.features, self.dense_pe, sparse, dense, multimask_output)
+
+    def _decode_fast(self, emb: ImageEmbedding, points, boxes, mask_input, multimask_output: bool):
+        """As :meth:`_decode_plain`, on the fast path: the image prepared once (on its second prompt
+        call, or the first of ``PREPARE_FOR_PROMPTS`` prompts or more), mask prompts as low-rank
+        changes of it when the points/boxes give one prompt per mask (masks alone: unprepared)."""
+        encoder = self.model.prompt_encoder
+        n = len(points[0]) if points is not None else len(boxes) if boxes is not None else 1
+        use_prepared = self._prepared is not None or self._calls > 0 or n >= PREPARE_FOR_PROMPTS
+        self._calls += 1
+        low_rank = use_prepared and mask_input is not None and len(mask_input) == n
+        sparse, dense = encoder(points=points, boxes=boxes, masks=None if low_rank else mask_input)
+        extra = {}
+        if use_prepared and (mask_input is None or low_rank):
+            self.prepare()
+            extra["prepared"] = self._prepared
+            if low_rank:
+                extra["dense_update"] = mask_update(encoder, mask_input)
+        return self._fast(emb.features, self.dense_pe, sparse, dense, multimask_output, **extra)
 
     def postprocess_masks(
         self,

@@ -81,19 +81,6 @@ class PromptEncoder(nn.Module):
         """``masks (B, 1, 4h, 4w)`` logits -> ``(B, C, h, w)``."""
         return self.mask_downscaling(masks)
 
-    def mask_update(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A mask prompt's dense embedding minus the no-mask one, as a low-rank product ``z @ m``:
-        ``masks (B, 1, 4h, 4w)`` logits -> ``z (B, h*w, r + 1)``, ``m (r + 1, C)`` (r = the
-        channels before the last 1x1 convolution, 16 for SAM; the last column of ``z`` is ones).
-        ``(z @ m)`` reshaped to ``(B, C, h, w)`` plus the no-mask embedding is the dense embedding."""
-        last = self.mask_downscaling[-1]
-        feats = self.mask_downscaling[:-1](masks)  # (B, r, h, w)
-        b, r = feats.shape[:2]
-        ones = feats.new_ones(b, feats.shape[2] * feats.shape[3], 1)
-        z = torch.cat([feats.flatten(2).transpose(1, 2), ones], dim=2)
-        m = torch.cat([last.weight.reshape(-1, r).T, (last.bias - self.no_mask_embed.weight[0])[None]], dim=0)
-        return z, m
-
     @staticmethod
     def _get_batch_size(points, boxes, masks) -> int:
         if points is not None:

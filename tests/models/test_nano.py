@@ -11,7 +11,7 @@ import torch
 from napari_sam.models.nano import build_nano
 from napari_sam.models.sam import available_archs, build_model, infer_arch
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_sam" / "_weights" / "nano_nuclei.pt"
+WEIGHTS = Path(__file__).resolve().parents[2] / "src" / "napari_sam" / "_weights" / "nano_nuclei.pt"
 
 
 @pytest.mark.parametrize("arch", ["nano", "nano_l"])

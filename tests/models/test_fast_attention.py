@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam.models import asymmetric_attention
+from napari_sam.models.fast import asymmetric_attention
+from napari_sam.models.fast.transformer import attention
 from napari_sam.models.transformer import Attention
 
 
@@ -36,14 +37,15 @@ def test_tokens_to_image(attn: Attention, batch: int) -> None:
     assert asymmetric_attention.worth_it(attn, 7, 1024)
     fast = asymmetric_attention.tokens_to_image(attn, q, k, v)
     torch.testing.assert_close(fast, _plain(attn, q, k, v), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(attn(q, k, v), fast)  # the module dispatches to it
+    torch.testing.assert_close(attention(attn, q, k, v), fast)  # the fast path dispatches to it
+    torch.testing.assert_close(attn(q, k, v), fast, rtol=1e-4, atol=1e-5)  # the plain module
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_tokens_to_normalized(attn: Attention, batch: int) -> None:
     """Attending to LayerNorm(y) (+ pe for the keys) from y and the norm's statistics, the norm
     never applied, equals the plain attention on the normalised tokens."""
-    from napari_sam.models.update_projection import constant_part
+    from napari_sam.models.fast.update_projection import constant_part
 
     norm = torch.nn.LayerNorm(256)
     torch.nn.init.normal_(norm.weight, mean=1.0, std=0.3)
@@ -62,10 +64,11 @@ def test_image_to_tokens(attn: Attention, image_batch: int) -> None:
     fast = asymmetric_attention.image_to_tokens(attn, q, k, v)
     assert fast.shape == (3, 1024, 256)
     torch.testing.assert_close(fast, _plain(attn, q, k, v), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(attn(q, k, v), fast)
+    torch.testing.assert_close(attention(attn, q, k, v), fast)
+    torch.testing.assert_close(attn(q, k, v), fast, rtol=1e-4, atol=1e-5)
     # the residual is accumulated by the product (broadcast from a shared image's batch 1)
     res = torch.randn(image_batch, 1024, 256)
-    torch.testing.assert_close(attn(q, k, v, residual=res), fast + res, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(attention(attn, q, k, v, residual=res), fast + res, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("prompts", [1, 3])
@@ -83,12 +86,12 @@ def test_projected_to_tokens(attn: Attention, prompts: int) -> None:
 def test_many_tokens_use_the_plain_path(attn: Attention) -> None:
     assert not asymmetric_attention.worth_it(attn, 40, 4096)  # 8 heads * 40 tokens > 3/4 of 128
     q, k = torch.randn(1, 40, 256), torch.randn(1, 4096, 256)
-    torch.testing.assert_close(attn(q, k, k), _plain(attn, q, k, k), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(attention(attn, q, k, k), _plain(attn, q, k, k), rtol=1e-4, atol=1e-5)
 
 
 def test_gradients_flow(attn: Attention) -> None:
     attn.train()
     q = torch.randn(2, 6, 256, requires_grad=True)
     k = torch.randn(2, 512, 256, requires_grad=True)
-    attn(q, k, k).sum().backward()
+    attention(attn, q, k, k).sum().backward()
     assert q.grad is not None and k.grad is not None and attn.k_proj.weight.grad is not None

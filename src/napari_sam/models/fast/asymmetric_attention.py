@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .transformer import Attention
+    from ..transformer import Attention
 
 
 def worth_it(attn: Attention, n_small: int, n_large: int) -> bool:

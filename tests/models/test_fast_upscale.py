@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam.models import upscale_reassociation
+from napari_sam.models.fast import FastMaskDecoder, upscale_reassociation
 from napari_sam.models.mask_decoder import MaskDecoder
 from napari_sam.models.transformer import TwoWayTransformer
 
@@ -30,12 +30,13 @@ def _decoder(depth: int, width: int = C) -> MaskDecoder:
 @pytest.mark.parametrize("batch", [1, 3])
 def test_first_upscale_equals_the_map_of_the_final_tokens(depth: int, batch: int) -> None:
     dec = _decoder(depth)
+    fast = FastMaskDecoder(dec)
     emb, pe = torch.randn(1, C, 16, 16), torch.randn(1, C, 16, 16)
     tokens = torch.randn(batch, 8, C)
     with torch.inference_mode():
-        prep = dec.prepare_image(emb, pe, torch.zeros(1, C, 16, 16))
+        prep = fast.prepare_image(emb, pe, torch.zeros(1, C, 16, 16))
         trace: list = []
-        _, keys = dec.transformer(None, None, tokens, prep.image, trace=trace)
+        _, keys = fast.transformer.forward(None, None, tokens, prep.image, trace=trace)
         assert len(trace) == depth and all(trace)
         assert trace[0].p.shape == (batch, 256, 4 * 8) and trace[0].mean.shape == (batch, 256, 1)
         got = upscale_reassociation.first_upscale(prep.upscale, trace)
@@ -54,14 +55,15 @@ def test_decoder_masks_with_and_without_the_prepared_image(multimask: bool, widt
     attention is computed plainly (no low-rank update recorded), the upscaling falls back to the
     final tokens."""
     dec = _decoder(2, width)
+    fast = FastMaskDecoder(dec)
     emb, pe = torch.randn(1, width, 16, 16), torch.randn(1, width, 16, 16)
     sparse, dense = torch.randn(5, 3, width), torch.randn(1, width, 16, 16).expand(5, -1, -1, -1)
     with torch.inference_mode():
-        plain, iou = dec(emb, pe, sparse, dense, multimask)
-        prep = dec.prepare_image(emb, pe, dense)
-        fast, iou_fast = dec(emb, pe, sparse, dense, multimask, prepared=prep)
-        ious, keep, kept = dec.predict_filtered(emb, pe, sparse, dense, multimask, float(iou.median()), prep)
-    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+        plain, iou = dec(emb, pe, sparse, dense, multimask)  # the plain modules
+        prep = fast.prepare_image(emb, pe, dense)
+        got, iou_fast = fast(emb, pe, sparse, dense, multimask, prepared=prep)
+        ious, keep, kept = fast.predict_filtered(emb, pe, sparse, dense, multimask, float(iou.median()), prep)
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(iou_fast, iou, rtol=1e-4, atol=1e-5)
     assert 0 < int(keep.sum()) < keep.numel()
     torch.testing.assert_close(kept, plain[keep], rtol=1e-4, atol=1e-4)

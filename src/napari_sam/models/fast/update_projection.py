@@ -37,7 +37,8 @@ from .asymmetric_attention import (
 )
 
 if TYPE_CHECKING:
-    from .transformer import Attention, ImageUpdate
+    from ..transformer import Attention
+    from .transformer import ImageUpdate
 
 
 @dataclass

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam.models import update_projection
+from napari_sam.models.fast import FastMaskDecoder, update_projection
+from napari_sam.models.fast.transformer import FastTransformer, ImageUpdate, block
 from napari_sam.models.mask_decoder import MaskDecoder
-from napari_sam.models.transformer import ImageUpdate, TwoWayTransformer
+from napari_sam.models.transformer import TwoWayTransformer
 
 C, HEADS, L = 128, 4, 256
 
@@ -70,7 +71,7 @@ def test_second_layer_through_the_update_equals_the_plain_layer(batch: int) -> N
             after = (prep, ImageUpdate(p, n, mean, rstd))
             ref_q, ref_k = t.layers[1](queries, x, query_pe, pe)
             trace: list = []
-            got_q, got_k = t.layers[1](queries, x.clone(), query_pe, pe, reuse=reuse, trace=trace, after=after)
+            got_q, got_k = block(t.layers[1], queries, x.clone(), query_pe, pe, reuse=reuse, trace=trace, after=after)
             torch.testing.assert_close(got_q, ref_q, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(got_k, ref_k, rtol=1e-4, atol=1e-4)
             assert len(trace) == 1 and trace[0].p.shape == (batch, L, HEADS * 7)
@@ -81,6 +82,7 @@ def test_decoder_takes_the_path_for_few_tokens_only(monkeypatch) -> None:
     points (the update's columns grow with the prompt tokens); both give the plain masks."""
     torch.manual_seed(2)
     dec = MaskDecoder(transformer_dim=C, transformer=_layers()).eval()
+    fast = FastMaskDecoder(dec)
     calls = []
     real = update_projection.tokens_to_updated
     monkeypatch.setattr(update_projection, "tokens_to_updated", lambda *a: calls.append(1) or real(*a))
@@ -91,8 +93,8 @@ def test_decoder_takes_the_path_for_few_tokens_only(monkeypatch) -> None:
         sparse = torch.randn(2, points, C)
         with torch.inference_mode():
             plain, iou = dec(emb, pe, sparse, dense.expand(2, -1, -1, -1), True)
-            prep = dec.prepare_image(emb, pe, dense)
-            got, got_iou = dec(emb, pe, sparse, dense.expand(2, -1, -1, -1), True, prepared=prep)
+            prep = fast.prepare_image(emb, pe, dense)
+            got, got_iou = fast(emb, pe, sparse, dense.expand(2, -1, -1, -1), True, prepared=prep)
         assert bool(calls) == through
         torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got_iou, iou, rtol=1e-4, atol=1e-5)
@@ -113,17 +115,17 @@ def test_prepared_maps_layout() -> None:
 def test_transformer_leaves_the_last_tokens_unnormalised_for_the_trace() -> None:
     """``tokens_out=False`` with a prepared image and a complete trace: no keys come back, the
     queries are the same, and the trace's last statistics are those of the returned keys' LayerNorm."""
-    t = _layers()
+    t = FastTransformer(_layers())
     emb, pe = torch.randn(1, C, 16, 16), torch.randn(1, C, 16, 16)
     tokens = torch.randn(2, 7, C)
     for grad in (False, True):  # CPU buffers, and the autograd path
         with torch.inference_mode(not grad):
             prep = t.prepare(emb, pe)
             ref_trace: list = []
-            ref_q, keys = t(None, None, tokens, prep, final_tokens=[0, 1], trace=ref_trace)
+            ref_q, keys = t.forward(None, None, tokens, prep, final_tokens=[0, 1], trace=ref_trace)
             keys = keys.clone()
             trace: list = []
-            q, none = t(None, None, tokens, prep, final_tokens=[0, 1], trace=trace, tokens_out=False)
+            q, none = t.forward(None, None, tokens, prep, final_tokens=[0, 1], trace=trace, tokens_out=False)
         assert none is None and len(trace) == 2 and all(trace)
         torch.testing.assert_close(q, ref_q, rtol=1e-4, atol=1e-5)
         for a, b in zip(trace, ref_trace, strict=True):
