@@ -33,10 +33,11 @@ class MaskUpsampler:
     Not thread-safe (the buffers are shared): one per predictor.
     """
 
-    def __init__(self, img_size: int, banded: bool | None = None) -> None:
+    def __init__(self, img_size: int, banded: bool | None = None, batched: bool | None = None) -> None:
         self.img_size = int(img_size)
         self._buffers: dict[str, torch.Tensor] = {}
         self.banded = banded  # bool masks through banded_threshold; None: on a CPU only
+        self.batched = batched  # bool masks through the official's batched kernels; None: off a CPU only
 
     def __call__(
         self,
@@ -65,6 +66,13 @@ class MaskUpsampler:
                 x = F.interpolate(x, size, mode="bilinear", align_corners=False)
             return x.reshape(b, c, *x.shape[-2:])
         low = low.detach()  # bool masks carry no gradient; the buffers below are written with out=
+        if self.batched if self.batched is not None else low.device.type != "cpu":
+            # a GPU: the official's few batched kernels, no per-mask work and no host sync (so a
+            # CUDA graph can hold them)
+            x = torch._C._nn.upsample_bilinear2d(low, first, False, *scales)[..., :h, :w]
+            if size != (h, w):
+                x = F.interpolate(x, size, mode="bilinear", align_corners=False)
+            return (x > threshold).reshape(b, c, *size)
         out = torch.empty((b * c, 1, *size), dtype=torch.bool, device=low.device)
         stages = [(first, (h, w))] if size == (h, w) else [(first, (h, w)), (size, size)]  # (resize, crop)
         banded = self.banded if self.banded is not None else low.device.type == "cpu"

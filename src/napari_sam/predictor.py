@@ -14,6 +14,7 @@ import contextlib
 import logging
 import weakref
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam._device import autocast_dtype, pick_device
+from napari_sam._graphs import GraphCache
 from napari_sam._postprocess import MaskUpsampler
 from napari_sam.images import to_sam_image
 from napari_sam.models.common import weights_key
@@ -121,6 +123,10 @@ class SamPredictor:
             ``'fast'``, the CPU fast path (``napari_sam.models.fast``: the image's first layer
             prepared once, mask prompts as low-rank updates); ``'auto'``: fast on a CPU, plain
             elsewhere. The choice is :attr:`decoder_path` (and a debug log line).
+        cuda_graphs: replay the plain path's clicks (prompt encoder, decoder, mask resize) from
+            CUDA graphs, one per prompt shape and image size (``napari_sam._graphs``); None: on
+            CUDA with the plain decoder. :meth:`set_image` and :meth:`prepare_embedding` capture
+            an image's first click (one point, multimask) ahead.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class SamPredictor:
         device: str | torch.device | None = None,
         precision: str = "auto",
         decoder: str = "auto",
+        cuda_graphs: bool | None = None,
     ):
         self.device = pick_device(device)
         self.precision = precision
@@ -137,7 +144,15 @@ class SamPredictor:
         #: ``"plain"`` or ``"fast"``: the mask decoder this predictor runs (see ``decoder``)
         self.decoder_path = resolve_decoder_path(decoder, self.device, self.model.mask_decoder)
         self._fast = fast_decoder(self.model.mask_decoder) if self.decoder_path == "fast" else None
-        log.debug("SamPredictor on %s: %s mask decoder (decoder=%r)", self.device, self.decoder_path, decoder)
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and self.decoder_path == "plain"
+        if cuda_graphs and self.decoder_path != "plain":
+            raise ValueError("cuda_graphs=True needs the plain decoder (decoder='plain')")
+        self._graphs = GraphCache(capture=self.device.type == "cuda") if cuda_graphs else None
+        log.debug(
+            "SamPredictor on %s: %s mask decoder (decoder=%r), CUDA graphs %s",
+            self.device, self.decoder_path, decoder, "on" if self._graphs is not None and self._graphs.capture else "off",
+        )
         self.img_size = int(model.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
         grid = tuple(int(s) for s in model.prompt_encoder.image_embedding_size)
@@ -186,6 +201,7 @@ class SamPredictor:
         :meth:`prepare` the decoder for it (a few ms next to the encoder's seconds)."""
         self.set_image_embedding(self.compute_embedding(image, image_format, contrast_limits))
         self.prepare()
+        self._warm_first_click(self._embedding)
 
     def prepare(self) -> None:
         """Do the fast decoder's prompt-independent work for the current image now
@@ -214,6 +230,7 @@ class SamPredictor:
         plain decoder path or for an embedding already prepared for this decoder."""
         decoder = self.model.mask_decoder
         self._check_embedding(emb)
+        self._warm_first_click(emb)
         if self._fast is None or (emb.prepared is not None and emb.prepared.fits(decoder)):
             return emb
         emb = emb.to(self.device)
@@ -438,10 +455,42 @@ class SamPredictor:
             raise ValueError("point_labels must be given with point_coords")
         points = (point_coords, point_labels) if point_coords is not None else None
         with torch.inference_mode():
+            if self._graphs is not None:
+                inputs = (emb.features, point_coords, point_labels, boxes, mask_input)
+                key, fn = self._graph_call(emb, inputs, multimask_output, return_logits)
+                low_res, iou, masks = self._graphs(key, fn, inputs)
+                return masks, iou, low_res
             decode = self._decode_fast if self._fast is not None else self._decode_plain
             low_res, iou = decode(emb, points, boxes, mask_input, multimask_output)
             masks = self.postprocess_masks(low_res, emb.input_size, emb.original_size, return_logits)
         return masks, iou, low_res
+
+    def _graph_call(self, emb: ImageEmbedding, inputs: tuple, multimask_output: bool, return_logits: bool):
+        """The graph cache's key for a click and the function of its tensors it captures."""
+        shapes = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in inputs)
+        key = (shapes, multimask_output, return_logits, tuple(emb.input_size), tuple(emb.original_size))
+        fn = partial(self._click, tuple(emb.input_size), tuple(emb.original_size), multimask_output, return_logits)
+        return key, fn
+
+    def _click(self, input_size, original_size, multimask_output, return_logits, features, coords, labels, boxes, masks):
+        """Prompts -> ``(low-res logits, IoUs, masks)`` with the plain modules: the click as one
+        function of tensors, as a CUDA graph holds it."""
+        points = (coords, labels) if coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, iou = self.model.mask_decoder(features, self.dense_pe, sparse, dense, multimask_output)
+        return low_res, iou, self.postprocess_masks(low_res, input_size, original_size, return_logits)
+
+    def _warm_first_click(self, emb: ImageEmbedding) -> None:
+        """Capture the CUDA graph of a first click on ``emb`` (one point, multimask, bool masks)
+        now, so that the user's first click replays it (nothing without graphs)."""
+        if self._graphs is None:
+            return
+        features = emb.features.to(self.device)
+        coords = torch.zeros(1, 1, 2, device=self.device)
+        labels = torch.ones(1, 1, dtype=torch.int, device=self.device)
+        inputs = (features, coords, labels, None, None)
+        with torch.inference_mode():
+            self._graphs.warm(*self._graph_call(emb, inputs, True, False), inputs)
 
     def _decode_plain(self, emb: ImageEmbedding, points, boxes, mask_input, multimask_output: bool):
         """Prompts -> low-res logits ``(B, C, 256, 256)`` and IoUs ``(B, C)`` with the plain modules."""

@@ -125,6 +125,7 @@ class PositionEmbeddingRandom(nn.Module):
         if scale is None or scale <= 0.0:
             scale = 1.0
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+        self._sizes: dict[tuple, torch.Tensor] = {}  # see _size_xy
 
     def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
         """``(..., 2)`` coordinates in [0, 1] -> ``(..., 2F)`` (computed in float32)."""
@@ -144,7 +145,13 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """``(B, N, 2)`` xy pixels in an ``(H, W)`` image -> ``(B, N, 2F)``."""
-        size_xy = torch.tensor(
-            [image_size[1], image_size[0]], dtype=torch.float32, device=coords_input.device
-        )
-        return self._pe_encoding(coords_input.float() / size_xy)
+        return self._pe_encoding(coords_input.float() / self._size_xy(image_size, coords_input.device))
+
+    def _size_xy(self, image_size: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """``(W, H)`` as a float32 tensor on ``device``, made once per size and device: no host ->
+        device copy per call (which a CUDA graph capture of a click could not contain)."""
+        key = (int(image_size[0]), int(image_size[1]), torch.device(device))
+        if key not in self._sizes:
+            with torch.inference_mode(False):  # a normal tensor, usable under autograd too
+                self._sizes[key] = torch.tensor([image_size[1], image_size[0]], dtype=torch.float32, device=device)
+        return self._sizes[key]
