@@ -24,6 +24,7 @@ from napari_sam import _amg_core
 from napari_sam._amg_stack import link_slices
 from napari_sam._amg_utils import Cancelled, mask_to_rle, nms, rle_to_mask
 from napari_sam.automatic import AutomaticMaskGenerator
+from napari_sam.predictor import SamPredictor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,6 +127,42 @@ def test_parity_with_official(reference, synth, image, cv2_shim, kw):
     a = reference.SamAutomaticMaskGenerator(synth, **kw).generate(image)
     b = AutomaticMaskGenerator(synth, device="cpu", **kw).generate(image)
     _compare(a, b)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(points_per_side=12, crop_n_layers=0), dict(points_per_side=6, crop_n_layers=1, min_mask_region_area=60)],
+    ids=["crop0", "crop1-cleanup"],
+)
+def test_gpu_shaped_pipeline_matches_official(reference, synth, image, cv2_shim, monkeypatch, kw):
+    """The pipeline as it runs on a GPU (plain decoder, batches of 256, crops made only for the
+    masks that survive a crop's filters and NMS, from their logits upsampled again), run on a CPU:
+    the official's masks."""
+    import napari_sam._amg_core as core
+
+    monkeypatch.setattr(core, "defer_crops", lambda device: True)
+    kw = dict(kw, pred_iou_thresh=0.8, stability_score_thresh=0.8)
+    a = reference.SamAutomaticMaskGenerator(synth, **kw).generate(image)
+    gen = AutomaticMaskGenerator(SamPredictor(synth, device="cpu", decoder="plain"), points_per_batch=256, **kw)
+    _compare(a, gen.generate(image))
+
+
+def test_plain_and_fast_decoders_give_the_same_masks(shared_data, monkeypatch):
+    """The real nano network: the GPU-shaped pipeline (plain decoder, deferred crops) and the CPU
+    one (fast decoder's filtered decoding) find the same masks."""
+    from PIL import Image
+
+    import napari_sam._amg_core as core
+
+    ours, _, _ = _nano_pair()
+    path = shared_data / "dsb2018/images/07fb37aafa6626608af90c1e18f6a743f29b6b233d2e427dcd1102df6a916cf5.png"
+    img = np.array(Image.open(path).convert("RGB"))[:256, :320]
+    kw = dict(points_per_side=8, pred_iou_thresh=0.5, stability_score_thresh=0.8)
+    fast = AutomaticMaskGenerator(SamPredictor(ours, device="cpu", decoder="fast"), **kw).generate_labels(img)
+    monkeypatch.setattr(core, "defer_crops", lambda device: True)
+    plain = AutomaticMaskGenerator(SamPredictor(ours, device="cpu", decoder="plain"), **kw).generate_labels(img)
+    assert fast.max() > 3
+    assert (fast != plain).mean() < 1e-3
 
 
 def _nano_pair():

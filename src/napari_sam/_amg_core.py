@@ -24,7 +24,10 @@ from napari_sam._amg_utils import is_box_near_crop_edge
 class Masks:
     """Candidate masks, struct of arrays. Boxes XYXY inclusive, image coordinates (x, y).
 
-    ``crops[i]`` is the (h, w) bool mask inside ``boxes[i]`` (kept on the model's device).
+    ``crops[i]`` is the (h, w) bool mask inside ``boxes[i]`` (kept on the model's device). Off a
+    CPU the crops are made only for the masks that survive the crop's filters and NMS
+    (:meth:`CropContext.with_crops`): until then ``crops`` is empty and ``low`` holds each mask's
+    low-res logits ``(N, 256, 256)`` on the device.
     """
 
     iou: torch.Tensor = field(default_factory=lambda: torch.empty(0))
@@ -33,9 +36,10 @@ class Masks:
     points: torch.Tensor = field(default_factory=lambda: torch.empty(0, 2, dtype=torch.float64))
     crop_boxes: torch.Tensor = field(default_factory=lambda: torch.empty(0, 4, dtype=torch.long))
     crops: list[torch.Tensor] = field(default_factory=list)
+    low: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return len(self.iou)
 
     def select(self, idx: torch.Tensor) -> Masks:
         """Rows ``idx`` (indices, in that order, or a bool mask)."""
@@ -45,7 +49,8 @@ class Masks:
         il = idx.tolist()
         return Masks(
             self.iou[idx], self.stability[idx], self.boxes[idx], self.points[idx], self.crop_boxes[idx],
-            [self.crops[i] for i in il],
+            [self.crops[i] for i in il] if self.crops else [],
+            None if self.low is None else self.low[idx.to(self.low.device)],
         )
 
     @staticmethod
@@ -57,6 +62,7 @@ class Masks:
             torch.cat([p.iou for p in parts]), torch.cat([p.stability for p in parts]),
             torch.cat([p.boxes for p in parts]), torch.cat([p.points for p in parts]),
             torch.cat([p.crop_boxes for p in parts]), [c for p in parts for c in p.crops],
+            None if any(p.low is None for p in parts) else torch.cat([p.low for p in parts]),
         )
 
     def full(self, i: int, size: tuple[int, int]) -> np.ndarray:
@@ -84,25 +90,67 @@ class CropContext:
         self.thr, self.off = float(threshold), float(offset)
         self.chunk = max(1, int(chunk_pixels) // max(1, self.size[0] * self.size[1]))
         self.pe = None
+        self.deferred = defer_crops(features.device)  # crops made for the survivors only (with_crops)
         self.prepared = None  # the decoder's per-crop work (FastMaskDecoder.prepare_image), made on first use
 
     def exact(self, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(N, 256, 256) logits -> intersections (N,), unions (N,), boxes (N, 4) XYXY inclusive in crop
-        coordinates, and the (h, w) bool mask inside each box; upsampled in chunks (memory bound)."""
+        coordinates, and the (h, w) bool mask inside each box (none when ``deferred``); upsampled
+        in chunks (memory bound)."""
         inter, union, boxes, crops = [], [], [], []
         for s in range(0, low.shape[0], self.chunk):
-            full = self.predictor.postprocess_masks(
-                low[s : s + self.chunk, None], self.input_size, self.size, return_logits=True
-            )[:, 0]
+            full = self._upsample(low[s : s + self.chunk])
             inter.append(count_true(full > self.thr + self.off))
             union.append(count_true(full > self.thr - self.off))
             binary = full > self.thr
             del full
             b = mask_boxes(binary)
             boxes.append(b)
-            for m, (x0, y0, x1, y1) in zip(binary, b.tolist(), strict=True):
-                crops.append(m[y0 : y1 + 1, x0 : x1 + 1].clone() if x1 >= x0 else m[:0, :0].clone())
+            if not self.deferred:
+                crops += _crops(binary, b)
         return torch.cat(inter).cpu(), torch.cat(union).cpu(), torch.cat(boxes).cpu(), crops
+
+    def with_crops(self, data: Masks) -> Masks:
+        """``data`` (masks of this crop) with their crops made from their low-res logits, on the
+        host (one transfer per chunk): the deferred step of a GPU's pipeline (``data`` itself
+        when it has its crops)."""
+        if data.low is None or data.crops or not len(data):
+            return data
+        x0, y0 = self.crop_box[:2]
+        boxes = data.boxes - torch.tensor([x0, y0, x0, y0])
+        crops = []
+        for s in range(0, len(data), self.chunk):
+            binary = (self._upsample(data.low[s : s + self.chunk]) > self.thr).cpu()
+            crops += _crops(binary, boxes[s : s + self.chunk])
+        return Masks(data.iou, data.stability, data.boxes, data.points, data.crop_boxes, crops)
+
+    def _upsample(self, low: torch.Tensor) -> torch.Tensor:
+        """(n, 256, 256) logits -> (n, H_c, W_c) logits at the crop's size (the official resize)."""
+        return self.predictor.postprocess_masks(low[:, None], self.input_size, self.size, return_logits=True)[:, 0]
+
+
+def defer_crops(device: torch.device) -> bool:
+    """Whether masks on ``device`` get their crops after the crop's filters and NMS, from their
+    low-res logits upsampled again (a GPU: upsampling is cheap there, per-mask slicing and
+    transfers are not), rather than while they are first upsampled (a CPU)."""
+    return device.type != "cpu"
+
+
+def default_points_per_batch(device: torch.device) -> int:
+    """Prompts decoded together when the caller does not say: the official 64 on a CPU and on a
+    small GPU, 256 on a GPU with 32 GiB or more (a batch of 256 holds ~8 GiB with SAM's ViT-H)."""
+    if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory >= 32 * 2**30:
+        return 256
+    return 64
+
+
+def _crops(binary: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
+    """(n, H, W) bool masks -> the (h, w) mask inside each of ``boxes (n, 4)`` XYXY inclusive (empty
+    for an empty mask)."""
+    return [
+        m[y0 : y1 + 1, x0 : x1 + 1].clone() if x1 >= x0 else m[:0, :0].clone()
+        for m, (x0, y0, x1, y1) in zip(binary, boxes.tolist(), strict=True)
+    ]
 
 
 def count_true(masks: torch.Tensor) -> torch.Tensor:
@@ -164,11 +212,12 @@ def process_batch(gen, ctx: CropContext, points: np.ndarray, orig_size: tuple[in
         x0, y0 = ctx.crop_box[:2]
         boxes = boxes + torch.tensor([x0, y0, x0, y0])
         pts = torch.as_tensor(points, dtype=torch.float64)[idx.cpu() // n_out] + torch.tensor([x0, y0])
-        ok = torch.ones(len(crops), dtype=torch.bool)
+        ok = torch.ones(len(idx), dtype=torch.bool)
         if gen.stability_score_thresh > 0.0:
             ok &= stab >= gen.stability_score_thresh
         ok &= ~is_box_near_crop_edge(boxes, ctx.crop_box, [0, 0, orig_size[1], orig_size[0]])
         out = Masks(
-            iou[idx].cpu(), stab, boxes, pts, torch.tensor([ctx.crop_box] * len(crops), dtype=torch.long), crops,
+            iou[idx].cpu(), stab, boxes, pts, torch.tensor([ctx.crop_box] * len(idx), dtype=torch.long), crops,
+            low if ctx.deferred else None,
         )
     return out.select(ok)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_sam._amg_core import CropContext, Masks, process_batch
+from napari_sam._amg_core import CropContext, Masks, default_points_per_batch, process_batch
 from napari_sam._amg_stack import link_slices, stack_labels
 from napari_sam._amg_utils import (
     Cancelled,
@@ -47,7 +47,8 @@ class AutomaticMaskGenerator:
         model_or_predictor: a ``Sam`` model or a ``SamPredictor`` (its device/precision are used).
         points_per_side: points along one side of the grid (points_per_side**2 prompts); None when
             ``point_grids`` is given.
-        points_per_batch: prompts decoded together (memory vs speed).
+        points_per_batch: prompts decoded together (memory vs speed); None: 64, or 256 on a GPU
+            with 32 GiB or more (``_amg_core.default_points_per_batch``).
         pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables).
         stability_score_thresh: keep masks whose stability score (IoU of the mask thresholded at
             ``+offset`` and ``-offset``) is >= this (0 disables).
@@ -74,7 +75,7 @@ class AutomaticMaskGenerator:
         self,
         model_or_predictor: Any,
         points_per_side: int | None = 32,
-        points_per_batch: int = 64,
+        points_per_batch: int | None = None,
         pred_iou_thresh: float = 0.88,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
@@ -108,6 +109,8 @@ class AutomaticMaskGenerator:
             self.predictor = model_or_predictor
         else:
             self.predictor = SamPredictor(model_or_predictor, device=device, precision=precision)
+        if points_per_batch is None:
+            points_per_batch = default_points_per_batch(self.predictor.device)
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
         self.stability_score_thresh = float(stability_score_thresh)
@@ -230,7 +233,8 @@ class AutomaticMaskGenerator:
                 if progress is not None:
                     progress(done, total)
             data = Masks.cat(crop_parts)
-            parts.append(data.select(nms(data.boxes.float(), data.iou, self.box_nms_thresh)))
+            data = data.select(nms(data.boxes.float(), data.iou, self.box_nms_thresh))
+            parts.append(ctx.with_crops(data))
         data = Masks.cat(parts)
         if len(boxes) > 1 and len(data):  # duplicates across crops: prefer masks from smaller crops
             data = data.select(nms(data.boxes.float(), 1 / box_area(data.crop_boxes.float()), self.crop_nms_thresh))
