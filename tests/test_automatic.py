@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam import _amg_core
-from napari_sam._amg_stack import link_slices
-from napari_sam._amg_utils import Cancelled, mask_to_rle, nms, rle_to_mask
-from napari_sam.automatic import AutomaticMaskGenerator
+from napari_sam.automatic import batch
+from napari_sam.automatic.generator import AutomaticMaskGenerator
+from napari_sam.automatic.stack import link_slices
+from napari_sam.automatic.utils import mask_to_rle, nms, rle_to_mask
+from napari_sam.errors import Cancelled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +136,7 @@ def _nano_pair():
     from napari_sam.models import build_model
 
     try:
-        from napari_sam.weights import load_model
+        from napari_sam.weights.loading import load_model
 
         ours, trained = load_model("nano_nuclei", device="cpu"), True
     except Exception:
@@ -273,7 +274,7 @@ sys.path.insert(0, {tests!r})
 import _reference; _reference.official()
 from test_automatic import _Encoder, _PromptEncoder, _Decoder
 from segment_anything.modeling import Sam
-from napari_sam.automatic import AutomaticMaskGenerator
+from napari_sam.automatic.generator import AutomaticMaskGenerator
 sam = Sam(image_encoder=_Encoder(), prompt_encoder=_PromptEncoder(), mask_decoder=_Decoder()).eval()
 yy, xx = np.mgrid[:4096, :4096]
 img = ((np.sin(xx / 40.0) * np.sin(yy / 40.0) > 0.6) * 200 + 20).astype(np.uint8)
@@ -300,6 +301,6 @@ def test_count_true_equals_bool_sum():
     """Stability counts go through numpy on a CPU; same counts as torch's sum, empty batches too."""
     g = torch.Generator().manual_seed(0)
     m = torch.rand(5, 37, 53, generator=g) > 0.3
-    assert torch.equal(_amg_core.count_true(m), m.flatten(1).sum(1))
-    assert _amg_core.count_true(m[:0]).shape == (0,)
-    assert torch.equal(_amg_core.count_true(m[:, ::2, 1::3]), m[:, ::2, 1::3].flatten(1).sum(1))
+    assert torch.equal(batch.count_true(m), m.flatten(1).sum(1))
+    assert batch.count_true(m[:0]).shape == (0,)
+    assert torch.equal(batch.count_true(m[:, ::2, 1::3]), m[:, ::2, 1::3].flatten(1).sum(1))

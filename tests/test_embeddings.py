@@ -9,8 +9,8 @@ import pytest
 import torch
 from _synthetic import ellipsoid_volume, tiny_sam
 
-from napari_sam.embeddings import EmbeddingStore, slice_digest
-from napari_sam.predictor import SamPredictor
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.volume.store import EmbeddingStore, slice_digest
 
 
 class CountingPredictor(SamPredictor):

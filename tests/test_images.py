@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam.images import to_sam_image
+from napari_sam.engine.images import to_sam_image
 
 
 def test_uint8_rgb_passes_unchanged_and_rgba_drops_alpha():

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import napari_sam._postprocess as pp
-from napari_sam._postprocess import MaskUpsampler, banded_threshold, resize_threshold
+import napari_sam.engine.postprocess as pp
+from napari_sam.engine.postprocess import MaskUpsampler, banded_threshold, resize_threshold
 
 
 def _blobs(n: int = 3, seed: int = 0) -> torch.Tensor:

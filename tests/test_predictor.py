@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.predictor import ImageEmbedding, SamPredictor
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
 
 H, W = 600, 800
 # vit_b parity (both encoders, ~1-2 min on 2 cores) only when asked for
@@ -196,7 +196,7 @@ def test_image_prepared_from_its_second_prompt_call_or_a_large_batch(pair):
     """The decoder's per-image work is done when it pays: not for a single small call on an image
     (a propagation step), but from the image's second call on, or for a first call of
     ``PREPARE_FOR_PROMPTS`` prompts; the masks are the plain path's either way."""
-    from napari_sam.predictor import PREPARE_FOR_PROMPTS
+    from napari_sam.engine.predictor import PREPARE_FOR_PROMPTS
 
     _, ours, img = pair
     p = SamPredictor(ours.model, device="cpu")

@@ -8,7 +8,7 @@ import pytest
 
 import napari_sam
 from napari_sam.models import available_archs
-from napari_sam.registry import DEFAULT_MODEL, REGISTRY, get_model_info, list_models
+from napari_sam.weights.registry import DEFAULT_MODEL, REGISTRY, get_model_info, list_models
 
 
 def test_entries_name_known_architectures_and_a_source() -> None:
@@ -33,7 +33,7 @@ def test_unknown_name_lists_the_known_ones() -> None:
 
 
 def test_automatic_defaults():
-    from napari_sam.registry import automatic_defaults
+    from napari_sam.weights.registry import automatic_defaults
 
     sam = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
     assert automatic_defaults("nano_nuclei") == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.9,
@@ -42,7 +42,7 @@ def test_automatic_defaults():
 
 
 def test_automatic_params_fill_only_what_is_missing():
-    from napari_sam.registry import automatic_params
+    from napari_sam.weights.registry import automatic_params
 
     assert automatic_params("vit_b", pred_iou_thresh=0.3, box_nms_thresh=None) == {
         "pred_iou_thresh": 0.3, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}

@@ -1,4 +1,4 @@
-"""TiledPredictor: large images decoded in native-resolution tiles (napari_sam.tiling)."""
+"""TiledPredictor: large images decoded in native-resolution tiles (napari_sam.engine.tiling)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from _synthetic import tiny_sam
 
-from napari_sam.predictor import ImageEmbedding, SamPredictor
-from napari_sam.tiling import OUTSIDE_LOGIT, TiledEmbedding, TiledPredictor, tile_origins
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
+from napari_sam.engine.tiling import OUTSIDE_LOGIT, TiledEmbedding, TiledPredictor, tile_origins
 
 H, W = 600, 700  # the tiny model's input is 256 px: 3 x 4 tiles with the default overlap (64 px)
 
@@ -205,7 +205,7 @@ def test_nano_model_segments_a_large_image_better_in_tiles(shared_data):
 
     from napari_sam.train.evaluate import evaluation_objects
     from napari_sam.train.prompts import mask_box
-    from napari_sam.weights import load_model
+    from napari_sam.weights.loading import load_model
 
     root = shared_data / "dsb2018"
     sid = "20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f"

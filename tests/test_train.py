@@ -62,7 +62,7 @@ def test_corrective_points_in_error_regions():
 
 
 def test_preprocessing_matches_predictor():
-    from napari_sam.transforms import ResizeLongestSide
+    from napari_sam.engine.transforms import ResizeLongestSide
 
     img = np.random.default_rng(0).integers(0, 255, (60, 90), dtype=np.uint8)
     s = data.prepare(img, np.ones((60, 90), np.int32), 128)
@@ -120,7 +120,7 @@ def test_steps_reduce_loss_and_resume(samples, tmp_path):
     train(build_nano(img_size=128), samples, cfg2, checkpoint=ck, export=tmp_path / "m.pt", log=logs.append)
     assert any("resumed" in line for line in logs)
     assert torch.load(ck, weights_only=False)["step"] == 32
-    from napari_sam.weights import load_state_dict
+    from napari_sam.weights.loading import load_state_dict
 
     assert "image_encoder.lat8.weight" in load_state_dict(tmp_path / "m.pt")
 
@@ -171,7 +171,7 @@ def test_evaluate_perfect_predictions():
 
 def test_finetune_on_arrays(tmp_path):
     from napari_sam.train import finetune
-    from napari_sam.weights import load_model
+    from napari_sam.weights.loading import load_model
 
     imgs, labs = zip(*[_disks(s) for s in (7, 8)], strict=True)
     model = finetune(build_nano(img_size=128), list(imgs), list(labs), out=tmp_path, steps=2, threads=None,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.transforms import ResizeLongestSide
+from napari_sam.engine.transforms import ResizeLongestSide
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam._slicing import EmbeddingCache, SamUserError, box_rc_to_xy, rc_to_xy
-from napari_sam.predictor import SamPredictor
-from napari_sam.viewer import SegmentAnything
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.errors import SamUserError
+from napari_sam.viewer.segment_anything import SegmentAnything
+from napari_sam.viewer.slicing import EmbeddingCache, box_rc_to_xy, rc_to_xy
 
 
 def _blobs(seed=0, shape=(100, 140)):
@@ -33,7 +34,7 @@ def test_embedding_cache_keeps_decoder_preparations_of_its_most_recent_entries()
     embeddings themselves stay."""
     import torch
 
-    from napari_sam.predictor import ImageEmbedding
+    from napari_sam.engine.predictor import ImageEmbedding
 
     cache = EmbeddingCache(maxsize=4, keep_prepared=2)
     embs = {k: ImageEmbedding(torch.zeros(1, 2, 4, 4), (8, 8), (8, 8), prepared=object()) for k in "abcde"}
@@ -99,7 +100,7 @@ def test_segment_nd_points_pick_the_slice(make_napari_viewer, tiny_sam):
 
 
 def test_nuclei_sample():
-    from napari_sam._sample_data import nuclei_sample
+    from napari_sam.viewer.sample_data import nuclei_sample
 
     [(data, kwargs, kind)] = nuclei_sample()
     assert kind == "image" and data.ndim == 2 and data.shape[0] >= 256 and "name" in kwargs
@@ -108,7 +109,7 @@ def test_nuclei_sample():
 def test_tiled_option_survives_a_model_change(make_napari_viewer, tiny_sam):
     """``sam.tiled = True`` before the model: the predictor is tiled; a box on a large image gives
     ``TiledPredictor``'s mask; turning it off forgets the tiled embeddings."""
-    from napari_sam.tiling import TiledEmbedding, TiledPredictor
+    from napari_sam.engine.tiling import TiledEmbedding, TiledPredictor
 
     viewer = make_napari_viewer()
     img = _blobs(shape=(520, 600))

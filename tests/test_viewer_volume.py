@@ -13,12 +13,12 @@ import pytest
 from _synthetic import ellipsoid_volume
 
 from napari_sam import SegmentAnything
-from napari_sam._slicing import SamUserError
-from napari_sam.automatic import AutomaticMaskGenerator
-from napari_sam.embeddings import EmbeddingStore
-from napari_sam.images import to_sam_image
-from napari_sam.predictor import SamPredictor
-from napari_sam.volume import segment_volume
+from napari_sam.automatic.generator import AutomaticMaskGenerator
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.errors import SamUserError
+from napari_sam.volume.propagate import segment_volume
+from napari_sam.volume.store import EmbeddingStore
 
 NO_STOP = {"iou_threshold": float("-inf"), "overlap_threshold": 0.0}
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from _synthetic import dice, ellipsoid_volume, moving_disks, tiny_sam
 
-from napari_sam.embeddings import EmbeddingStore, slice_digest
-from napari_sam.images import to_sam_image
-from napari_sam.predictor import ImageEmbedding, SamPredictor
-from napari_sam.volume import Prompt, seeds_from_labels, segment_volume
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
+from napari_sam.volume.propagate import Prompt, seeds_from_labels, segment_volume
+from napari_sam.volume.store import EmbeddingStore, slice_digest
 
 
 class FakePredictor:
@@ -248,7 +248,7 @@ def test_trained_model_propagates_gonuclear_nuclei(shared_data):
     IoU stays above the stop threshold on empty slices); see docs/volume.md, GoNuclear figures."""
     import tifffile
 
-    from napari_sam import weights
+    from napari_sam.weights.loading import load_model
 
     raw = tifffile.imread(shared_data / "gonuclear3d" / "1135_mini_raw.tif")[30:70]
     gt = tifffile.imread(shared_data / "gonuclear3d" / "1135_mini_labels.tif")[30:70].astype(np.int32)
@@ -258,7 +258,7 @@ def test_trained_model_propagates_gonuclear_nuclei(shared_data):
         ys, xs = np.nonzero(gt[20] == oid)
         k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
         seeds[int(oid)] = {20: {"points": [[xs[k], ys[k]]]}}
-    res = segment_volume(SamPredictor(weights.load_model("nano_nuclei_v1"), device="cpu"), raw, seeds)
+    res = segment_volume(SamPredictor(load_model("nano_nuclei_v1"), device="cpu"), raw, seeds)
     for oid in seeds:
         masks = res.object_masks(oid)
         full = np.zeros(gt.shape, bool)

@@ -13,16 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_sam import weights
-from napari_sam.weights import (
-    CheckpointError,
-    ChecksumError,
-    ModelDownloadError,
-    ModelInfo,
-    fetch,
-    is_cached,
-    load_state_dict,
-)
+import napari_sam.weights
+from napari_sam.errors import CheckpointError, ChecksumError, ModelDownloadError
+from napari_sam.weights import download, loading, registry
+from napari_sam.weights.download import fetch, is_cached
+from napari_sam.weights.loading import load_state_dict
+from napari_sam.weights.registry import ModelInfo
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -31,7 +27,7 @@ from napari_sam.weights import (
 def _cache(tmp_path, monkeypatch) -> Path:
     """Every test gets its own empty cache folder."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv(weights.CACHE_ENV, str(cache))
+    monkeypatch.setenv(download.CACHE_ENV, str(cache))
     return cache
 
 
@@ -74,7 +70,7 @@ def _register(monkeypatch, url: str | None, sha256: str | None = None, **kw) -> 
         filename="tiny_test.pt",
         **kw,
     )
-    monkeypatch.setitem(weights.REGISTRY, info.name, info)
+    monkeypatch.setitem(registry.REGISTRY, info.name, info)
     return info.name
 
 
@@ -95,21 +91,21 @@ def _closed_port() -> int:
 
 
 def test_registry_entries():
-    names = set(weights.REGISTRY)
+    names = set(registry.REGISTRY)
     expected = {"vit_b", "vit_l", "vit_h", "vit_t", "medsam_vit_b", "nano_nuclei"}
     expected |= {f"vit_{s}_lm" for s in "tblh"} | {f"vit_{s}_em_organelles" for s in "tbl"}
     assert expected <= names
-    assert weights.DEFAULT_MODEL in weights.REGISTRY
-    assert [m.name for m in weights.list_models()] == list(weights.REGISTRY)
-    for name, info in weights.REGISTRY.items():
+    assert registry.DEFAULT_MODEL in registry.REGISTRY
+    assert [m.name for m in registry.list_models()] == list(registry.REGISTRY)
+    for name, info in registry.REGISTRY.items():
         assert info.name == name and info.filename and info.licence and info.description
         assert info.sha256 is None or len(info.sha256) == 64
         if info.url is None and info.packaged is None:  # by hand only: the description says so
             assert "hand" in info.description
     for name in ("nano_nuclei", "nano_nuclei_v1"):
-        nano = weights.REGISTRY[name]
+        nano = registry.REGISTRY[name]
         assert nano.arch == "nano" and nano.packaged == f"_weights/{name}.pt"
-    assert weights.REGISTRY["vit_b"].url.endswith("sam_vit_b_01ec64.pth")
+    assert registry.REGISTRY["vit_b"].url.endswith("sam_vit_b_01ec64.pth")
 
 
 def test_unknown_name_lists_known():
@@ -120,10 +116,10 @@ def test_unknown_name_lists_known():
 
 
 def test_cache_dir_env(tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "x"))
-    assert weights.cache_dir() == tmp_path / "x"
-    monkeypatch.delenv(weights.CACHE_ENV)
-    assert "napari-sam" in str(weights.cache_dir())
+    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "x"))
+    assert download.cache_dir() == tmp_path / "x"
+    monkeypatch.delenv(download.CACHE_ENV)
+    assert "napari-sam" in str(download.cache_dir())
 
 
 def test_packaged_missing_is_clear(monkeypatch):
@@ -161,7 +157,7 @@ def test_fetch_http_progress_and_cache_reuse(server, monkeypatch, _cache):
     assert len(requests) == 1
     # second call: no download (neither in this process nor after forgetting the verified memo)
     assert fetch(name) == path
-    weights._VERIFIED.clear()
+    download._VERIFIED.clear()
     assert fetch(name) == path
     assert len(requests) == 1
 
@@ -192,7 +188,7 @@ def test_fetch_unreachable_says_where_to_put_file(monkeypatch, _cache):
     with pytest.raises(ModelDownloadError) as err:
         fetch(name)
     msg = str(err.value)
-    assert url in msg and str(_cache / "tiny_test.pt") in msg and weights.CACHE_ENV in msg
+    assert url in msg and str(_cache / "tiny_test.pt") in msg and download.CACHE_ENV in msg
     assert not is_cached(name)
 
 
@@ -318,7 +314,7 @@ def official_vit_b(tmp_path_factory, reference) -> tuple[Path, dict[str, torch.T
 
 def test_load_model_official_round_trip(sam_models, official_vit_b):
     path, sd = official_vit_b
-    model = weights.load_model(path, device="cpu")
+    model = loading.load_model(path, device="cpu")
     assert model.arch == "vit_b" and not model.training
     assert model.checkpoint_path == path and model.model_name == path.name
     assert all(not p.requires_grad for p in model.parameters())
@@ -328,7 +324,7 @@ def test_load_model_official_round_trip(sam_models, official_vit_b):
 def test_load_model_wrong_arch(sam_models, official_vit_b):
     path, _ = official_vit_b
     with pytest.raises(CheckpointError) as err:
-        weights.load_model(path, arch="vit_l", device="cpu")
+        loading.load_model(path, arch="vit_l", device="cpu")
     msg = str(err.value)
     assert str(path) in msg and "'vit_l'" in msg and "image_encoder." in msg
     assert "arch='vit_b'" in msg  # the hint from infer_arch
@@ -344,14 +340,14 @@ def test_load_model_missing_keys(tmp_path, vit_t_sd):
     sd = {k: v for k, v in vit_t_sd.items() if not k.startswith("mask_decoder.iou_prediction_head")}
     torch.save(sd, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="missing keys .*iou_prediction_head") as err:
-        weights.load_model(tmp_path / "partial.pt", arch="vit_t", device="cpu")
+        loading.load_model(tmp_path / "partial.pt", arch="vit_t", device="cpu")
     assert "partial.pt" in str(err.value)
 
 
 def test_load_model_unknown_arch_in_file(tmp_path, sam_models):
     torch.save(_sd(), tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match="arch="):
-        weights.load_model(tmp_path / "odd.pt", device="cpu")
+        loading.load_model(tmp_path / "odd.pt", device="cpu")
 
 
 def test_load_model_registry_name(tmp_path, monkeypatch, vit_t_sd):
@@ -359,26 +355,37 @@ def test_load_model_registry_name(tmp_path, monkeypatch, vit_t_sd):
     src = tmp_path / "vit_t_lm.pt"
     torch.save({"model_state": {f"sam.{k}": v for k, v in vit_t_sd.items()}}, src)
     name = _register(monkeypatch, src.as_uri(), arch="vit_t")
-    model = weights.load_model(name, device="cpu")
+    model = loading.load_model(name, device="cpu")
     assert model.model_name == name and _same(model.state_dict(), vit_t_sd)
     with pytest.raises(FileNotFoundError, match="known models"):
-        weights.load_model("vit_q", device="cpu")
+        loading.load_model("vit_q", device="cpu")
 
 
 def test_load_model_default(sam_models):
-    path = weights.model_path(weights.DEFAULT_MODEL)
+    path = download.model_path(registry.DEFAULT_MODEL)
     if path.is_file():
-        model = weights.load_model(device="cpu")
-        assert model.arch == weights.REGISTRY[weights.DEFAULT_MODEL].arch
+        model = loading.load_model(device="cpu")
+        assert model.arch == registry.REGISTRY[registry.DEFAULT_MODEL].arch
     else:
         with pytest.raises(FileNotFoundError, match="packaged weights"):
-            weights.load_model(device="cpu")
+            loading.load_model(device="cpu")
 
 
 def test_docs_list_every_model():
     doc = Path(__file__).resolve().parents[1] / "docs" / "models.md"
     text = doc.read_text()
-    for info in weights.list_models():
+    for info in registry.list_models():
         assert f"`{info.name}`" in text, info.name
         if info.url is not None:
             assert info.url in text, info.url
+
+
+def test_package_reexports_its_modules():
+    """``napari_sam.weights`` keeps the former module's names, lazily, as the very objects of its modules."""
+    assert napari_sam.weights.load_model is loading.load_model
+    assert napari_sam.weights.fetch is download.fetch
+    assert napari_sam.weights.REGISTRY is registry.REGISTRY
+    assert napari_sam.weights.CheckpointError is CheckpointError
+    assert set(napari_sam.weights.__all__) <= set(dir(napari_sam.weights))
+    with pytest.raises(AttributeError):
+        napari_sam.weights.no_such_name  # noqa: B018

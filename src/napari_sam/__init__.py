@@ -11,6 +11,8 @@ Coordinates: napari data is (..., row, col); SAM prompts are (x, y) points and
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
@@ -19,19 +21,19 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "build_model": "napari_sam.models.sam",
     "Sam": "napari_sam.models.sam",
-    "load_model": "napari_sam.weights",
-    "list_models": "napari_sam.weights",
-    "REGISTRY": "napari_sam.weights",
-    "SamPredictor": "napari_sam.predictor",
-    "ImageEmbedding": "napari_sam.predictor",
-    "TiledPredictor": "napari_sam.tiling",
-    "TiledEmbedding": "napari_sam.tiling",
-    "to_sam_image": "napari_sam.images",
-    "pick_device": "napari_sam._device",
-    "EmbeddingStore": "napari_sam.embeddings",
-    "segment_volume": "napari_sam.volume",
-    "AutomaticMaskGenerator": "napari_sam.automatic",
-    "SegmentAnything": "napari_sam.viewer",
+    "load_model": "napari_sam.weights.loading",
+    "list_models": "napari_sam.weights.registry",
+    "REGISTRY": "napari_sam.weights.registry",
+    "SamPredictor": "napari_sam.engine.predictor",
+    "ImageEmbedding": "napari_sam.engine.predictor",
+    "TiledPredictor": "napari_sam.engine.tiling",
+    "TiledEmbedding": "napari_sam.engine.tiling",
+    "to_sam_image": "napari_sam.engine.images",
+    "pick_device": "napari_sam.engine.device",
+    "EmbeddingStore": "napari_sam.volume.store",
+    "segment_volume": "napari_sam.volume.propagate",
+    "AutomaticMaskGenerator": "napari_sam.automatic.generator",
+    "SegmentAnything": "napari_sam.viewer.segment_anything",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -48,3 +50,31 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+# Former module paths still importable, each as the very module it moved to (same object, so patching
+# either patches both). Only for code not yet moved to the new layout (tests/test_nano.py and
+# bench/bench_engine.py, owned by the models rewrite); delete an entry once nothing imports it.
+_MOVED: dict[str, str] = {
+    "napari_sam.predictor": "napari_sam.engine.predictor",
+}
+
+
+class _MovedModules:
+    """A meta-path finder and loader that resolves the names in ``_MOVED`` lazily (on first import)."""
+
+    @classmethod
+    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
+        return importlib.machinery.ModuleSpec(name, cls) if name in _MOVED else None
+
+    @staticmethod
+    def create_module(spec: Any) -> None:
+        return None
+
+    @staticmethod
+    def exec_module(module: Any) -> None:
+        sys.modules[module.__name__] = importlib.import_module(_MOVED[module.__name__])
+
+
+if _MovedModules not in sys.meta_path:
+    sys.meta_path.append(_MovedModules)

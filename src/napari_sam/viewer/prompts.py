@@ -16,7 +16,8 @@ import pandas as pd
 from napari.layers import Labels, Points, Shapes
 from napari.utils.notifications import show_warning
 
-from napari_sam._slicing import SamUserError, in_slice, spatial_shape, to_image_data
+from napari_sam.errors import SamUserError
+from napari_sam.viewer.slicing import in_slice, spatial_shape, to_image_data
 
 POINTS_NAME, BOXES_NAME, PREVIEW_NAME = "SAM points", "SAM boxes", "SAM preview"
 POINT_COLORS = {"positive": "lime", "negative": "red"}

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam._device import autocast_dtype, pick_device
-from napari_sam._postprocess import MaskUpsampler
-from napari_sam.images import to_sam_image
+from napari_sam.engine.device import autocast_dtype, pick_device
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.postprocess import MaskUpsampler
+from napari_sam.engine.transforms import ResizeLongestSide
 from napari_sam.models.common import weights_key
-from napari_sam.transforms import ResizeLongestSide
 
 
 @dataclass
@@ -108,7 +108,7 @@ class SamPredictor:
 
     Args:
         model: a ``Sam`` (``napari_sam.models.sam``) or anything with the same interface.
-        device: None picks cuda > mps > cpu (``napari_sam._device.pick_device``); the model is moved there.
+        device: None picks cuda > mps > cpu (``napari_sam.engine.device.pick_device``); the model is moved there.
         precision: ``'auto'`` (bf16 autocast for the encoder on CUDA, fp32 elsewhere), ``'fp32'``,
             ``'bf16'`` or ``'fp16'``. Only the image encoder runs under autocast; the features are
             stored as float32 and the prompt encoder and mask decoder always run in fp32.
@@ -144,7 +144,7 @@ class SamPredictor:
         """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes); the state is unchanged.
 
         ``native=True`` embeds the image at its own scale (only zero-padded to the model's input, not
-        resized; both sides must be at most ``img_size``): how ``napari_sam.tiling`` embeds its tiles.
+        resized; both sides must be at most ``img_size``): how ``napari_sam.engine.tiling`` embeds its tiles.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")

@@ -9,7 +9,7 @@
 Prompts live in two layers it creates, "SAM points" (feature ``label``: positive/negative) and
 "SAM boxes" (rectangles); every change re-runs the decoder into the "SAM preview" layer, and
 :meth:`commit` writes the preview into the output Labels layer as new object ids.
-Coordinates: napari (..., row, col) -> SAM (x, y) only in :mod:`napari_sam._slicing`.
+Coordinates: napari (..., row, col) -> SAM (x, y) only in :mod:`napari_sam.viewer.slicing`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,21 @@ from napari.layers import Image, Labels
 from napari.utils.events import EmitterGroup
 from napari.utils.notifications import show_error, show_warning
 
-from napari_sam import _prompts
-from napari_sam._slicing import (
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.engine.tiling import TiledPredictor
+from napari_sam.errors import SamUserError
+from napari_sam.viewer import prompts as _prompts
+from napari_sam.viewer.embeddings import EmbeddingsMixin
+from napari_sam.viewer.everything import EverythingMixin
+from napari_sam.viewer.slicing import (
     EmbeddingCache,
-    SamUserError,
     box_arg_to_corners,
     box_rc_to_xy,
     rc_to_xy,
     spatial_shape,
 )
-from napari_sam._viewer_embeddings import EmbeddingsMixin
-from napari_sam._viewer_everything import EverythingMixin
-from napari_sam._viewer_volume import VolumeMixin
+from napari_sam.viewer.volume import VolumeMixin
+from napari_sam.weights.loading import load_model
 
 __all__ = ["SegmentAnything", "SamUserError"]
 
@@ -85,14 +88,10 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
     @staticmethod
     def load(name_or_path: str | Path | None = None, device: str | None = None, progress: Any = None) -> Any:
         """Load a registry model or checkpoint file (may download; safe to run in a thread)."""
-        from napari_sam.weights import load_model
-
         return load_model(name_or_path, device=device, progress=progress)
 
     def set_model(self, model: Any, device: str | None = None) -> None:
         """Use ``model``: a registry name, a checkpoint path, or a ``Sam`` instance (loaded synchronously)."""
-        from napari_sam.predictor import SamPredictor
-
         if isinstance(model, str | Path):
             name = str(model)
             model = self.load(model, device=device or self.device)
@@ -110,7 +109,7 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
     @property
     def tiled(self) -> bool:
         """Whether images larger than the model's input are segmented at their own resolution, in
-        overlapping tiles (``napari_sam.tiling``): clicks and boxes. Automatic masks and propagation
+        overlapping tiles (``napari_sam.engine.tiling``): clicks and boxes. Automatic masks and propagation
         through stacks keep whole-slice embeddings (docs/tiling.md says why)."""
         return self._tiled
 
@@ -128,8 +127,6 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
     def _wrap(self, predictor: Any) -> Any:
         if not self._tiled:
             return predictor
-        from napari_sam.tiling import TiledPredictor
-
         return TiledPredictor(predictor)
 
     # ------------------------------------------------------------------ image / labels layers

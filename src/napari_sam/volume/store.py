@@ -1,6 +1,6 @@
 """Per-slice image embeddings of a stack or time series, in memory (LRU, float16) and on disk (zarr).
 
-``EmbeddingStore(predictor, volume, axis=0)`` hands out :class:`~napari_sam.predictor.ImageEmbedding`
+``EmbeddingStore(predictor, volume, axis=0)`` hands out :class:`~napari_sam.engine.predictor.ImageEmbedding`
 for slice ``i`` of a 3D volume (n, H, W) or an RGB one (n, H, W, 3|4), slicing along ``axis``.
 For (T, Z, Y, X) data pass ``data[t]`` (the store is per time point). Slices are encoded on demand
 (:meth:`get`), around a position (:meth:`prefetch`, from a background thread) or all ahead
@@ -8,7 +8,7 @@ For (T, Z, Y, X) data pass ``data[t]`` (the store is per time point). Slices are
 256x64x64) under ``budget_bytes``; the least recently used are dropped first (the most recent one
 is always kept). All public methods are thread-safe; encoder calls are serialised.
 
-Disk cache (``cache_dir``): ``<cache_dir>/<key>.zarr`` (layout in ``napari_sam._zarr_cache``), one
+Disk cache (``cache_dir``): ``<cache_dir>/<key>.zarr`` (layout in ``napari_sam.volume.zarr_cache``), one
 chunk per slice, each marked done (with the digest of the slice's bytes) only after its features
 are written. The key hashes (blake2b):
 - the data: shape, dtype, axis and, with ``hash_mode='full'`` (default for numpy arrays), every
@@ -29,13 +29,15 @@ import hashlib
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_sam._zarr_cache import (
+from napari_sam.engine.images import PERCENTILES, to_sam_image
+from napari_sam.engine.predictor import ImageEmbedding
+from napari_sam.engine.progress import Cancel, Progress, is_cancelled
+from napari_sam.volume.zarr_cache import (
     STORE_FORMAT,
     STORE_VERSION,
     ZarrSliceCache,
@@ -43,29 +45,16 @@ from napari_sam._zarr_cache import (
     model_fingerprint,
     slice_digest,
 )
-from napari_sam.images import PERCENTILES, to_sam_image
-from napari_sam.predictor import ImageEmbedding
 
-__all__ = ["EmbeddingStore", "is_cancelled", "model_fingerprint", "slice_digest", "DEFAULT_BUDGET"]
+__all__ = ["EmbeddingStore", "model_fingerprint", "slice_digest", "DEFAULT_BUDGET"]
 
 DEFAULT_BUDGET = 1 << 30  # 1 GiB: 512 SAM slices in float16
-
-Cancel = Callable[[], bool] | threading.Event | None
-Progress = Callable[[int, int], None] | None
-
-
-def is_cancelled(cancel: Cancel) -> bool:
-    """True when ``cancel`` (a callable or a ``threading.Event``) says stop."""
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
-
 
 class EmbeddingStore:
     """Embeddings of every slice of ``volume`` along ``axis`` for ``predictor``.
 
     Args:
-        predictor: a ``napari_sam.predictor.SamPredictor`` (its model and device are used).
+        predictor: a ``napari_sam.engine.predictor.SamPredictor`` (its model and device are used).
         volume: (n, H, W) or (n, H, W, 3|4) array-like (numpy, dask, zarr), ``n`` along ``axis``.
         axis: the slice axis (z or t); the others are (row, col[, channel]).
         budget_bytes: memory for float16 embeddings (LRU); at least one slice is always kept.

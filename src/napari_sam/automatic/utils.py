@@ -8,29 +8,13 @@ are (x, y), image sizes are (H, W).
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable
 from itertools import product
 from typing import Any
 
 import numpy as np
 import torch
 
-CancelLike = Callable[[], bool] | threading.Event | None
-ProgressLike = Callable[[int, int], None] | None
-
-
-class Cancelled(RuntimeError):
-    """Raised by long functions when their ``cancel`` argument says so."""
-
-
-def check_cancel(cancel: CancelLike) -> None:
-    """Raise :class:`Cancelled` when ``cancel`` (a callable returning bool, or an Event) is set."""
-    if cancel is None:
-        return
-    flag = cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
-    if flag:
-        raise Cancelled("cancelled")
+from napari_sam.engine.tiling import tile_origins
 
 
 # ----------------------------------------------------------------------------- grids and crops
@@ -73,8 +57,6 @@ def generate_crop_boxes(
 
 def tile_boxes(im_size: tuple[int, int], tile: int, overlap: int) -> list[list[int]]:
     """XYXY (exclusive end) tiles of side <= ``tile`` covering the image, neighbours sharing ``overlap`` px."""
-    from napari_sam.tiling import tile_origins
-
     im_h, im_w = im_size
     return [[x, y, min(x + tile, im_w), min(y + tile, im_h)]
             for y in tile_origins(im_h, tile, overlap) for x in tile_origins(im_w, tile, overlap)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from napari_sam._amg_utils import is_box_near_crop_edge
+from napari_sam.automatic.utils import is_box_near_crop_edge
 
 
 @dataclass

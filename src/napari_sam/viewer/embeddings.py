@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-from napari_sam._slicing import EmbeddingCache, SamUserError, current_index, slice_image
+from napari_sam.engine.images import to_sam_image
+from napari_sam.errors import SamUserError
+from napari_sam.viewer.slicing import EmbeddingCache, current_index, slice_image
 
 
 class EmbeddingsMixin:
@@ -70,8 +72,6 @@ class EmbeddingsMixin:
         ``job.iterate()`` a generator that yields ``(done, total)`` after each and returns the
         embedding (for a progress bar); otherwise ``job.steps`` is 1.
         """
-        from napari_sam.images import to_sam_image
-
         predictor, img = self._require_model(), self._require_image()
         index = self.current_index() if index is None else tuple(index)
         limits, chan = self._image_settings()

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam._slicing import SamUserError, slice_image, spatial_shape
+from napari_sam.engine.images import to_sam_image
+from napari_sam.errors import SamUserError
+from napari_sam.viewer.slicing import slice_image, spatial_shape
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,6 @@ class StackSlices:
         return self.stack.n
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        from napari_sam.images import to_sam_image
-
         key = key if isinstance(key, tuple) else (key,)
         arr, rgb = slice_image(self.image, self.stack.index(int(key[0])), self.chan)
         out = to_sam_image(arr, contrast_limits=self.limits, rgb=rgb)

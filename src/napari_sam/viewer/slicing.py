@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 
-
-class SamUserError(ValueError):
-    """A user-facing problem (wrong layer, prompts on the wrong slice ...): shown as a notification."""
+from napari_sam.errors import SamUserError
 
 
 # ---------------------------------------------------------------- napari (row, col) -> SAM (x, y)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.images import to_sam_image
-from napari_sam.predictor import ImageEmbedding, SamPredictor
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
 
 OUTSIDE_LOGIT = -20.0
 """Logit of the pixels and low-res cells a tiled decode did not cover (a confident "background")."""

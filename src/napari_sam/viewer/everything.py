@@ -1,6 +1,6 @@
 """Segment everything in ``SegmentAnything``: automatic masks of the slice (or stack) into the Labels layer.
 
-Same job/apply split as :mod:`napari_sam._viewer_volume`: ``everything_job`` returns a thread-safe
+Same job/apply split as :mod:`napari_sam.viewer.volume`: ``everything_job`` returns a thread-safe
 ``job(progress, cancel)`` (reads the image, runs ``AutomaticMaskGenerator`` on the background
 predictor) and ``apply(labels)`` (GUI thread: new ids above the existing ones, one undo step).
 """
@@ -12,8 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam._slicing import SamUserError, slice_image, spatial_shape
-from napari_sam._stack import StackSlices, next_label, stack_of, write_slices
+from napari_sam.automatic.generator import AutomaticMaskGenerator
+from napari_sam.engine.images import to_sam_image
+from napari_sam.errors import Cancelled, SamUserError
+from napari_sam.viewer.slicing import slice_image, spatial_shape
+from napari_sam.viewer.stack import StackSlices, next_label, stack_of, write_slices
+from napari_sam.weights.registry import automatic_defaults, automatic_params
 
 
 class EverythingMixin:
@@ -22,8 +26,6 @@ class EverythingMixin:
     def automatic_defaults(self) -> dict[str, float]:
         """``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh`` used when not given:
         the current model's (registry; SAM's 0.88/0.95/0.7 for files)."""
-        from napari_sam.registry import automatic_defaults
-
         return automatic_defaults(getattr(self, "model_name", None))
 
     def everything_job(
@@ -35,9 +37,6 @@ class EverythingMixin:
 
         Thresholds left None (and ``box_nms_thresh`` when not in ``amg``) are the model's
         :meth:`automatic_defaults`."""
-        from napari_sam.automatic import AutomaticMaskGenerator, Cancelled
-        from napari_sam.images import to_sam_image
-
         img = self._require_image()
         self._require_model()
         index = self.current_index() if index is None else tuple(index)
@@ -45,8 +44,6 @@ class EverythingMixin:
         labels = self.labels_layer
         if tuple(labels.data.shape) != spatial_shape(img):
             raise SamUserError(f"labels layer {labels.name!r} does not have the image's shape {spatial_shape(img)}")
-        from napari_sam.registry import automatic_params
-
         thresholds = automatic_params(
             getattr(self, "model_name", None), pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, box_nms_thresh=amg.pop("box_nms_thresh", None),

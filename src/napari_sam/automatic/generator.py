@@ -4,7 +4,7 @@ Same algorithm and parameters as the official ``SamAutomaticMaskGenerator`` (a g
 prompts, per-crop batches, predicted-IoU and stability filtering, box NMS within and across crops,
 optional hole/island cleanup), computed differently: masks are filtered on the low-res logits
 before any upsampling, and only surviving masks are upsampled, each on its own box, on the model's
-device (see ``_amg_core``). No torchvision, no OpenCV, no napari.
+device (see ``automatic.batch``). No torchvision, no OpenCV, no napari.
 
 Coordinates: points (x, y), boxes XYWH (output records) in pixels of the original image.
 """
@@ -16,16 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_sam._amg_core import CropContext, Masks, process_batch
-from napari_sam._amg_stack import link_slices, stack_labels
-from napari_sam._amg_utils import (
-    Cancelled,
-    CancelLike,
-    ProgressLike,
+from napari_sam.automatic.batch import CropContext, Masks, process_batch
+from napari_sam.automatic.stack import link_slices, stack_labels
+from napari_sam.automatic.utils import (
     box_area,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
-    check_cancel,
     coco_encode_rle,
     fill_holes_with_outside,
     generate_crop_boxes,
@@ -34,10 +30,11 @@ from napari_sam._amg_utils import (
     remove_small_regions,
     tile_boxes,
 )
-from napari_sam.images import to_sam_image
-from napari_sam.predictor import SamPredictor
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.engine.progress import Cancel, Progress, check_cancel
 
-__all__ = ["AutomaticMaskGenerator", "Cancelled", "link_slices"]
+__all__ = ["AutomaticMaskGenerator", "link_slices"]
 
 
 class AutomaticMaskGenerator:
@@ -124,14 +121,14 @@ class AutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ public API
     def generate(
-        self, image: np.ndarray, progress: ProgressLike = None, cancel: CancelLike = None
+        self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
     ) -> list[dict[str, Any]]:
         """Masks for ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes).
 
         Returns records like the official: ``segmentation`` ((H, W) bool or RLE dict), ``area`` (int),
         ``bbox`` XYWH, ``predicted_iou``, ``point_coords`` ([[x, y]]), ``stability_score``,
         ``crop_box`` XYWH. ``progress(done, total)`` is called after each embedding and each batch;
-        ``cancel`` (callable or ``threading.Event``) is checked as often and raises :class:`Cancelled`.
+        ``cancel`` (callable or ``threading.Event``) is checked as often and raises :class:`~napari_sam.errors.Cancelled`.
         """
         size, data = self.generate_masks(image, progress, cancel)
         out = []
@@ -153,7 +150,7 @@ class AutomaticMaskGenerator:
         return out
 
     def generate_labels(
-        self, image: np.ndarray, progress: ProgressLike = None, cancel: CancelLike = None
+        self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
     ) -> np.ndarray:
         """(H, W) int32 instance labels, 0 = background, ids 1..N without gaps.
 
@@ -171,8 +168,8 @@ class AutomaticMaskGenerator:
         axis: int = 0,
         min_iou: float = 0.5,
         rgb: bool | None = None,
-        progress: ProgressLike = None,
-        cancel: CancelLike = None,
+        progress: Progress = None,
+        cancel: Cancel = None,
     ) -> np.ndarray:
         """Per-slice labels of a stack or time series, linked into consistent ids across slices.
 
@@ -199,7 +196,7 @@ class AutomaticMaskGenerator:
         return boxes, layers
 
     def generate_masks(
-        self, image: np.ndarray, progress: ProgressLike = None, cancel: CancelLike = None
+        self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
     ) -> tuple[tuple[int, int], Masks]:
         """((H, W), the kept masks as :class:`Masks`) before formatting; see :meth:`generate`."""
         img = to_sam_image(image)

@@ -1,4 +1,4 @@
-"""Prompts in, masks out: the data types of :mod:`napari_sam.volume`.
+"""Prompts in, masks out: the data types of :mod:`napari_sam.volume.propagate`.
 
 - :class:`Prompt`: what the user gave on one slice for one object: points (N, 2) (x, y) with labels
   (N,) (1 positive, 0 negative), a box (4,) (x0, y0, x1, y1), and/or a mask (H, W) bool.

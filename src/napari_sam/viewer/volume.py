@@ -20,10 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam._prompts import assign_points_to_boxes
-from napari_sam._slicing import SamUserError, box_rc_to_xy, in_slice, rc_to_xy, spatial_shape, to_image_data
-from napari_sam._stack import Stack, StackSlices, next_label, stack_of, write_slices
-from napari_sam.volume import segment_volume
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.errors import SamUserError
+from napari_sam.viewer.prompts import assign_points_to_boxes
+from napari_sam.viewer.slicing import box_rc_to_xy, in_slice, rc_to_xy, spatial_shape, to_image_data
+from napari_sam.viewer.stack import Stack, StackSlices, next_label, stack_of, write_slices
+from napari_sam.volume.propagate import Prompt, segment_volume
+from napari_sam.volume.store import DEFAULT_BUDGET, EmbeddingStore
 
 MAX_STORES = 2  # stacks (image layer x outer index x settings) whose embeddings are kept
 # the widget's defaults are the engine's (chosen by measurement, see docs/volume.md)
@@ -37,8 +40,6 @@ class VolumeMixin:
     """3D actions of ``SegmentAnything`` (needs the attributes of ``EmbeddingsMixin`` and ``PromptLayers``)."""
 
     def _init_volume(self) -> None:
-        from napari_sam.embeddings import DEFAULT_BUDGET
-
         self._stores: OrderedDict[tuple, Any] = OrderedDict()
         self._store_lock = threading.Lock()
         self._bg_predictor: tuple[int, Any] | None = None
@@ -52,8 +53,6 @@ class VolumeMixin:
     # ------------------------------------------------------------------ stores
     def background_predictor(self) -> Any:
         """A ``SamPredictor`` on the current model for worker threads (shares the weights)."""
-        from napari_sam.predictor import SamPredictor
-
         predictor = self._require_model()
         if self._bg_predictor is None or self._bg_predictor[0] != self._model_version:
             bg = SamPredictor(self.model, device=predictor.device, precision=predictor.precision)
@@ -76,8 +75,6 @@ class VolumeMixin:
         One store per (image layer, outer index, contrast limits, channel composite, model); the
         last ``MAX_STORES`` are kept. Budget ``store_budget``, disk cache ``cache_dir``.
         """
-        from napari_sam.embeddings import EmbeddingStore
-
         st = self.stack(index)
         key = self._store_key(st)
         with self._store_lock:
@@ -138,8 +135,6 @@ class VolumeMixin:
         each object also carries its preview mask (so the candidate chosen with N is kept).
         SAM (x, y) coordinates, converted here from napari (row, col).
         """
-        from napari_sam.volume import Prompt
-
         st = self.stack(index)
         seeds: dict[int, dict[int, Any]] = {}
         for z in self._prompted_slices(st):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam._amg_utils import CancelLike, ProgressLike, check_cancel
+from napari_sam.engine.progress import Cancel, Progress, check_cancel
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,8 +58,8 @@ def stack_labels(
     axis: int = 0,
     min_iou: float = 0.5,
     rgb: bool | None = None,
-    progress: ProgressLike = None,
-    cancel: CancelLike = None,
+    progress: Progress = None,
+    cancel: Cancel = None,
 ) -> np.ndarray:
     """Run ``labels_fn(slice, cancel=cancel) -> (H, W) labels`` on every slice along ``axis`` and link
     them with :func:`link_slices`. Returns int32 labels shaped like ``volume`` without channels."""

@@ -1,4 +1,4 @@
-"""The on-disk half of :class:`napari_sam.embeddings.EmbeddingStore`, and the hashes that key it.
+"""The on-disk half of :class:`napari_sam.volume.store.EmbeddingStore`, and the hashes that key it.
 
 Layout of one cache, ``<cache_dir>/<key>.zarr`` (zarr v3 group):
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_sam.embeddings import Cancel, EmbeddingStore, Progress, is_cancelled
-from napari_sam.volume_result import Prompt, VolumeResult, mask_box, mask_point, seeds_from_labels
+from napari_sam.engine.progress import Cancel, Progress, is_cancelled
+from napari_sam.volume.result import Prompt, VolumeResult, mask_box, mask_point, seeds_from_labels
+from napari_sam.volume.store import EmbeddingStore
 
 __all__ = ["segment_volume", "seeds_from_labels", "Prompt", "VolumeResult"]
 
