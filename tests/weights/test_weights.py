@@ -372,7 +372,7 @@ def test_load_model_default(sam_models):
 
 
 def test_docs_list_every_model():
-    doc = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "models.md"
     text = doc.read_text()
     for info in registry.list_models():
         assert f"`{info.name}`" in text, info.name

@@ -26,7 +26,8 @@ from napari_sam.automatic.stack import link_slices
 from napari_sam.automatic.utils import mask_to_rle, nms, rle_to_mask
 from napari_sam.errors import Cancelled
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 
 
 # ----------------------------------------------------------------------------- an analytic SAM
@@ -270,7 +271,7 @@ def test_stack_ids_are_consistent(synth, monkeypatch):
 
 _BIG = """
 import resource, sys, numpy as np, torch
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{here!r}, {tests!r}]
 import _reference; _reference.official()
 from test_automatic import _Encoder, _PromptEncoder, _Decoder
 from segment_anything.modeling import Sam
@@ -289,7 +290,7 @@ print(lab.shape, lab.max(), (peak - before) / 1024)
 
 @pytest.mark.slow
 def test_4096_image_with_tiles_bounded_memory():
-    code = _BIG.format(tests=str(ROOT / "tests"))
+    code = _BIG.format(here=str(HERE), tests=str(ROOT / "tests"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     shape, n, extra_mib = out.stdout.split(")")[0] + ")", *out.stdout.split(")")[1].split()
