@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from napari_sam.predictor import SamPredictor
+from napari_sam.engine.predictor import SamPredictor
 from napari_sam.train.data import load_split, read_dsb2018_index
 from napari_sam.train.evaluate import evaluation_objects
 from napari_sam.train.prompts import mask_box
-from napari_sam.weights import load_model
+from napari_sam.weights.loading import load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/dsb2018"
 THRESHOLDS = np.array([-3, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2])

@@ -34,7 +34,7 @@ def load_ours(name: str, device: str):
     from napari_sam.models import build_model
 
     try:
-        from napari_sam.weights import load_model
+        from napari_sam.weights.loading import load_model
 
         model = load_model(name, device=device)
         return model, f"{name} (trained weights)"
@@ -150,7 +150,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from PIL import Image
 
-    from napari_sam.automatic import AutomaticMaskGenerator
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
 
     path = Path(args.image) if args.image else sorted(DEFAULT_IMAGE.glob("07fb37aafa66*.png"))[0]
     image = np.array(Image.open(path).convert("RGB"))

@@ -60,8 +60,8 @@ REAL_IMAGES = [
 
 from _reference import official  # noqa: E402
 
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor  # noqa: E402
 from napari_sam.models.sam import build_model  # noqa: E402
-from napari_sam.predictor import ImageEmbedding, SamPredictor  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from napari_sam import predictor as predictor_module
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
 from napari_sam.models.sam import build_model
-from napari_sam.predictor import ImageEmbedding, SamPredictor
 
 
 def main(argv: list[str] | None = None) -> None:

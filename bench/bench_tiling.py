@@ -1,4 +1,4 @@
-"""Tiled embeddings (napari_sam.tiling) vs the whole-image embedding: quality on large images, cost.
+"""Tiled embeddings (napari_sam.engine.tiling) vs the whole-image embedding: quality on large images, cost.
 
 For every dsb2018 validation image larger than the model's input (20 images, 520x696 ... 1040x1388
 with nano_nuclei's 512 px), the evaluation's objects (up to 10 per image, seeded as
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from napari_sam.predictor import SamPredictor
-from napari_sam.tiling import TiledPredictor
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.engine.tiling import TiledPredictor
 from napari_sam.train.data import load_split
 from napari_sam.train.evaluate import evaluation_objects
 from napari_sam.train.prompts import center_point, mask_box
-from napari_sam.weights import load_model
+from napari_sam.weights.loading import load_model
 
 DSB = Path(__file__).resolve().parents[2] / "shared/data/dsb2018"
 SPEED_IMAGES = [("07fb37aafa6626608af90c1e18f6a743f29b6b233d2e427dcd1102df6a916cf5", 1),

@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from _synthetic import ellipsoid_volume
 
-    from napari_sam.embeddings import EmbeddingStore
-    from napari_sam.predictor import SamPredictor
-    from napari_sam.volume import segment_volume
-    from napari_sam.volume_result import mask_box, mask_point
+    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.volume.propagate import segment_volume
+    from napari_sam.volume.result import mask_box, mask_point
+    from napari_sam.volume.store import EmbeddingStore
 
     torch.set_num_threads(2)
     if args.model == "random":
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         model = build_model("nano")
     else:
-        from napari_sam.weights import load_model
+        from napari_sam.weights.loading import load_model
 
         model = load_model(args.model)
     predictor = SamPredictor(model, device="cpu")

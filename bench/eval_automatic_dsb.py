@@ -33,7 +33,7 @@ def match(gt: np.ndarray, pred: np.ndarray, thresh: float = 0.5) -> tuple[int, i
     """(TP, FP, FN, IoUs of the matched pairs) between two (H, W) instance label images."""
     from scipy.optimize import linear_sum_assignment
 
-    from napari_sam._amg_stack import iou_matrix
+    from napari_sam.automatic.stack import iou_matrix
 
     ids_g, ids_p, iou = iou_matrix(gt, pred)
     ious: list[float] = []
@@ -65,8 +65,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from PIL import Image
 
-    from napari_sam.automatic import AutomaticMaskGenerator
-    from napari_sam.weights import load_model
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.weights.loading import load_model
 
     split = Path(args.split)
     if not split.is_file():

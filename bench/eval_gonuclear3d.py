@@ -36,7 +36,7 @@ def load_model(name: str):
 
         torch.manual_seed(0)
         return build_model("nano")
-    from napari_sam.weights import load_model as _load
+    from napari_sam.weights.loading import load_model as _load
 
     return _load(None if name == "default" else name)
 
@@ -80,7 +80,7 @@ def dice_per_object(result, labels: np.ndarray, axis: int, seeds: dict) -> tuple
 
 
 def run(store, labels, axis, n_objects=None, **kw) -> dict:
-    from napari_sam.volume import segment_volume
+    from napari_sam.volume.propagate import segment_volume
 
     seeds = seeds_for(labels, axis)
     if n_objects:  # evenly spaced ids: a fixed subset for quick sweeps
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if not DATA.is_dir():
         print(f"no data at {DATA}", file=sys.stderr)
         return 1
-    from napari_sam.embeddings import EmbeddingStore
-    from napari_sam.predictor import SamPredictor
+    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.volume.store import EmbeddingStore
 
     torch.set_num_threads(2)
     raw = tifffile.imread(DATA / "1135_mini_raw.tif")

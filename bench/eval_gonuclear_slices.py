@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_sam.images import to_sam_image
-from napari_sam.predictor import SamPredictor
-from napari_sam.weights import load_model
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.weights.loading import load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gonuclear3d"
 

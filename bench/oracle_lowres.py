@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from napari_sam._postprocess import MaskUpsampler
+from napari_sam.engine.postprocess import MaskUpsampler
+from napari_sam.engine.transforms import ResizeLongestSide
 from napari_sam.train.data import load_split, read_dsb2018_index
-from napari_sam.transforms import ResizeLongestSide
 
 ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/dsb2018"
 

@@ -17,16 +17,17 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_sam import weights
     from napari_sam._qt.widget import SamWidget
-    from napari_sam._sample_data import nuclei_sample
+    from napari_sam.viewer.sample_data import nuclei_sample
+    from napari_sam.weights.download import is_cached
+    from napari_sam.weights.registry import DEFAULT_MODEL
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
     widget = SamWidget(viewer, load_default=False)
     viewer.window.add_dock_widget(widget, name="Segment Anything", area="right")
-    if weights.is_cached(weights.DEFAULT_MODEL):
-        widget.sam.set_model(weights.DEFAULT_MODEL, device="cpu")
+    if is_cached(DEFAULT_MODEL):
+        widget.sam.set_model(DEFAULT_MODEL, device="cpu")
     else:
         import torch
 

@@ -8,9 +8,10 @@ import tifffile
 import torch
 
 from napari_sam import cli
-from napari_sam.automatic import AutomaticMaskGenerator
+from napari_sam.automatic.generator import AutomaticMaskGenerator
 from napari_sam.models import build_model
-from napari_sam.weights import REGISTRY, load_model
+from napari_sam.weights.loading import load_model
+from napari_sam.weights.registry import REGISTRY
 
 
 def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:

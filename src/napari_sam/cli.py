@@ -36,7 +36,8 @@ def _cmd_gui(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .weights import is_cached, list_models
+    from napari_sam.weights.download import is_cached
+    from napari_sam.weights.registry import list_models
 
     for info in list_models():
         state = "packaged" if info.packaged else ("cached" if is_cached(info.name) else "not downloaded")
@@ -46,7 +47,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .weights import fetch
+    from napari_sam.weights.download import fetch
 
     def progress(done: int, total: int) -> None:
         if total:
@@ -62,9 +63,9 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     import tifffile
     from skimage import io
 
-    from .automatic import AutomaticMaskGenerator
-    from .registry import DEFAULT_MODEL, automatic_params
-    from .weights import load_model
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.weights.loading import load_model
+    from napari_sam.weights.registry import DEFAULT_MODEL, automatic_params
 
     image = np.asarray(io.imread(args.image))
     model = load_model(args.model, device=args.device)
@@ -76,7 +77,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     )
     tiles = {}
     if args.tiles:
-        from .tiling import automatic_tile_params
+        from napari_sam.engine.tiling import automatic_tile_params
 
         tiles = automatic_tile_params(model.img_size, thresholds["box_nms_thresh"])
     generator = AutomaticMaskGenerator(

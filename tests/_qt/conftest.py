@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam.predictor import SamPredictor
+from napari_sam.engine.predictor import SamPredictor
 
 
 @pytest.fixture(autouse=True)
@@ -18,11 +18,11 @@ def _empty_model_cache(tmp_path, monkeypatch):
 def notes(monkeypatch):
     """Collect napari error/warning notifications shown by napari_sam (list of (kind, text))."""
     seen: list[tuple[str, str]] = []
-    import napari_sam._prompts as pr
     import napari_sam._qt._encoder as enc
     import napari_sam._qt._model_box as mb
     import napari_sam._qt.widget as w
-    import napari_sam.viewer as v
+    import napari_sam.viewer.prompts as pr
+    import napari_sam.viewer.segment_anything as v
 
     for mod in (v, pr, enc, mb, w):
         for kind in ("show_error", "show_warning", "show_info"):
@@ -65,7 +65,7 @@ def refined(model, image, points_xy, labels, candidate=None, tiled=False):
     with the shown candidate's (``candidate``, default the best-scored) low-res logits as
     ``mask_input`` and one mask out. Returns (first masks, first scores, refined mask).
     ``tiled``: through ``TiledPredictor`` (the widget's "tiles at full resolution")."""
-    from napari_sam.tiling import TiledPredictor
+    from napari_sam.engine.tiling import TiledPredictor
 
     p = TiledPredictor(model, device="cpu") if tiled else SamPredictor(model, device="cpu")
     p.set_image(image)

@@ -11,7 +11,7 @@ import numpy as np
 from conftest import direct, image2d, refined, wait_encoded
 from qtpy.QtCore import QPoint, Qt
 
-from napari_sam.predictor import SamPredictor
+from napari_sam.engine.predictor import SamPredictor
 
 
 def test_widget_shows_model_device_layers(sam_widget, qtbot):

@@ -52,12 +52,13 @@ def test_bad_checkpoint_and_no_network(sam_widget, qtbot, notes, tmp_path, monke
     assert any("broken.pth" in text for kind, text in notes if kind == "show_error")
     assert widget.sam.model is model
 
-    import napari_sam.weights as weights
+    from napari_sam.errors import ModelDownloadError
+    from napari_sam.weights import download
 
     def offline(name, progress=None):
-        raise weights.ModelDownloadError(f"cannot download {name}: no network")
+        raise ModelDownloadError(f"cannot download {name}: no network")
 
-    monkeypatch.setattr(weights, "fetch", offline)
+    monkeypatch.setattr(download, "fetch", offline)
     widget.model_box.load("vit_b")
     qtbot.waitUntil(lambda: widget.model_box.worker is None, timeout=20000)
     assert any("no network" in text for kind, text in notes if kind == "show_error")

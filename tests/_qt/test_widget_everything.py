@@ -6,9 +6,9 @@ import numpy as np
 from conftest import image2d, wait_encoded
 from qtpy.QtCore import Qt
 
-from napari_sam.automatic import AutomaticMaskGenerator
-from napari_sam.images import to_sam_image
-from napari_sam.predictor import SamPredictor
+from napari_sam.automatic.generator import AutomaticMaskGenerator
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import SamPredictor
 
 
 def test_segment_everything_button(sam_widget, qtbot, tiny_sam):

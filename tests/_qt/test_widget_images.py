@@ -6,8 +6,8 @@ import dask.array as da
 import numpy as np
 from conftest import direct, image2d, refined, wait_encoded
 
-from napari_sam.images import to_sam_image
-from napari_sam.predictor import SamPredictor
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import SamPredictor
 
 
 def test_rgb_and_uint16(sam_widget, qtbot, tiny_sam):
@@ -109,7 +109,7 @@ def test_multichannel_composite(sam_widget, qtbot, tiny_sam):
 def test_large_image_in_tiles(sam_widget, qtbot, tiny_sam):
     """The "tiles at full resolution" box: a 600 x 700 image (the tiny model's input is 256 px) is
     encoded in tiles; a click and a refining click give TiledPredictor's masks, commit writes them."""
-    from napari_sam.tiling import TiledEmbedding, TiledPredictor
+    from napari_sam.engine.tiling import TiledEmbedding, TiledPredictor
 
     viewer, widget = sam_widget
     sam = widget.sam

@@ -13,9 +13,9 @@ from _synthetic import ellipsoid_volume
 from conftest import wait_encoded
 from qtpy.QtCore import Qt
 
-from napari_sam.embeddings import EmbeddingStore
-from napari_sam.predictor import SamPredictor
-from napari_sam.volume import Prompt, segment_volume
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.volume.propagate import Prompt, segment_volume
+from napari_sam.volume.store import EmbeddingStore
 
 NO_STOP = {"iou_threshold": float("-inf"), "overlap_threshold": 0.0, "stability_threshold": 0.0, "max_distance": None}
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam.engine.predictor import SamPredictor
 from napari_sam.models.fast import (
     FastMaskDecoder,
     fast_decoder,
@@ -17,7 +18,6 @@ from napari_sam.models.fast import (
 )
 from napari_sam.models.fast.transformer import FastTransformer
 from napari_sam.models.sam import build_model
-from napari_sam.predictor import SamPredictor
 
 
 def _predictors(model):

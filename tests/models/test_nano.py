@@ -34,7 +34,7 @@ def test_encoder_shapes_any_multiple_of_32():
 
 
 def test_predictor_interfaces_like_sam():
-    from napari_sam.predictor import SamPredictor
+    from napari_sam.engine.predictor import SamPredictor
 
     model = build_nano(img_size=128)
     pred = SamPredictor(model, device="cpu")
@@ -62,7 +62,7 @@ def test_shipped_weights_segment_nuclei(shared_data):
     assert WEIGHTS.is_file(), f"packaged weights missing: {WEIGHTS}"
     from PIL import Image
 
-    from napari_sam.predictor import SamPredictor
+    from napari_sam.engine.predictor import SamPredictor
     from napari_sam.train.data import load_split, read_dsb2018_index
     from napari_sam.train.prompts import center_point
     from napari_sam.weights import load_model

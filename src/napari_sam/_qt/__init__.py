@@ -1,4 +1,4 @@
-"""The napari dock widget (Qt): wiring only, the work happens in ``napari_sam.viewer``."""
+"""The napari dock widget (Qt): wiring only, the work happens in ``napari_sam.viewer.segment_anything``."""
 
 from napari_sam._qt.widget import SamWidget
 

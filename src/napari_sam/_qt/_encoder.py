@@ -13,7 +13,7 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
-from napari_sam._slicing import SamUserError
+from napari_sam.errors import SamUserError
 
 
 class EncodeRunner:

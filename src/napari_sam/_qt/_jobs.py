@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_sam._slicing import SamUserError
+from napari_sam.errors import SamUserError
 
 
 class JobRunner(QObject):

@@ -15,10 +15,11 @@ LOAD_FILE = "Load checkpoint file..."
 def _registry() -> tuple[list[Any], str, Any]:
     """(model infos, default name, is_cached) or empty when the weights module is unavailable."""
     try:
-        from napari_sam import weights
+        from napari_sam.weights.download import is_cached
+        from napari_sam.weights.registry import DEFAULT_MODEL, list_models
     except Exception:  # pragma: no cover - during development
         return [], "", lambda name: False
-    return weights.list_models(), weights.DEFAULT_MODEL, weights.is_cached
+    return list_models(), DEFAULT_MODEL, is_cached
 
 
 def devices() -> list[str]:

@@ -24,15 +24,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_sam._prompts import PREVIEW_NAME
 from napari_sam._qt._encoder import EncodeRunner
 from napari_sam._qt._everything_panel import EverythingPanel
 from napari_sam._qt._jobs import JobRunner
 from napari_sam._qt._layer_combo import LayerCombo
 from napari_sam._qt._model_box import ModelBox
 from napari_sam._qt._volume_panel import VolumePanel
-from napari_sam._slicing import SamUserError
-from napari_sam.viewer import SegmentAnything
+from napari_sam.errors import SamUserError
+from napari_sam.viewer.prompts import PREVIEW_NAME
+from napari_sam.viewer.segment_anything import SegmentAnything
 
 HELP = (  # explicit lines, no word wrap: a wrapped label is squeezed when the dock runs out of height
     "click: positive point · Shift+click / right click: negative point\n"

@@ -88,7 +88,7 @@ def cmd_fit(a: argparse.Namespace) -> None:
     split = data.load_split(a.data)
     torch.manual_seed(a.seed)
     if a.init:  # start from trained weights of the same architecture (a registry name or a file)
-        from ..weights import load_model
+        from ..weights.loading import load_model
 
         model = load_model(a.init, arch=a.arch, device="cpu").train().requires_grad_(True)
     else:
@@ -110,7 +110,7 @@ def cmd_finetune(a: argparse.Namespace) -> None:
     if not a.freeze_encoder and not a.train_encoder:  # auto: freeze big (ViT) encoders
         import dataclasses
 
-        from ..weights import load_model
+        from ..weights.loading import load_model
 
         model = load_model(a.model, device=a.device)
         big = sum(p.numel() for p in model.image_encoder.parameters()) > 20_000_000

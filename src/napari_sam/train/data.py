@@ -1,7 +1,7 @@
 """Image + instance-label data for training: loading, SAM preprocessing, augmentation, windows.
 
 Images become what the predictor feeds the encoder: gray -> RGB uint8, longest side resized to
-``img_size`` with PIL bilinear (exactly :class:`napari_sam.transforms.ResizeLongestSide`), then
+``img_size`` with PIL bilinear (exactly :class:`napari_sam.engine.transforms.ResizeLongestSide`), then
 normalized and zero-padded at the bottom/right. Labels are resized with nearest neighbour.
 Arrays are (row, col) = (y, x); SAM prompts built from them are (x, y).
 """
@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..engine.images import to_sam_image
+from ..engine.transforms import ResizeLongestSide
+
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 SPLIT_FILE = Path(__file__).with_name("dsb2018_split.json")
@@ -31,16 +34,12 @@ def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """(H,W) or (H,W,C) image of any dtype -> (H,W,3) uint8, exactly as the predictor converts it
-    (:func:`napari_sam.images.to_sam_image`)."""
-    from ..images import to_sam_image
-
+    (:func:`napari_sam.engine.images.to_sam_image`)."""
     return np.ascontiguousarray(to_sam_image(np.asarray(image)))
 
 
 def resize_image(image: np.ndarray, long_side: int) -> np.ndarray:
-    """uint8 (H,W,3) -> uint8 (h',w',3): :class:`napari_sam.transforms.ResizeLongestSide` (PIL bilinear)."""
-    from ..transforms import ResizeLongestSide
-
+    """uint8 (H,W,3) -> uint8 (h',w',3): :class:`napari_sam.engine.transforms.ResizeLongestSide` (PIL bilinear)."""
     return ResizeLongestSide(long_side).apply_image(image)
 
 

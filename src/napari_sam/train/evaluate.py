@@ -1,4 +1,4 @@
-"""Interactive-segmentation metrics for ANY registry model, through :class:`napari_sam.predictor.SamPredictor`.
+"""Interactive-segmentation metrics for ANY registry model, through :class:`napari_sam.engine.predictor.SamPredictor`.
 
 Per object (ground-truth instance), on the original image resolution exactly as a user would prompt:
 
@@ -24,6 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.predictor import SamPredictor
+from ..engine.progress import Cancel, Progress, is_cancelled
+from ..engine.tiling import TiledPredictor
+from ..weights.loading import load_model
+from .data import load_split, read_dsb2018_index, read_pairs
 from .prompts import center_point, corrective_point, mask_box
 
 METRICS = ("point", "point_single", "box", "box_multi", "click3", "click5", "noc85", "noc90")
@@ -111,8 +116,8 @@ def evaluate_model(
     limit: int = 0,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: Progress = None,
+    cancel: Cancel = None,
     tiled: bool = False,
 ) -> dict:
     """Evaluate ``model`` (a Sam, a registry name, a checkpoint path, or None = the default model).
@@ -121,27 +126,17 @@ def evaluate_model(
     :func:`.data.read_pairs`), else dsb2018 at ``data_root`` restricted to ``ids`` (default: the
     packaged validation split). Returns ``{"by_modality": {modality: {metric: mean}}, "all": {...},
     "seconds": float, "encoder_s": mean embedding time}``. ``tiled``: images larger than the model's
-    input are segmented at their own resolution (:class:`napari_sam.tiling.TiledPredictor`).
+    input are segmented at their own resolution (:class:`napari_sam.engine.tiling.TiledPredictor`).
     """
-    from ..predictor import SamPredictor
-
     if model is None or isinstance(model, (str, Path)):
-        from ..weights import load_model
-
         model = load_model(model, device=device)
     predictor = SamPredictor(model, device=device)
     if tiled:
-        from ..tiling import TiledPredictor
-
         predictor = TiledPredictor(predictor)
     if images is not None:
-        from .data import read_pairs
-
         pairs = [(sid, im, lb, "custom") for sid, im, lb in read_pairs(images, labels)]
     else:
         from PIL import Image
-
-        from .data import load_split, read_dsb2018_index
 
         root = Path(data_root if data_root is not None else "../shared/data/dsb2018")
         rows = {r["id"]: r for r in read_dsb2018_index(root)}
@@ -153,7 +148,7 @@ def evaluate_model(
     t0, enc_t = time.time(), []
     with torch.inference_mode():
         for j, (sid, im, lb, mod) in enumerate(pairs):
-            if cancel is not None and cancel():
+            if is_cancelled(cancel):
                 break
             if im is None:
                 im = np.array(Image.open(root / "images" / f"{sid}.png"))

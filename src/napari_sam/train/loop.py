@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.progress import Cancel, Progress, is_cancelled
 from .data import PIXEL_MEAN, PIXEL_STD, SCALE_RANGE, Sample, Window, random_window
 from .losses import sam_loss
 from .prompts import center_point, corrective_point, jitter_box, random_point
@@ -306,8 +307,8 @@ def train(
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
     log: Callable[[str], None] = print,
-    progress: Callable[[int, int], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: Progress = None,
+    cancel: Cancel = None,
     export: str | Path | None = None,
     threads: int | str | None = None,
 ) -> torch.nn.Module:
@@ -335,7 +336,7 @@ def _run(tr: Trainer, cfg: TrainConfig, checkpoint, export, log, progress, cance
     log(f"config {json.dumps(asdict(cfg))}; window {tr.window}; {len(tr.samples)} samples")
     last_save, acc, first = time.time(), [], True
     while tr.progress() < 1.0:
-        if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+        if is_cancelled(cancel):
             break
         if threads == "auto" and (first or tr.step_idx % 25 == 0):
             first = False

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ..engine.device import pick_device
+from ..engine.progress import Cancel, Progress
+from ..weights.loading import load_model
 from .data import load_pairs
 from .loop import TrainConfig, train
 
@@ -32,8 +35,8 @@ def finetune(
     freeze_encoder: bool | None = None,
     device: str | torch.device | None = None,
     log: Callable[[str], None] = print,
-    progress: Callable[[int, int], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: Progress = None,
+    cancel: Cancel = None,
     threads: int | str | None = "auto",
 ) -> torch.nn.Module:
     """Fine-tune ``model`` with SAM's interactive recipe and return it (eval mode).
@@ -48,12 +51,8 @@ def finetune(
         device: None picks cuda > mps > cpu.
         progress, cancel: ``progress(done, total)`` callback and a cancel callable/Event (long work).
     """
-    from .._device import pick_device
-
     dev = pick_device(device)
     if model is None or isinstance(model, (str, Path)):
-        from ..weights import load_model
-
         model = load_model(model, device=dev)
     model.requires_grad_(True)
     cfg = config or TrainConfig(steps=2000, lr=1e-4, warmup=50, checkpoint_every_s=120.0)

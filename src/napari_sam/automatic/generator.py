@@ -1,0 +1,293 @@
+"""Automatic mask generation ("segment everything") for images, large images and stacks.
+
+Same algorithm and parameters as the official ``SamAutomaticMaskGenerator`` (a grid of point
+prompts, per-crop batches, predicted-IoU and stability filtering, box NMS within and across crops,
+optional hole/island cleanup), computed differently: masks are filtered on the low-res logits
+before any upsampling, and only surviving masks are upsampled, each on its own box, on the model's
+device (see ``automatic.batch``). No torchvision, no OpenCV, no napari.
+
+Coordinates: points (x, y), boxes XYWH (output records) in pixels of the original image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_sam.automatic.batch import CropContext, Masks, default_points_per_batch, process_batch
+from napari_sam.automatic.stack import link_slices, stack_labels
+from napari_sam.automatic.utils import (
+    box_area,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    coco_encode_rle,
+    fill_holes_with_outside,
+    generate_crop_boxes,
+    mask_to_rle,
+    nms,
+    remove_small_regions,
+    tile_boxes,
+)
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.engine.progress import Cancel, Progress, check_cancel
+
+__all__ = ["AutomaticMaskGenerator", "link_slices"]
+
+
+class AutomaticMaskGenerator:
+    """Segment everything in an image with a grid of point prompts.
+
+    Args (the official meaning):
+        model_or_predictor: a ``Sam`` model or a ``SamPredictor`` (its device/precision are used).
+        points_per_side: points along one side of the grid (points_per_side**2 prompts); None when
+            ``point_grids`` is given.
+        points_per_batch: prompts decoded together (memory vs speed); None: 64, or 256 on a GPU
+            with 32 GiB or more (``automatic.batch.default_points_per_batch``).
+        pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables).
+        stability_score_thresh: keep masks whose stability score (IoU of the mask thresholded at
+            ``+offset`` and ``-offset``) is >= this (0 disables).
+        stability_score_offset: the logit offset of the stability score.
+        box_nms_thresh: box IoU above which duplicates within a crop are removed.
+        crop_n_layers: extra crop layers; layer i has (2**i)**2 crops.
+        crop_nms_thresh: box IoU for removing duplicates across crops (smaller crops win).
+        crop_overlap_ratio: overlap of the first crop layer, as a fraction of the image's short side.
+        crop_n_points_downscale_factor: points per side in layer i are divided by this**i.
+        point_grids: explicit (N, 2) grids in [0, 1] (x, y), one per layer.
+        min_mask_region_area: if > 0, fill holes and remove islands smaller than this (pixels).
+        output_mode: ``'binary_mask'`` ((H, W) bool), ``'uncompressed_rle'`` or ``'coco_rle'``.
+    Extra:
+        tile_size: if set and the image is larger, the image is processed in tiles of this side
+            (each tile at full resolution, then crop layers inside each tile), overlapping by
+            ``tile_overlap`` pixels; masks touching an inner tile edge are dropped (the overlap must
+            exceed the largest object) and duplicates across tiles removed with ``crop_nms_thresh``.
+        chunk_pixels: full-resolution logits upsampled at once (float32, 2**25 = 128 MiB): with
+            ``tile_size`` this bounds the working memory whatever the image size.
+        device, precision: used when a model is given (see ``SamPredictor``).
+    """
+
+    def __init__(
+        self,
+        model_or_predictor: Any,
+        points_per_side: int | None = 32,
+        points_per_batch: int | None = None,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        tile_size: int | None = None,
+        tile_overlap: int = 256,
+        chunk_pixels: int = 2**25,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("exactly one of points_per_side or point_grids must be given")
+        if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
+            raise ValueError(f"unknown output_mode {output_mode!r}")
+        if tile_size is not None and not 0 <= tile_overlap < tile_size:
+            raise ValueError("tile_overlap must be in [0, tile_size)")
+        if points_per_side is not None:
+            self.point_grids = build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+        else:
+            self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+        if isinstance(model_or_predictor, SamPredictor):
+            self.predictor = model_or_predictor
+        else:
+            self.predictor = SamPredictor(model_or_predictor, device=device, precision=precision)
+        if points_per_batch is None:
+            points_per_batch = default_points_per_batch(self.predictor.device)
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+        self.stability_score_offset = float(stability_score_offset)
+        self.box_nms_thresh = float(box_nms_thresh)
+        self.crop_n_layers = int(crop_n_layers)
+        self.crop_nms_thresh = float(crop_nms_thresh)
+        self.crop_overlap_ratio = float(crop_overlap_ratio)
+        self.crop_n_points_downscale_factor = int(crop_n_points_downscale_factor)
+        self.min_mask_region_area = int(min_mask_region_area)
+        self.output_mode = output_mode
+        self.tile_size, self.tile_overlap = tile_size, int(tile_overlap)
+        self.chunk_pixels = int(chunk_pixels)
+
+    # ------------------------------------------------------------------ public API
+    def generate(
+        self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
+    ) -> list[dict[str, Any]]:
+        """Masks for ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes).
+
+        Returns records like the official: ``segmentation`` ((H, W) bool or RLE dict), ``area`` (int),
+        ``bbox`` XYWH, ``predicted_iou``, ``point_coords`` ([[x, y]]), ``stability_score``,
+        ``crop_box`` XYWH. ``progress(done, total)`` is called after each embedding and each batch;
+        ``cancel`` (callable or ``threading.Event``) is checked as often and raises :class:`~napari_sam.errors.Cancelled`.
+        """
+        size, data = self.generate_masks(image, progress, cancel)
+        out = []
+        for i in range(len(data)):
+            if self.output_mode == "binary_mask":
+                seg: Any = data.full(i, size)
+            else:
+                seg = mask_to_rle(data.full(i, size))
+                seg = coco_encode_rle(seg) if self.output_mode == "coco_rle" else seg
+            out.append({
+                "segmentation": seg,
+                "area": int(data.crops[i].sum()),
+                "bbox": box_xyxy_to_xywh(data.boxes[i].tolist()),
+                "predicted_iou": float(data.iou[i]),
+                "point_coords": [data.points[i].tolist()],
+                "stability_score": float(data.stability[i]),
+                "crop_box": box_xyxy_to_xywh(data.crop_boxes[i].tolist()),
+            })
+        return out
+
+    def generate_labels(
+        self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
+    ) -> np.ndarray:
+        """(H, W) int32 instance labels, 0 = background, ids 1..N without gaps.
+
+        Overlaps: masks are painted from the largest to the smallest area, so a smaller mask lying on
+        a larger one stays whole and the larger one keeps the rest (ties: higher predicted_iou *
+        stability on top). A mask left with no visible pixel is dropped. Full-size masks are never
+        built: memory is the label image plus each mask's box.
+        """
+        size, data = self.generate_masks(image, progress, cancel)
+        return paint_labels(data, size)
+
+    def generate_labels_stack(
+        self,
+        volume: Any,
+        axis: int = 0,
+        min_iou: float = 0.5,
+        rgb: bool | None = None,
+        progress: Progress = None,
+        cancel: Cancel = None,
+    ) -> np.ndarray:
+        """Per-slice labels of a stack or time series, linked into consistent ids across slices.
+
+        ``volume``: array-like (numpy, dask, zarr) with the slices along ``axis`` and, if ``rgb``
+        (None: last axis of size 3/4 on a 4D array), channels last. Each slice is segmented with
+        :meth:`generate_labels`; objects are then matched to the previous slice one-to-one
+        (Hungarian assignment on mask IoU, pairs with IoU >= ``min_iou``), a matched object keeps the
+        id of its partner and an unmatched one gets a new id (see :func:`link_slices`).
+        Returns int32 labels shaped like the volume without its channel axis. ``progress`` counts slices.
+        """
+        return stack_labels(self.generate_labels, volume, axis, min_iou, rgb, progress, cancel)
+
+    # ------------------------------------------------------------------ the pipeline
+    def crop_boxes(self, size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:
+        """Crop boxes XYXY (exclusive end) and their layer index, for an (H, W) image."""
+        h, w = size
+        if self.tile_size is None or max(h, w) <= self.tile_size:
+            return generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)
+        boxes, layers = [], []
+        for tx0, ty0, tx1, ty1 in tile_boxes(size, self.tile_size, self.tile_overlap):
+            b, lay = generate_crop_boxes((ty1 - ty0, tx1 - tx0), self.crop_n_layers, self.crop_overlap_ratio)
+            boxes += [[x0 + tx0, y0 + ty0, x1 + tx0, y1 + ty0] for x0, y0, x1, y1 in b]
+            layers += lay
+        return boxes, layers
+
+    def generate_masks(
+        self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
+    ) -> tuple[tuple[int, int], Masks]:
+        """((H, W), the kept masks as :class:`Masks`) before formatting; see :meth:`generate`."""
+        img = to_sam_image(image)
+        size = (int(img.shape[0]), int(img.shape[1]))
+        boxes, layers = self.crop_boxes(size)
+        n_batches = [-(-len(self.point_grids[k]) // self.points_per_batch) for k in layers]
+        total, done = sum(n_batches) + len(boxes), 0
+        parts = []
+        for box, layer in zip(boxes, layers, strict=True):
+            check_cancel(cancel)
+            x0, y0, x1, y1 = box
+            emb = self.predictor.compute_embedding(img[y0:y1, x0:x1])
+            m = self.predictor.model
+            ctx = CropContext(
+                self.predictor, emb.features, emb.input_size, box,
+                m.mask_threshold, self.stability_score_offset, self.chunk_pixels,
+            )
+            ctx.pe = self.predictor.dense_pe
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            pts = self.point_grids[layer] * np.array([[x1 - x0, y1 - y0]], dtype=np.float64)
+            crop_parts = []
+            for b in range(0, len(pts), self.points_per_batch):
+                check_cancel(cancel)
+                crop_parts.append(process_batch(self, ctx, pts[b : b + self.points_per_batch], size))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            data = Masks.cat(crop_parts)
+            data = data.select(nms(data.boxes.float(), data.iou, self.box_nms_thresh))
+            parts.append(ctx.with_crops(data))
+        data = Masks.cat(parts)
+        if len(boxes) > 1 and len(data):  # duplicates across crops: prefer masks from smaller crops
+            data = data.select(nms(data.boxes.float(), 1 / box_area(data.crop_boxes.float()), self.crop_nms_thresh))
+        if self.min_mask_region_area > 0 and len(data):
+            data = self._remove_small_regions(data, size)
+        return size, data
+
+    def _remove_small_regions(self, data: Masks, size: tuple[int, int]) -> Masks:
+        """Official post-processing: fill small holes, drop small islands, re-run NMS (changed masks lose)."""
+        area = self.min_mask_region_area
+        h, w = size
+        crops, boxes, scores = [], [], []
+        for i in range(len(data)):
+            x0, y0, x1, y1 = data.boxes[i].tolist()
+            m = data.crops[i].cpu().numpy()
+            touch = (x0 == 0, y0 == 0, x1 == w - 1, y1 == h - 1)
+            whole = (touch[0] and touch[2]) or (touch[1] and touch[3]) or h * w - m.size < area
+            if whole:  # the background outside the box may be small or split: work on the full image
+                m, (x0, y0) = data.full(i, size), (0, 0)
+                m, ch1 = remove_small_regions(m, area, "holes")
+            else:  # pad with a ring of outside background where the box is not on the image border
+                pad = ((0 if touch[1] else 1, 0 if touch[3] else 1), (0 if touch[0] else 1, 0 if touch[2] else 1))
+                p = np.pad(m, pad)
+                ring = np.zeros_like(p)
+                ring[: pad[0][0]], ring[p.shape[0] - pad[0][1] :] = True, True
+                ring[:, : pad[1][0]], ring[:, p.shape[1] - pad[1][1] :] = True, True
+                q, ch1 = fill_holes_with_outside(p, ring, area)
+                m = q[pad[0][0] : p.shape[0] - pad[0][1], pad[1][0] : p.shape[1] - pad[1][1]]
+            m, ch2 = remove_small_regions(m, area, "islands")
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            if rows.size:
+                box = [x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1]]
+                m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            else:
+                box, m = [0, 0, 0, 0], m[:0, :0]
+            crops.append(torch.as_tensor(np.ascontiguousarray(m)))
+            boxes.append(box)
+            scores.append(0.0 if (ch1 or ch2) else 1.0)
+        new = Masks(data.iou, data.stability, torch.tensor(boxes, dtype=torch.long), data.points, data.crop_boxes, crops)
+        thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
+        return new.select(nms(new.boxes.float(), torch.tensor(scores), thresh))
+
+
+def paint_labels(data: Masks, size: tuple[int, int]) -> np.ndarray:
+    """Paint masks into (H, W) int32 labels: largest area first, smaller on top; ids 1..N in painting order."""
+    labels = np.zeros(size, dtype=np.int32)
+    if not len(data):
+        return labels
+    areas = np.array([int(c.sum()) for c in data.crops], dtype=np.float64)
+    quality = (data.iou * data.stability).double().numpy()
+    order = np.lexsort((quality, -areas))  # by area descending, then quality ascending (best on top)
+    for k, i in enumerate(order, start=1):
+        x0, y0, x1, y1 = data.boxes[i].tolist()
+        if data.crops[i].numel():
+            view = labels[y0 : y1 + 1, x0 : x1 + 1]
+            view[data.crops[i].cpu().numpy()] = k
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(labels)[0].astype(np.int32)

@@ -1,0 +1,532 @@
+"""Image -> embedding -> prompts -> masks, with SAM's exact pre- and post-processing.
+
+``SamPredictor`` follows the official ``segment_anything.SamPredictor`` (same inputs, same outputs,
+same numbers in fp32) and adds: embeddings as values (``compute_embedding`` /
+``set_image_embedding``), many objects in one decoder call (``predict_batch``), a device and
+precision choice, and a lean post-processing (only the rows/columns that survive the crop are
+upsampled, and no work is done twice). Prompts are SAM's: points (x, y), boxes (x0, y0, x1, y1),
+in pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_sam.engine.device import autocast_dtype, pick_device
+from napari_sam.engine.graphs import GraphCache
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.postprocess import MaskUpsampler
+from napari_sam.engine.transforms import ResizeLongestSide
+from napari_sam.models.common import weights_key
+from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
+
+
+@dataclass
+class ImageEmbedding:
+    """The encoder output for one image.
+
+    Attributes:
+        features: (1, C, h, w) float tensor (C=256, h=w=64 for SAM).
+        original_size: (H, W) of the image given to the predictor.
+        input_size: (h', w') of the resized image, before padding to the square model input.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    #: the mask decoder's per-image work for these features (``SamPredictor.prepare_embedding``),
+    #: used by ``set_image_embedding`` of a predictor with the same, unchanged decoder; not saved
+    prepared: Any = field(default=None, repr=False, compare=False)
+
+    def to(self, device: str | torch.device) -> ImageEmbedding:
+        """A copy whose features live on ``device`` (self when they already do; the copy without
+        the decoder's preparation)."""
+        if self.features.device == torch.device(device):
+            return self
+        return replace(self, features=self.features.to(device), prepared=None)
+
+    def __getstate__(self) -> dict:
+        """Pickled (and deep-copied) without the decoder's preparation."""
+        return {**self.__dict__, "prepared": None}
+
+    def without_preparation(self) -> ImageEmbedding:
+        """The same embedding without the decoder's preparation (self when it has none)."""
+        return self if self.prepared is None else replace(self, prepared=None)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the features, in bytes (the decoder's preparation, when there is one,
+        holds about 6x more for SAM: ``prepared.nbytes``)."""
+        return self.features.element_size() * self.features.numel()
+
+
+@dataclass(frozen=True)
+class DecoderPreparation:
+    """A mask decoder's per-image work on the fast path (``value``: ``FastMaskDecoder.prepare_image``) and what it was
+    made with: the decoder (a weak reference) and its weights' storage and version counters."""
+
+    decoder: weakref.ref
+    weights: tuple
+    value: Any
+    nbytes: int  # of the tensors it references (for SAM ~10 of ~31 MB shared by all images')
+
+    def fits(self, decoder: torch.nn.Module) -> bool:
+        """Whether it was made by ``decoder`` with the weights it has now."""
+        return self.decoder() is decoder and self.weights == weights_key(decoder)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) dataclass/list/tuple, each storage counted once."""
+    seen: dict[int, int] = {}
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, torch.Tensor):
+            seen[o.untyped_storage().data_ptr()] = o.untyped_storage().nbytes()
+        elif isinstance(o, list | tuple):
+            stack.extend(o)
+        elif hasattr(o, "__dataclass_fields__"):
+            stack.extend(getattr(o, f) for f in o.__dataclass_fields__)
+    return sum(seen.values())
+
+
+log = logging.getLogger(__name__)
+
+# The fast decoder's per-image preparation (``FastMaskDecoder.prepare_image``) costs less than one plain
+# prompt and saves a quarter to two fifths of each later one (``bench/bench_prepare.py``; figures in
+# docs/engine.md, "Per image, once"), so an image is prepared on its second prompt call, or on the
+# first when that has this many prompts: a single small call per image (a volume's propagation
+# step, a tile's first click) stays on the plain path.
+PREPARE_FOR_PROMPTS = 3
+
+
+class SamPredictor:
+    """Compute an image embedding once, then predict masks for many prompts.
+
+    Args:
+        model: a ``Sam`` (``napari_sam.models.sam``) or anything with the same interface.
+        device: None picks cuda > mps > cpu (``napari_sam.engine.device.pick_device``); the model is moved there.
+        precision: ``'auto'`` (bf16 autocast for the encoder on CUDA, fp32 elsewhere), ``'fp32'``,
+            ``'bf16'`` or ``'fp16'``. Only the image encoder runs under autocast; the features are
+            stored as float32 and the prompt encoder and mask decoder always run in fp32.
+        decoder: which mask decoder computes the masks (the same numbers up to float rounding):
+            ``'plain'``, the reference-shaped modules (``napari_sam.models.mask_decoder``), or
+            ``'fast'``, the CPU fast path (``napari_sam.models.fast``: the image's first layer
+            prepared once, mask prompts as low-rank updates); ``'auto'``: fast on a CPU, plain
+            elsewhere. The choice is :attr:`decoder_path` (and a debug log line).
+        cuda_graphs: replay the plain path's clicks (prompt encoder, decoder, mask resize) from
+            CUDA graphs, one per prompt shape and image size (``napari_sam.engine.graphs``); None: on
+            CUDA with the plain decoder. :meth:`set_image` and :meth:`prepare_embedding` capture
+            an image's first click (one point, multimask) ahead.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        decoder: str = "auto",
+        cuda_graphs: bool | None = None,
+    ):
+        self.device = pick_device(device)
+        self.precision = precision
+        self.autocast_dtype = autocast_dtype(self.device, precision)
+        self.model = model.to(self.device).eval()
+        #: ``"plain"`` or ``"fast"``: the mask decoder this predictor runs (see ``decoder``)
+        self.decoder_path = resolve_decoder_path(decoder, self.device, self.model.mask_decoder)
+        self._fast = fast_decoder(self.model.mask_decoder) if self.decoder_path == "fast" else None
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and self.decoder_path == "plain"
+        if cuda_graphs and self.decoder_path != "plain":
+            raise ValueError("cuda_graphs=True needs the plain decoder (decoder='plain')")
+        self._graphs = GraphCache(capture=self.device.type == "cuda") if cuda_graphs else None
+        log.debug(
+            "SamPredictor on %s: %s mask decoder (decoder=%r), CUDA graphs %s",
+            self.device, self.decoder_path, decoder, "on" if self._graphs is not None and self._graphs.capture else "off",
+        )
+        self.img_size = int(model.image_encoder.img_size)
+        self.transform = ResizeLongestSide(self.img_size)
+        grid = tuple(int(s) for s in model.prompt_encoder.image_embedding_size)
+        self.embedding_size: tuple[int, int] = (grid[0], grid[1])
+        self.mask_input_size: tuple[int, int] = (4 * grid[0], 4 * grid[1])
+        self._embedding: ImageEmbedding | None = None
+        self._dense_pe: torch.Tensor | None = None
+        self._prepared = None  # the decoder's per-image work (MaskDecoder.prepare_image), see predict_torch
+        self._calls = 0  # prompt calls on the current image
+        self._upsampler = MaskUpsampler(self.img_size)
+
+    # ------------------------------------------------------------------ image / embedding state
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def compute_embedding(
+        self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None, native: bool = False
+    ) -> ImageEmbedding:
+        """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes); the state is unchanged.
+
+        ``native=True`` embeds the image at its own scale (only zero-padded to the model's input, not
+        resized; both sides must be at most ``img_size``): how ``napari_sam.engine.tiling`` embeds its tiles.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        img = to_sam_image(image, contrast_limits=contrast_limits)
+        if image_format != getattr(self.model, "image_format", "RGB"):
+            img = img[..., ::-1]
+        if native and max(img.shape[:2]) > self.img_size:
+            raise ValueError(f"native=True needs an image of at most {self.img_size} px a side, got {img.shape[:2]}")
+        resized = np.ascontiguousarray(img) if native else self.transform.apply_image(img)
+        x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None]
+        with torch.inference_mode():
+            x = (x - self.model.pixel_mean) / self.model.pixel_std  # uint8 - float32 -> float32
+            h, w = x.shape[-2:]
+            x = F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+            with self._autocast():
+                features = self.model.image_encoder(x)
+            features = features.float()
+        return ImageEmbedding(features, (int(img.shape[0]), int(img.shape[1])), (int(h), int(w)))
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
+        """Compute and keep the embedding of ``image`` (see :meth:`compute_embedding`), and
+        :meth:`prepare` the decoder for it (a few ms next to the encoder's seconds)."""
+        self.set_image_embedding(self.compute_embedding(image, image_format, contrast_limits))
+        self.prepare()
+        self._warm_first_click(self._embedding)
+
+    def prepare(self) -> None:
+        """Do the fast decoder's prompt-independent work for the current image now
+        (``FastMaskDecoder.prepare_image``; nothing on the plain path, or when already done).
+
+        :meth:`set_image` calls it; after :meth:`set_image_embedding` the predictor does it itself
+        on the image's second prompt call, or on the first of ``PREPARE_FOR_PROMPTS`` prompts or
+        more (unless the embedding came with it, :meth:`prepare_embedding`): call it to have the
+        first click of an image set that way on the prepared image too."""
+        emb = self._require_image()
+        if self._prepared is None and self._fast is not None:
+            self._prepared = self._preparation(emb.features)
+
+    def _preparation(self, features: torch.Tensor) -> Any:
+        """``FastMaskDecoder.prepare_image`` of ``features (1, C, h, w)`` (no state changed)."""
+        with torch.inference_mode():
+            _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)  # the no-mask prompt
+            return self._fast.prepare_image(features, self.dense_pe, dense)
+
+    def prepare_embedding(self, emb: ImageEmbedding) -> ImageEmbedding:
+        """``emb`` with the decoder's per-image work done and kept with it (its ``prepared``), so
+        that the first prompt on it after :meth:`set_image_embedding` is decoded on the prepared
+        image, as the later ones are. For a caller that encodes ahead, e.g. in a worker thread
+        (this predictor's state is not changed; ~20-30 ms for SAM on a 2-core CPU, and about 6x
+        the features' memory while kept: ``emb.prepared.nbytes``). Returns ``emb`` itself on the
+        plain decoder path or for an embedding already prepared for this decoder."""
+        decoder = self.model.mask_decoder
+        self._check_embedding(emb)
+        self._warm_first_click(emb)
+        if self._fast is None or (emb.prepared is not None and emb.prepared.fits(decoder)):
+            return emb
+        emb = emb.to(self.device)
+        value = self._preparation(emb.features)
+        prep = DecoderPreparation(weakref.ref(decoder), weights_key(decoder), value, _tensor_bytes(value))
+        return replace(emb, prepared=prep)
+
+    def set_image_embedding(self, emb: ImageEmbedding) -> None:
+        """Use a previously computed embedding (moved to this predictor's device), with its
+        decoder preparation when it has one made for this predictor's decoder and weights."""
+        self._check_embedding(emb)
+        self._embedding = emb.to(self.device)
+        prep = self._embedding.prepared
+        self._prepared = prep.value if prep is not None and prep.fits(self.model.mask_decoder) else None
+        self._calls = 0
+
+    def _check_embedding(self, emb: ImageEmbedding) -> None:
+        """A clear error for an embedding that does not fit this model."""
+        if not isinstance(emb, ImageEmbedding):
+            raise TypeError(f"expected an ImageEmbedding, got {type(emb).__name__}")
+        f = emb.features
+        if f.ndim != 4 or f.shape[0] != 1 or tuple(f.shape[-2:]) != self.embedding_size:
+            raise ValueError(
+                f"embedding features must have shape (1, C, {self.embedding_size[0]}, "
+                f"{self.embedding_size[1]}) for this model, got {tuple(f.shape)}"
+            )
+        if not all(0 < s <= self.img_size for s in emb.input_size) or min(emb.original_size) <= 0:
+            raise ValueError(
+                f"embedding input_size {tuple(emb.input_size)} must be within the model's "
+                f"{self.img_size}x{self.img_size} input, and original_size {tuple(emb.original_size)} positive"
+            )
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self._embedding = None
+        self._prepared = None
+        self._calls = 0
+
+    @property
+    def embedding(self) -> ImageEmbedding | None:
+        return self._embedding
+
+    @property
+    def dense_pe(self) -> torch.Tensor:
+        """(1, C, h, w) positional encoding of the embedding grid: the model's, the same for every
+        image (and tile, and crop), so computed once."""
+        if self._dense_pe is None:
+            with torch.no_grad():  # not an inference tensor: its version counter lets the decoder
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()  # keep its token layout
+        return self._dense_pe
+
+    @property
+    def fast_decoder(self):
+        """The CPU fast path's decoder (``napari_sam.models.fast.FastMaskDecoder``) this predictor
+        runs, or None on the plain path (:attr:`decoder_path`)."""
+        return self._fast
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        return None if self._embedding is None else self._embedding.features
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        return None if self._embedding is None else self._embedding.original_size
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return None if self._embedding is None else self._embedding.input_size
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The (1, C, h, w) features of the current image."""
+        return self._require_image().features
+
+    def _require_image(self) -> ImageEmbedding:
+        if self._embedding is None:
+            raise RuntimeError(
+                "no image is set: call .set_image(image) or .set_image_embedding(embedding) before predicting"
+            )
+        return self._embedding
+
+    # ------------------------------------------------------------------ prompts
+    def _to_input(self, xy: np.ndarray, emb: ImageEmbedding) -> np.ndarray:
+        """(..., 2) (x, y) pixels of the original image -> float64 pixels of the model input."""
+        if emb.input_size == emb.original_size:  # not resized (a native tile, or already img_size long)
+            return np.array(xy, dtype=float)
+        return self.transform.apply_coords(xy, emb.original_size)
+
+    def _prompts(self, coords, labels, boxes, mask_input, batch: bool):
+        """Validate numpy prompts and move them to model-input coordinates as tensors with batch dim."""
+        emb = self._require_image()
+        dims = "(B, " if batch else "("
+        if coords is not None and labels is None:
+            raise ValueError("point_labels must be given with point_coords")
+        if labels is not None and coords is None:
+            raise ValueError("point_coords must be given with point_labels")
+        n = None
+        c_t = l_t = b_t = m_t = None
+        if coords is not None:
+            coords, labels = np.asarray(coords), np.asarray(labels)
+            nd = 3 if batch else 2
+            if coords.ndim != nd or coords.shape[-1] != 2 or coords.shape[-2] == 0:
+                raise ValueError(f"point_coords must have shape {dims}N, 2) (x, y), got {coords.shape}")
+            if labels.shape != coords.shape[:-1]:
+                raise ValueError(
+                    f"point_labels must have shape {coords.shape[:-1]} {dims}N), got {labels.shape}"
+                )
+            c = self._to_input(coords, emb)
+            c_t = torch.as_tensor(c, dtype=torch.float, device=self.device)
+            l_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
+            if not batch:
+                c_t, l_t = c_t[None], l_t[None]
+            n = c_t.shape[0]
+        if boxes is not None:
+            boxes = np.asarray(boxes)
+            ok = boxes.ndim == 2 and boxes.shape[1] == 4 if batch else boxes.shape in ((4,), (1, 4))
+            if not ok:
+                raise ValueError(
+                    f"box{'es' if batch else ''} must have shape {dims}4) (x0, y0, x1, y1), got {boxes.shape}"
+                )
+            b_t = torch.as_tensor(
+                self._to_input(boxes.reshape(-1, 2, 2), emb).reshape(-1, 4), dtype=torch.float, device=self.device
+            )
+            if n is not None and b_t.shape[0] != n:
+                raise ValueError(f"boxes has {b_t.shape[0]} rows but point_coords has batch {n}")
+            n = b_t.shape[0]
+        if mask_input is not None:
+            m = np.asarray(mask_input)
+            size = (1, *self.mask_input_size)
+            if batch:
+                ok = m.ndim == 4 and m.shape[1:] == size and m.shape[0] >= 1 and n in (None, m.shape[0])
+            else:
+                ok = m.shape == size
+            if not ok:
+                raise ValueError(
+                    f"mask_input must have shape {dims}1, {size[1]}, {size[2]}) (low-res logits of a "
+                    f"previous prediction{', one per object' if batch else ''}), got {m.shape}"
+                )
+            m_t = torch.as_tensor(m, dtype=torch.float, device=self.device)
+            if not batch:
+                m_t = m_t[None]
+        return c_t, l_t, b_t, m_t
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Masks for one object, exactly like the official ``SamPredictor.predict``.
+
+        Args:
+            point_coords: (N, 2) (x, y) pixels of the original image, or None.
+            point_labels: (N,) 1 positive, 0 negative; required with ``point_coords``.
+            box: (4,) (x0, y0, x1, y1) pixels, or None.
+            mask_input: (1, 256, 256) low-res logits from a previous prediction, or None.
+            multimask_output: three masks (C=3) instead of one (C=1).
+            return_logits: return float logits instead of bool masks.
+
+        Returns:
+            masks (C, H, W) bool (float32 logits with ``return_logits``), scores (C,) float32,
+            low_res_logits (C, 256, 256) float32; numpy arrays.
+        """
+        c, lab, b, m = self._prompts(point_coords, point_labels, box, mask_input, batch=False)
+        masks, scores, low = self.predict_torch(c, lab, b, m, multimask_output, return_logits)
+        return masks[0].cpu().numpy(), scores[0].float().cpu().numpy(), low[0].float().cpu().numpy()
+
+    def predict_batch(
+        self,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = False,
+        return_logits: bool = False,
+    ):
+        """Masks for B objects in one decoder call (same image).
+
+        Args:
+            point_coords: (B, N, 2) (x, y) pixels (pad with label -1), or None.
+            point_labels: (B, N), required with ``point_coords``.
+            boxes: (B, 4) (x0, y0, x1, y1) pixels, or None.
+            mask_input: (B, 1, 256, 256) low-res logits, or None.
+
+        Returns:
+            masks (B, C, H, W) bool, scores (B, C) float32, low_res_logits (B, C, 256, 256); numpy.
+        """
+        c, lab, b, m = self._prompts(point_coords, point_labels, boxes, mask_input, batch=True)
+        n = next((t.shape[0] for t in (c, b, m) if t is not None), None)
+        if n == 0:  # no objects: empty results of the right shapes
+            emb, k = self._embedding, 3 if multimask_output else 1
+            dt = np.float32 if return_logits else np.bool_
+            lo = np.zeros((0, k, *self.mask_input_size), np.float32)
+            return np.zeros((0, k, *emb.original_size), dt), np.zeros((0, k), np.float32), lo
+        masks, scores, low = self.predict_torch(c, lab, b, m, multimask_output, return_logits)
+        return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Like the official ``predict_torch``: prompts already in model-input coordinates.
+
+        Args: point_coords (B, N, 2) (x, y), point_labels (B, N), boxes (B, 4), mask_input
+        (B, 1, 256, 256), tensors on ``self.device``.
+        Returns: masks (B, C, H, W) bool (or logits), iou scores (B, C), low-res logits (B, C, 256, 256).
+        """
+        emb = self._require_image()
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_labels must be given with point_coords")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        with torch.inference_mode():
+            if self._graphs is not None:
+                inputs = (emb.features, point_coords, point_labels, boxes, mask_input)
+                key, fn = self._graph_call(emb, inputs, multimask_output, return_logits)
+                low_res, iou, masks = self._graphs(key, fn, inputs)
+                return masks, iou, low_res
+            decode = self._decode_fast if self._fast is not None else self._decode_plain
+            low_res, iou = decode(emb, points, boxes, mask_input, multimask_output)
+            masks = self.postprocess_masks(low_res, emb.input_size, emb.original_size, return_logits)
+        return masks, iou, low_res
+
+    def _graph_call(self, emb: ImageEmbedding, inputs: tuple, multimask_output: bool, return_logits: bool):
+        """The graph cache's key for a click and the function of its tensors it captures."""
+        shapes = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in inputs)
+        key = (shapes, multimask_output, return_logits, tuple(emb.input_size), tuple(emb.original_size))
+        fn = partial(self._click, tuple(emb.input_size), tuple(emb.original_size), multimask_output, return_logits)
+        return key, fn
+
+    def _click(self, input_size, original_size, multimask_output, return_logits, features, coords, labels, boxes, masks):
+        """Prompts -> ``(low-res logits, IoUs, masks)`` with the plain modules: the click as one
+        function of tensors, as a CUDA graph holds it."""
+        points = (coords, labels) if coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, iou = self.model.mask_decoder(features, self.dense_pe, sparse, dense, multimask_output)
+        return low_res, iou, self.postprocess_masks(low_res, input_size, original_size, return_logits)
+
+    def _warm_first_click(self, emb: ImageEmbedding) -> None:
+        """Capture the CUDA graph of a first click on ``emb`` (one point, multimask, bool masks)
+        now, so that the user's first click replays it (nothing without graphs)."""
+        if self._graphs is None:
+            return
+        features = emb.features.to(self.device)
+        coords = torch.zeros(1, 1, 2, device=self.device)
+        labels = torch.ones(1, 1, dtype=torch.int, device=self.device)
+        inputs = (features, coords, labels, None, None)
+        with torch.inference_mode():
+            self._graphs.warm(*self._graph_call(emb, inputs, True, False), inputs)
+
+    def _decode_plain(self, emb: ImageEmbedding, points, boxes, mask_input, multimask_output: bool):
+        """Prompts -> low-res logits ``(B, C, 256, 256)`` and IoUs ``(B, C)`` with the plain modules."""
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.model.mask_decoder(emb.features, self.dense_pe, sparse, dense, multimask_output)
+
+    def _decode_fast(self, emb: ImageEmbedding, points, boxes, mask_input, multimask_output: bool):
+        """As :meth:`_decode_plain`, on the fast path: the image prepared once (on its second prompt
+        call, or the first of ``PREPARE_FOR_PROMPTS`` prompts or more), mask prompts as low-rank
+        changes of it when the points/boxes give one prompt per mask (masks alone: unprepared)."""
+        encoder = self.model.prompt_encoder
+        n = len(points[0]) if points is not None else len(boxes) if boxes is not None else 1
+        use_prepared = self._prepared is not None or self._calls > 0 or n >= PREPARE_FOR_PROMPTS
+        self._calls += 1
+        low_rank = use_prepared and mask_input is not None and len(mask_input) == n
+        sparse, dense = encoder(points=points, boxes=boxes, masks=None if low_rank else mask_input)
+        extra = {}
+        if use_prepared and (mask_input is None or low_rank):
+            self.prepare()
+            extra["prepared"] = self._prepared
+            if low_rank:
+                extra["dense_update"] = mask_update(encoder, mask_input)
+        return self._fast(emb.features, self.dense_pe, sparse, dense, multimask_output, **extra)
+
+    def postprocess_masks(
+        self,
+        low_res: torch.Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+        return_logits: bool = False,
+    ) -> torch.Tensor:
+        """(B, C, 256, 256) logits -> (B, C, H, W) masks (bool, or logits), as the official.
+
+        Same numbers as upsampling to (img_size, img_size), cropping to ``input_size`` and
+        upsampling to ``original_size`` (bilinear, align_corners=False), but only the low-res
+        rows/columns that reach the crop are upsampled, and an identity resize is skipped.
+        """
+        threshold = None if return_logits else self.model.mask_threshold
+        return self._upsampler(low_res, input_size, original_size, threshold)

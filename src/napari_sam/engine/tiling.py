@@ -1,0 +1,330 @@
+"""Tiled embeddings: a large image segmented at its own resolution.
+
+A model sees ``img_size`` px a side (512 for ``nano_nuclei``, 1024 for SAM). ``SamPredictor``
+shrinks a larger image to that, so the nuclei of a 1040 x 1388 or 2048 x 2048 micrograph become a
+few pixels in the model's frame. ``TiledPredictor`` embeds such an image in overlapping
+``img_size`` tiles at its own scale, plus one whole-image "overview" embedding (``SamPredictor``'s),
+and decodes each object in the tile where its prompts lie farthest from an inner tile edge; an
+object whose prompts no tile holds with a margin (one larger than a tile) is decoded on the
+overview. An image that fits in one tile is handled exactly as by ``SamPredictor``.
+
+The API is ``SamPredictor``'s (``compute_embedding``, ``set_image``, ``set_image_embedding``,
+``predict``, ``predict_batch``; points (x, y) and boxes (x0, y0, x1, y1) in pixels of the image).
+One difference on a tiled image: the low-res logits, the ``mask_input`` of a refinement, form an
+image-wide grid, (C, ceil(H / c), ceil(W / c)) with c = img_size / 256 px per cell (2 for nano,
+4 for SAM), so a refinement may move to another tile; cells the decode did not cover hold
+``OUTSIDE_LOGIT``, as do the logits (``return_logits=True``) outside the object's tile.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_sam.engine.images import to_sam_image
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
+
+OUTSIDE_LOGIT = -20.0
+"""Logit of the pixels and low-res cells a tiled decode did not cover (a confident "background")."""
+
+
+def tile_origins(length: int, tile: int, overlap: int, step: int = 1) -> list[int]:
+    """Start offsets of the fewest tiles of ``tile`` px that cover ``length`` px with neighbours
+    sharing ``overlap`` px, spread evenly. With ``step`` > 1 the offsets are multiples of ``step``
+    (the overlap may then be up to ``step`` px less, and the last tile may reach past the end by
+    less than ``step``). ``[0]`` when one tile covers it. Also the tiles of automatic masks."""
+    if length <= tile:
+        return [0]
+    k = math.ceil((length - overlap) / (tile - overlap))
+    spacing = (length - tile) / (k - 1)
+    starts = [round(i * spacing / step) * step for i in range(k - 1)]
+    return starts + [-(-(length - tile) // step) * step]
+
+
+def automatic_tile_params(img_size: int, box_nms_thresh: float) -> dict[str, float]:
+    """``AutomaticMaskGenerator`` arguments for "tiles at full resolution": tiles of the model's
+    input side overlapping by a quarter of it, and duplicates across tiles (which share one scale)
+    judged like duplicates within one (``crop_nms_thresh`` = ``box_nms_thresh``)."""
+    return {"tile_size": int(img_size), "tile_overlap": int(img_size) // 4, "crop_nms_thresh": float(box_nms_thresh)}
+
+
+@dataclass
+class TiledEmbedding:
+    """The embeddings of one large image.
+
+    Attributes:
+        tiles: one ``ImageEmbedding`` per tile, at the image's own scale (``input_size ==
+            original_size`` == the tile's (h, w), at most img_size a side).
+        origins: (row, col) of each tile's top-left pixel in the image.
+        overview: the whole image's embedding (resized to the model's input, as ``SamPredictor``).
+        original_size: (H, W) of the image.
+    """
+
+    tiles: list[ImageEmbedding]
+    origins: list[tuple[int, int]]
+    overview: ImageEmbedding
+    original_size: tuple[int, int]
+
+    def to(self, device: str | torch.device) -> TiledEmbedding:
+        """A copy whose features live on ``device``."""
+        return TiledEmbedding([t.to(device) for t in self.tiles], list(self.origins),
+                              self.overview.to(device), self.original_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by all features, in bytes."""
+        return self.overview.nbytes + sum(t.nbytes for t in self.tiles)
+
+
+class TiledPredictor:
+    """``SamPredictor`` for images larger than the model's input, at their own resolution.
+
+    Args:
+        model: a ``Sam``, or a ``SamPredictor`` to wrap (its device and precision are used).
+        overlap: px shared by neighbouring tiles (default img_size / 4: 128 for nano, 256 for SAM),
+            rounded down to the low-res cell; a point prompt is decoded in a tile only when it lies
+            at least overlap / 2 px from the tile's inner edges, a box when overlap / 8 px.
+        device, precision: as ``SamPredictor`` (ignored when ``model`` is a predictor).
+    """
+
+    def __init__(self, model, overlap: int | None = None, device=None, precision: str = "auto"):
+        p = model if isinstance(model, SamPredictor) else SamPredictor(model, device=device, precision=precision)
+        self.predictor = p
+        self.model, self.device, self.precision = p.model, p.device, p.precision
+        self.img_size, self.mask_input_size = p.img_size, p.mask_input_size
+        self.cell = p.img_size // p.mask_input_size[0]  # image px per low-res cell of a tile
+        overlap = p.img_size // 4 if overlap is None else int(overlap)
+        if not 0 <= overlap <= p.img_size // 2:
+            raise ValueError(f"overlap must be within 0 ... {p.img_size // 2} px (half a tile), got {overlap}")
+        self.overlap = overlap // self.cell * self.cell
+        self._embedding: ImageEmbedding | TiledEmbedding | None = None
+        self._current: int | None = None  # which embedding the inner predictor holds: tile index, -1 overview
+
+    # ------------------------------------------------------------------ image / embedding state
+    def encodings(self, shape: tuple[int, ...]) -> int:
+        """How many encoder runs an image of ``shape`` ((H, W, ...)) takes: its tiles and the
+        overview, or 1 when it fits in one tile."""
+        h, w = int(shape[0]), int(shape[1])
+        if max(h, w) <= self.img_size:
+            return 1
+        rows = tile_origins(h, self.img_size, self.overlap, self.cell)
+        return 1 + len(rows) * len(tile_origins(w, self.img_size, self.overlap, self.cell))
+
+    def iter_embedding(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None):
+        """:meth:`compute_embedding` as a generator: yields ``(done, total)`` encoder runs after the
+        overview and after each tile (``total`` = :meth:`encodings`), returns the embedding
+        (``StopIteration.value``; ``yield from`` gives it). For progress bars."""
+        img = to_sam_image(image, contrast_limits=contrast_limits)
+        p, size = self.predictor, self.img_size
+        total = self.encodings(img.shape)
+        overview = p.compute_embedding(img, image_format)
+        yield 1, total
+        h, w = img.shape[:2]
+        if total == 1:
+            return overview
+        tiles, origins = [], []
+        for r in tile_origins(h, size, self.overlap, self.cell):
+            for c in tile_origins(w, size, self.overlap, self.cell):
+                tiles.append(p.compute_embedding(img[r : r + size, c : c + size], image_format, native=True))
+                origins.append((r, c))
+                yield 1 + len(tiles), total
+        return TiledEmbedding(tiles, origins, overview, (int(h), int(w)))
+
+    def compute_embedding(self, image: np.ndarray, image_format: str = "RGB",
+                          contrast_limits=None) -> ImageEmbedding | TiledEmbedding:
+        """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype): an ``ImageEmbedding`` when it fits in
+        one tile, else a ``TiledEmbedding``. Intensities are mapped once for the whole image."""
+        steps = self.iter_embedding(image, image_format, contrast_limits)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
+        """Compute and keep the embedding(s) of ``image``; one that fits a tile is also prepared
+        for the decoder, as ``SamPredictor.set_image`` does (a tile is prepared by the inner
+        predictor's own rule once decoded: its second call, or a first one of several prompts)."""
+        self.set_image_embedding(self.compute_embedding(image, image_format, contrast_limits))
+        if not self.is_tiled:
+            self.predictor.prepare()
+
+    def prepare_embedding(self, emb: ImageEmbedding | TiledEmbedding) -> ImageEmbedding | TiledEmbedding:
+        """An image that fits one tile: ``SamPredictor.prepare_embedding`` (the decoder's per-image
+        work kept with the embedding). A tiled one is returned as it is: its tiles are prepared by
+        the inner predictor's rule once decoded (a preparation per tile would hold ~31 MB each)."""
+        return emb if isinstance(emb, TiledEmbedding) else self.predictor.prepare_embedding(emb)
+
+    def set_image_embedding(self, emb: ImageEmbedding | TiledEmbedding) -> None:
+        """Use a previously computed embedding (plain or tiled)."""
+        if isinstance(emb, TiledEmbedding):
+            self._embedding, self._current = emb.to(self.device), None
+        else:
+            self.predictor.set_image_embedding(emb)
+            self._embedding, self._current = self.predictor.embedding, -1
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self.predictor.reset_image()
+        self._embedding, self._current = None, None
+
+    @property
+    def embedding(self) -> ImageEmbedding | TiledEmbedding | None:
+        return self._embedding
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def is_tiled(self) -> bool:
+        """Whether the current image is decoded in tiles."""
+        return isinstance(self._embedding, TiledEmbedding)
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        return None if self._embedding is None else self._embedding.original_size
+
+    @property
+    def low_res_size(self) -> tuple[int, int]:
+        """(rows, cols) of the low-res logits / ``mask_input`` of the current image."""
+        if not self.is_tiled:
+            return self.mask_input_size
+        h, w = self._embedding.original_size
+        return (-(-h // self.cell), -(-w // self.cell))
+
+    def _use(self, k: int) -> None:
+        """Point the inner predictor at tile ``k`` (-1: the overview)."""
+        if k != self._current:
+            emb = self._embedding
+            self.predictor.set_image_embedding(emb.overview if k < 0 else emb.tiles[k])
+            self._current = k
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = True, return_logits: bool = False):
+        """Masks for one object; arguments and results as ``SamPredictor.predict``, except that on a
+        tiled image ``mask_input`` and the low-res logits are (1 | C, *low_res_size)."""
+        if not self.is_tiled:  # the inner predictor holds the plain embedding (or raises: no image)
+            return self.predictor.predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
+        if point_coords is not None and point_labels is not None:
+            point_coords, point_labels = np.asarray(point_coords)[None], np.asarray(point_labels)[None]
+        if box is not None:
+            box = np.asarray(box).reshape(1, 4)
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input)[None]
+        masks, scores, low = self.predict_batch(point_coords, point_labels, box, mask_input,
+                                                multimask_output, return_logits)
+        return masks[0], scores[0], low[0]
+
+    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                      multimask_output: bool = False, return_logits: bool = False):
+        """Masks for B objects; as ``SamPredictor.predict_batch``, each object decoded in its own tile.
+
+        Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, *low_res_size); numpy.
+        """
+        if not self.is_tiled:
+            return self.predictor.predict_batch(point_coords, point_labels, boxes, mask_input,
+                                                multimask_output, return_logits)
+        coords = None if point_coords is None else np.asarray(point_coords, dtype=float)
+        labels = None if point_labels is None else np.asarray(point_labels)
+        boxes = None if boxes is None else np.asarray(boxes, dtype=float)
+        if (coords is None) != (labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if coords is not None and (coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]):
+            raise ValueError(f"point_coords must have shape (B, N, 2) (x, y) and point_labels (B, N), got "
+                             f"{coords.shape} and {labels.shape}")
+        if boxes is not None and (boxes.ndim != 2 or boxes.shape[1] != 4):
+            raise ValueError(f"boxes must have shape (B, 4) (x0, y0, x1, y1), got {boxes.shape}")
+        n = next((len(a) for a in (coords, boxes, mask_input) if a is not None), 0)
+        if any(a is not None and len(a) != n for a in (coords, boxes, mask_input)):
+            raise ValueError("point_coords, boxes and mask_input must have the same batch size B")
+        grid = self.low_res_size
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, dtype=np.float32)
+            if mask_input.shape != (n, 1, *grid):
+                raise ValueError(f"mask_input must have shape ({n}, 1, {grid[0]}, {grid[1]}) on this tiled "
+                                 f"image (low-res logits of a previous prediction), got {mask_input.shape}")
+        k_out = 3 if multimask_output else 1
+        h, w = self._embedding.original_size
+        masks = np.full((n, k_out, h, w), OUTSIDE_LOGIT, np.float32) if return_logits else np.zeros(
+            (n, k_out, h, w), bool)
+        scores = np.zeros((n, k_out), np.float32)
+        low = np.full((n, k_out, *grid), OUTSIDE_LOGIT, np.float32)
+        tiles = np.array([self._choose(coords, labels, boxes, i) for i in range(n)], dtype=int)
+        for k in np.unique(tiles):
+            idx = np.flatnonzero(tiles == k)
+            r, c = (0, 0) if k < 0 else self._embedding.origins[k]
+            ci = None if coords is None else coords[idx] - [c, r]
+            li = None if labels is None else labels[idx]
+            bi = None if boxes is None else boxes[idx] - [c, r, c, r]
+            mi = None if mask_input is None else np.stack([self._grid_to_tile(m, k) for m in mask_input[idx]])
+            self._use(k)
+            m, s, lo = self.predictor.predict_batch(ci, li, bi, mi, multimask_output, return_logits)
+            th, tw = m.shape[-2:]
+            masks[idx, :, r : r + th, c : c + tw] = m
+            scores[idx] = s
+            low[idx] = np.stack([self._tile_to_grid(x, k) for x in lo])
+        return masks, scores, low
+
+    def _choose(self, coords, labels, boxes, i: int) -> int:
+        """The tile that holds object ``i``'s prompts farthest from its inner edges; -1: the overview."""
+        xy = []
+        if coords is not None:
+            keep = labels[i] >= 0 if labels is not None else slice(None)
+            xy.append(coords[i][keep])
+        if boxes is not None:
+            xy.append(boxes[i].reshape(2, 2))
+        pts = np.concatenate(xy) if xy else np.zeros((0, 2))
+        if not len(pts):
+            return -1
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+        need = self.overlap // 8 if boxes is not None else self.overlap // 2
+        emb, (h, w) = self._embedding, self._embedding.original_size
+        best, best_margin = -1, -math.inf
+        for k, ((r, c), t) in enumerate(zip(emb.origins, emb.tiles, strict=True)):
+            th, tw = t.original_size
+            if x0 < c or y0 < r or x1 > c + tw - 1 or y1 > r + th - 1:
+                continue
+            margin = min(x0 - c if c > 0 else math.inf, c + tw - 1 - x1 if c + tw < w else math.inf,
+                         y0 - r if r > 0 else math.inf, r + th - 1 - y1 if r + th < h else math.inf)
+            if margin > best_margin:
+                best, best_margin = k, margin
+        return best if best_margin >= need else -1
+
+    def _overview_cells(self) -> tuple[int, int]:
+        """(rows, cols) of the overview's low-res logits that cover the (resized) image."""
+        ih, iw = self._embedding.overview.input_size
+        n = self.mask_input_size[0]
+        return (-(-ih * n // self.img_size), -(-iw * n // self.img_size))
+
+    def _grid_to_tile(self, m: np.ndarray, k: int) -> np.ndarray:
+        """(1, *low_res_size) image-wide logits -> (1, 256, 256) ``mask_input`` of tile ``k`` (-1 overview)."""
+        out = np.full((1, *self.mask_input_size), OUTSIDE_LOGIT, np.float32)
+        if k < 0:
+            lh, lw = self._overview_cells()
+            t = F.interpolate(torch.from_numpy(m)[None], (lh, lw), mode="bilinear", align_corners=False)
+            out[:, :lh, :lw] = t[0].numpy()
+            return out
+        r, c = self._embedding.origins[k]
+        sub = m[:, r // self.cell : r // self.cell + out.shape[1], c // self.cell : c // self.cell + out.shape[2]]
+        out[:, : sub.shape[1], : sub.shape[2]] = sub
+        return out
+
+    def _tile_to_grid(self, lo: np.ndarray, k: int) -> np.ndarray:
+        """(C, 256, 256) low-res logits of tile ``k`` (-1 overview) -> (C, *low_res_size), OUTSIDE_LOGIT elsewhere."""
+        gh, gw = self.low_res_size
+        if k < 0:
+            lh, lw = self._overview_cells()
+            t = torch.from_numpy(np.ascontiguousarray(lo[:, :lh, :lw]))[None]
+            return F.interpolate(t, (gh, gw), mode="bilinear", align_corners=False)[0].numpy()
+        out = np.full((lo.shape[0], gh, gw), OUTSIDE_LOGIT, np.float32)
+        (r, c), (th, tw) = self._embedding.origins[k], self._embedding.tiles[k].original_size
+        r, c = r // self.cell, c // self.cell
+        vh, vw = min(-(-th // self.cell), gh - r), min(-(-tw // self.cell), gw - c)
+        out[:, r : r + vh, c : c + vw] = lo[:, :vh, :vw]
+        return out

@@ -1,0 +1,172 @@
+"""napari layer geometry for SAM: the ONE place where napari (row, col) becomes SAM (x, y).
+
+No Qt here; layers are duck-typed (``ndim``, ``data``, ``rgb``, ``world_to_data``,
+``data_to_world``), so the helpers work for any napari layer.
+
+Conventions: napari data coordinates are (..., row, col) with pixel centres on integers;
+SAM points are (x, y) = (col, row) and boxes (x0, y0, x1, y1) = (col0, row0, col1, row1), in
+pixels of the original 2D slice.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+
+from napari_sam.errors import SamUserError
+
+
+# ---------------------------------------------------------------- napari (row, col) -> SAM (x, y)
+def rc_to_xy(rc: np.ndarray) -> np.ndarray:
+    """(N, 2) napari (row, col) -> (N, 2) SAM (x, y), float32."""
+    rc = np.asarray(rc, dtype=np.float32).reshape(-1, 2)
+    return np.ascontiguousarray(rc[:, ::-1])
+
+
+def box_rc_to_xy(corners_rc: np.ndarray) -> np.ndarray:
+    """(K, 2) napari (row, col) corners of a box (any K >= 2) -> (4,) SAM (x0, y0, x1, y1)."""
+    c = np.asarray(corners_rc, dtype=np.float32).reshape(-1, 2)
+    (r0, c0), (r1, c1) = c.min(axis=0), c.max(axis=0)
+    return np.array([c0, r0, c1, r1], dtype=np.float32)
+
+
+def box_arg_to_corners(box: Any) -> list[np.ndarray]:
+    """``segment(box=...)`` -> list of (K, D) corner arrays in (.., row, col).
+
+    Accepts (row0, col0, row1, col1), (B, 4), napari rectangle corners (4, D) or a list of them.
+    """
+    if isinstance(box, list | tuple) and len(box) and np.ndim(box[0]) == 2:
+        return [np.asarray(b, dtype=float) for b in box]
+    arr = np.asarray(box, dtype=float)
+    if arr.ndim == 1 and arr.shape[0] == 4:
+        return [arr.reshape(2, 2)]
+    if arr.ndim == 2 and arr.shape == (4, 4):
+        raise SamUserError(
+            "ambiguous box array of shape (4, 4): pass a list of (4, D) corner arrays or (B, 4) rows "
+            "as a list of tuples"
+        )
+    if arr.ndim == 2 and arr.shape[1] == 4:
+        return [row.reshape(2, 2) for row in arr]
+    if arr.ndim == 2 and arr.shape[1] >= 2:
+        return [arr]
+    if arr.ndim == 3:
+        return list(arr)
+    raise SamUserError(f"box must be (row0, col0, row1, col1) or rectangle corners, got shape {arr.shape}")
+
+
+# ---------------------------------------------------------------- layers
+def spatial_shape(layer: Any) -> tuple[int, ...]:
+    """Shape of an image layer without the RGB(A) channel axis (what a matching Labels layer has)."""
+    shape = tuple(int(s) for s in layer.data.shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def to_image_data(src: Any, coords: np.ndarray, image: Any) -> np.ndarray:
+    """(N, D) data coordinates of layer ``src`` -> (N, image.ndim) data coordinates of ``image``.
+
+    Goes through world coordinates, so each layer's scale/translate/affine is honoured.
+    """
+    coords = np.asarray(coords, dtype=float).reshape(-1, src.ndim)
+    out = [np.asarray(image.world_to_data(src.data_to_world(p)), dtype=float) for p in coords]
+    return np.asarray(out, dtype=float).reshape(-1, image.ndim)
+
+
+def current_index(viewer: Any, image: Any) -> tuple[int, ...]:
+    """Index of the image's leading (non-displayed) axes for the slice on screen.
+
+    Raises ``SamUserError`` when the canvas does not show the image's last two axes in 2D.
+    """
+    dims = viewer.dims
+    if dims.ndisplay != 2:
+        raise SamUserError("SAM works on 2D slices: switch the viewer to 2D display (Ctrl+Y)")
+    nd = dims.ndim
+    if tuple(dims.displayed) != (nd - 2, nd - 1) or image.ndim > nd:
+        raise SamUserError(
+            "SAM segments the image's last two axes (row, col): reset the axis order (no transpose/roll)"
+        )
+    shape = spatial_shape(image)
+    pos = np.asarray(image.world_to_data(dims.point), dtype=float)
+    lead = [int(np.clip(np.round(p), 0, s - 1)) for p, s in zip(pos[:-2], shape[:-2], strict=True)]
+    return tuple(lead)
+
+
+def slice_image(
+    image: Any, index: tuple[int, ...], channel_axis: int | None = None
+) -> tuple[np.ndarray, bool]:
+    """The 2D slice ``index`` of an image layer, read lazily (only that slice of dask/zarr data).
+
+    Returns (array (H, W) or (H, W, C), is_rgb). With ``channel_axis`` (a leading data axis) the
+    first three channels along it become an RGB composite, whatever ``index`` says for that axis.
+    """
+    data = image.data
+    rgb = bool(getattr(image, "rgb", False))
+    if channel_axis is None or rgb:
+        return np.asarray(data[tuple(index)]), rgb
+    if not 0 <= channel_axis < len(index):
+        raise SamUserError(f"channel axis {channel_axis} is not a slider axis of this image")
+    n = min(int(data.shape[channel_axis]), 3)
+    chans = []
+    for c in range(n):
+        idx = list(index)
+        idx[channel_axis] = c
+        chans.append(np.asarray(data[tuple(idx)]))
+    while len(chans) < 3:
+        chans.append(np.zeros_like(chans[0]))
+    return np.stack(chans, axis=-1), True
+
+
+def in_slice(coords: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
+    """(N,) bool: which (N, D) image-data coordinates lie on the slice ``index`` (leading axes)."""
+    coords = np.asarray(coords, dtype=float)
+    if not index:
+        return np.ones(len(coords), dtype=bool)
+    lead = np.round(coords[:, : len(index)])
+    return np.all(lead == np.asarray(index, dtype=float)[None], axis=1)
+
+
+class EmbeddingCache:
+    """A small LRU of embeddings keyed by (layer, slice index, image settings, model).
+
+    Embeddings that carry the mask decoder's per-image preparation (``ImageEmbedding.prepared``,
+    ~6x the features' memory for SAM) keep it only while among the ``keep_prepared`` most recently
+    stored or used entries (the slice on screen and its prefetched neighbours); older entries
+    are kept without it (their first click then prepares again)."""
+
+    def __init__(self, maxsize: int = 8, keep_prepared: int = 3) -> None:
+        self.maxsize = maxsize
+        self.keep_prepared = keep_prepared
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any | None:
+        """The cached value (marked most recent) or None."""
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        self._drop_old_preparations()
+        return self._items[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Store ``value``, dropping the least recently used entries beyond ``maxsize``."""
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+        self._drop_old_preparations()
+
+    def _drop_old_preparations(self) -> None:
+        for key in list(self._items)[: max(0, len(self._items) - self.keep_prepared)]:
+            emb = self._items[key]
+            if getattr(emb, "prepared", None) is not None:
+                self._items[key] = emb.without_preparation()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()

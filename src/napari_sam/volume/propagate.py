@@ -1,0 +1,289 @@
+"""Carry objects through a stack or time series, slice by slice (see docs/volume.md).
+
+``segment_volume(store_or_predictor, volume, seeds)`` takes prompts on a few slices ("keyframes")
+per object and predicts the object on every other slice, walking away from each keyframe:
+
+1. keyframes are predicted from their own prompts (one ``predict_batch`` per slice and prompt kind);
+2. an ascending sweep carries every object up from its keyframes, a descending sweep down; at each
+   slice all objects that move there share one ``predict_batch`` call. Each step prompts with what
+   ``prompt`` names, derived from the previous slice: ``box`` (bounding box of the previous mask,
+   widened by ``box_margin`` of its side), ``point`` (one positive point at the maximum of the
+   distance transform of the previous mask) and ``mask`` (the previous low-res logits as
+   ``mask_input``);
+3. an object stops in a direction (that slice is dropped) when its mask has fewer than ``min_area``
+   pixels, its predicted IoU is below ``iou_threshold``, its stability (on the low-res logits, SAM's
+   offset 1.0) is below ``stability_threshold``, or its IoU with the previous slice's mask is below
+   ``overlap_threshold``;
+4. between two keyframes of one object both sweeps run; each slice takes the mask carried from the
+   nearer keyframe (ties: the higher predicted IoU), or the one that reached it if the other stopped.
+
+Cancel (a callable or ``threading.Event``) is checked between slices; the result then holds only
+whole slices: those every planned step has passed. Coordinates: prompts are SAM's (x, y) points and
+(x0, y0, x1, y1) boxes in pixels of a slice; slice indices count along ``axis``. For (T, Z, Y, X) pass
+``data[t]`` (and an ``EmbeddingStore`` for it); a (T, Y, X) series is a volume with axis 0 = t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_sam.engine.progress import Cancel, Progress, is_cancelled
+from napari_sam.volume.result import Prompt, VolumeResult, mask_box, mask_point, seeds_from_labels
+from napari_sam.volume.store import EmbeddingStore
+
+__all__ = ["segment_volume", "seeds_from_labels", "Prompt", "VolumeResult"]
+
+
+@dataclass
+class _Track:
+    oid: int
+    step: int  # +1 ascending, -1 descending
+    start: int  # keyframe slice
+    end: int  # last slice to predict (inclusive)
+    mask: np.ndarray | None = None  # previous (H, W) bool
+    logits: np.ndarray | None = None  # previous (1, 256, 256)
+    alive: bool = True
+    reason: str = ""
+    out: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict)
+
+    def covers(self, z: int) -> bool:
+        return min(self.start + self.step, self.end) <= z <= max(self.start + self.step, self.end)
+
+
+def _stability(logits: np.ndarray, offset: float = 1.0) -> np.ndarray:
+    """(B, h, w) logits -> (B,) area(> offset) / area(> -offset)."""
+    hi = (logits > offset).sum(axis=(-2, -1))
+    lo = (logits > -offset).sum(axis=(-2, -1))
+    return np.where(lo > 0, hi / np.maximum(lo, 1), 0.0)
+
+
+def _predict(predictor, prompts: list[dict], multimask: bool):
+    """One predict_batch for B prompt dicts of one kind -> masks (B,H,W), scores (B,), logits (B,1,h,w)."""
+    b = len(prompts)
+    coords = labels = boxes = mask_input = None
+    n = max((len(p["points"]) for p in prompts if p.get("points") is not None), default=0)
+    if n:
+        coords, labels = np.zeros((b, n, 2), np.float32), np.full((b, n), -1, np.int64)
+        for k, p in enumerate(prompts):
+            if p.get("points") is not None and len(p["points"]):
+                coords[k, : len(p["points"])], labels[k, : len(p["points"])] = p["points"], p["labels"]
+    if prompts[0].get("box") is not None:
+        boxes = np.stack([np.asarray(p["box"], np.float32) for p in prompts])
+    if prompts[0].get("mask_input") is not None:
+        mask_input = np.stack([p["mask_input"] for p in prompts])
+    masks, scores, low = predictor.predict_batch(
+        coords, labels, boxes, mask_input, multimask_output=multimask
+    )
+    best = scores.argmax(axis=1)
+    idx = np.arange(b)
+    return masks[idx, best], scores[idx, best], low[idx, best][:, None]
+
+
+def _kind(p: dict) -> tuple:
+    return tuple(p.get(k) is not None for k in ("points", "box", "mask_input"))
+
+
+def segment_volume(
+    store_or_predictor,
+    volume=None,
+    seeds: Mapping[int, Mapping[int, Prompt | dict]] | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    axis: int = 0,
+    prompt: str = "box+point+mask",
+    box_margin: float = 0.1,
+    iou_threshold: float = 0.3,
+    stability_threshold: float = 0.0,
+    overlap_threshold: float = 0.3,
+    min_area: int = 4,
+    max_distance: int | None = None,
+    multimask: bool = False,
+    negatives: bool = True,
+    keep_seed_masks: bool = True,
+    progress: Progress = None,
+    cancel: Cancel = None,
+) -> VolumeResult:
+    """Segment objects through a volume from prompts on some of its slices.
+
+    Args:
+        store_or_predictor: an ``EmbeddingStore`` (its volume and axis are used) or a ``SamPredictor``
+            (then ``volume`` is required and a memory-only store is made).
+        volume: (n, H, W) or (n, H, W, 3) array-like; ignored when a store is given.
+        seeds: {object id: {slice index: Prompt or dict(points=(N,2) xy, labels=(N,), box=(4,) xyxy,
+            mask=(H,W) bool)}}; several slices per object fill the gaps between them.
+        labels: an existing (n, H, W) label volume (along ``axis``); every labelled slice of every
+            object becomes a mask keyframe (see :func:`seeds_from_labels`), merged with ``seeds``.
+        prompt: which derived prompts carry an object to the next slice: '+'-joined subset of
+            ``box``, ``point``, ``mask``.
+        box_margin: the previous mask's box is widened by this fraction of its side (at least 1 px).
+        iou_threshold, stability_threshold, overlap_threshold, min_area: stop criteria (module doc).
+        max_distance: stop after this many slices away from a keyframe (None: no limit).
+        multimask: predict 3 masks per step and keep the best-scored (else SAM's single mask).
+        negatives: add, as negative points, the deepest points of the other objects (moving the
+            same way) that fall inside an object's box (helps with touching objects).
+        keep_seed_masks: mask keyframes keep the given mask (else SAM re-predicts them from their
+            box and interior point: refinement).
+        progress: ``progress(done, total)`` after each slice step; cancel: see the module doc.
+
+    Returns:
+        a :class:`VolumeResult` (per-slice {id: (H, W) bool mask}), to be written in one step.
+    """
+    if isinstance(store_or_predictor, EmbeddingStore):
+        store = store_or_predictor
+    else:
+        if volume is None:
+            raise ValueError("a volume is required when a predictor (not an EmbeddingStore) is given")
+        store = EmbeddingStore(store_or_predictor, volume, axis=axis)
+    predictor, n = store.predictor, store.n
+    hw = store.slice_shape[:2]
+    use = set(prompt.split("+"))
+    if not use or not use <= {"box", "point", "mask"}:
+        raise ValueError(f"prompt must be a '+'-joined subset of box, point, mask; got {prompt!r}")
+    keyframes: dict[int, dict[int, Prompt]] = {}
+    if labels is not None:
+        keyframes.update(seeds_from_labels(labels, axis=store.axis))
+    for oid, frames in (seeds or {}).items():
+        keyframes.setdefault(int(oid), {}).update(
+            {store._check(z): Prompt.coerce(p, hw) for z, p in frames.items()}
+        )
+    keyframes = {oid: fr for oid, fr in keyframes.items() if fr}
+
+    tracks: list[_Track] = []
+    for oid, frames in keyframes.items():
+        ks = sorted(frames)
+        lim = n if max_distance is None else max_distance
+        for i, k in enumerate(ks):
+            up_end = ks[i + 1] - 1 if i + 1 < len(ks) else n - 1
+            down_end = ks[i - 1] + 1 if i > 0 else 0
+            if up_end > k:
+                tracks.append(_Track(oid, +1, k, min(up_end, k + lim)))
+            if down_end < k:
+                tracks.append(_Track(oid, -1, k, max(down_end, k - lim)))
+    seed_slices = sorted({z for fr in keyframes.values() for z in fr})
+    up_cover = {z for t in tracks if t.step > 0 for z in range(t.start + 1, t.end + 1)}
+    down_cover = {z for t in tracks if t.step < 0 for z in range(t.end, t.start)}
+    total, done = len(seed_slices) + len(up_cover) + len(down_cover), 0
+    seeds_done: set[int] = set()
+    up_pos, down_pos = -1, n  # slices <= up_pos passed the ascending sweep, >= down_pos the descending
+    results: dict[int, dict[int, tuple[np.ndarray, float, int]]] = {}  # oid -> z -> (mask, score, distance)
+    cancelled = False
+    saved = predictor.embedding
+
+    def report() -> None:
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        # 1. keyframes
+        for z in seed_slices:
+            if is_cancelled(cancel):
+                cancelled = True
+                break
+            predictor.set_image_embedding(store.get(z))
+            groups: dict[tuple, list[tuple[int, dict]]] = {}
+            for oid, frames in keyframes.items():
+                if z in frames:
+                    p = frames[z].to_sam()
+                    single = p.get("box") is None and p.get("points") is not None and len(p["points"]) == 1
+                    groups.setdefault((*_kind(p), single), []).append((oid, p))
+            for key, items in groups.items():
+                masks, scores, logits = _predict(predictor, [p for _, p in items], multimask=key[-1])
+                for k, (oid, _) in enumerate(items):
+                    given = keyframes[oid][z].mask
+                    m = given if (given is not None and keep_seed_masks) else masks[k]
+                    results.setdefault(oid, {})[z] = (m, float(scores[k]), 0)
+                    for t in tracks:
+                        if t.oid == oid and t.start == z:
+                            t.mask, t.logits = m, logits[k]
+                            if m.sum() < max(min_area, 1):
+                                t.alive, t.reason = False, f"empty keyframe at slice {z}"
+            seeds_done.add(z)
+            done += 1
+            report()
+        # 2. sweeps
+        for step in () if cancelled else (+1, -1):
+            order = range(0, n) if step > 0 else range(n - 1, -1, -1)
+            mine = [t for t in tracks if t.step == step]
+            for z in order:
+                active = [t for t in mine if t.alive and t.covers(z)]
+                if not active:
+                    if step > 0:
+                        up_pos = z
+                    else:
+                        down_pos = z
+                    continue
+                if is_cancelled(cancel):
+                    cancelled = True
+                    break
+                centres = [mask_point(t.mask) for t in active]
+                prompts = []
+                for k, t in enumerate(active):
+                    box = mask_box(t.mask, box_margin, hw)
+                    pts = [centres[k]] if "point" in use else []
+                    lab = [1] * len(pts)
+                    if negatives:  # other objects' deepest points inside this object's box
+                        others = [c for j, c in enumerate(centres) if active[j].oid != t.oid]
+                        inside = [c for c in others if box[0] <= c[0] <= box[2] and box[1] <= c[1] <= box[3]]
+                        pts, lab = pts + inside, lab + [0] * len(inside)
+                    p: dict = {"points": np.array(pts, np.float32).reshape(-1, 2), "labels": np.array(lab)}
+                    if "box" in use:
+                        p["box"] = box
+                    if "mask" in use:
+                        p["mask_input"] = t.logits
+                    prompts.append(p)
+                predictor.set_image_embedding(store.get(z))
+                masks, scores, logits = _predict(predictor, prompts, multimask)
+                stab = _stability(logits[:, 0])
+                for k, t in enumerate(active):
+                    m = masks[k]
+                    iou = np.logical_and(m, t.mask).sum() / max(1, np.logical_or(m, t.mask).sum())
+                    checks = (
+                        ("vanished", m.sum() < max(min_area, 1)),
+                        ("score", scores[k] < iou_threshold),
+                        ("stability", stab[k] < stability_threshold),
+                        ("overlap", iou < overlap_threshold),
+                    )
+                    reason = next((name for name, failed in checks if failed), "")
+                    if reason:
+                        t.alive, t.reason = False, f"{reason} at slice {z}"
+                        continue
+                    t.mask, t.logits = m, logits[k]
+                    d = abs(z - t.start)
+                    prev = results.setdefault(t.oid, {}).get(z)
+                    if prev is None or (d, -scores[k]) < (prev[2], -prev[1]):
+                        results[t.oid][z] = (m, float(scores[k]), d)
+                if step > 0:
+                    up_pos = z
+                else:
+                    down_pos = z
+                done += 1
+                report()
+    finally:
+        if saved is not None:
+            predictor.set_image_embedding(saved)
+        else:
+            predictor.reset_image()
+
+    def final(z: int) -> bool:
+        return (
+            (z not in seed_slices or z in seeds_done)
+            and (z not in up_cover or z <= up_pos)
+            and (z not in down_cover or z >= down_pos)
+        )
+
+    out = VolumeResult(shape=(n, *hw), axis=store.axis, cancelled=cancelled)
+    for oid, per in results.items():
+        for z, (m, s, _) in per.items():
+            if final(z) and m.any():
+                out.masks.setdefault(z, {})[oid] = m
+                out.scores.setdefault(z, {})[oid] = s
+    for t in tracks:
+        out.stopped.setdefault(t.oid, {})[f"{'up' if t.step > 0 else 'down'} from {t.start}"] = (
+            t.reason or "end"
+        )
+    if not cancelled and progress is not None:
+        progress(total, total)
+    return out
