@@ -192,6 +192,23 @@ def test_embedding_as_value(pair):
     assert not other.is_image_set and other.embedding is None
 
 
+def test_encode_batch_equals_one_at_a_time(pair):
+    """``encode_batch``: images of different sizes in batches (of 2 here) give the embeddings that
+    ``compute_embedding`` gives one by one; each owns its features; bad batch sizes are refused."""
+    _, ours, img = pair
+    images = [img[:300, :400], img, img[:200, :120], img[::2, ::2]]
+    batch = ours.encode_batch(images, batch_size=2)
+    assert len(batch) == 4
+    for im, emb in zip(images, batch, strict=True):
+        one = ours.compute_embedding(im)
+        assert (emb.original_size, emb.input_size) == (one.original_size, one.input_size)
+        assert emb.features.shape == (1, 256, 64, 64) and emb.features.untyped_storage().nbytes() == emb.nbytes
+        torch.testing.assert_close(emb.features, one.features, rtol=1e-4, atol=1e-4)
+    assert ours.encode_batch([]) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        ours.encode_batch(images, batch_size=0)
+
+
 def test_image_prepared_from_its_second_prompt_call_or_a_large_batch(pair):
     """The decoder's per-image work is done when it pays: not for a single small call on an image
     (a propagation step), but from the image's second call on, or for a first call of
