@@ -40,6 +40,7 @@ DSB_IMAGE = "07fb37aafa6626608af90c1e18f6a743f29b6b233d2e427dcd1102df6a916cf5.pn
 PEAK_BF16 = {"measured matmul (device README)": 790e12, "H200 spec dense": 989e12}
 
 from _reference import official  # noqa: E402
+from bench_automatic import official_twin  # noqa: E402
 
 from napari_sam.automatic.generator import AutomaticMaskGenerator  # noqa: E402
 from napari_sam.engine.predictor import ImageEmbedding, SamPredictor  # noqa: E402
@@ -197,8 +198,9 @@ def clicks(device: torch.device, sa, runs: int) -> None:
         ref.features, ref.original_size, ref.input_size, ref.is_image_set = feats, (h, w), size, True
         pt, lb = np.array([[w / 3, h / 3]]), np.array([1])
         t_first = _time(lambda pt=pt, lb=lb: graphs.predict(pt, lb), device)
-        med = _interleaved({"graphs": lambda: graphs.predict(pt, lb), "eager": lambda: eager.predict(pt, lb),
-                            "ref": lambda: ref.predict(pt, lb)}, runs, device)
+        med = _interleaved({"graphs": lambda pt=pt, lb=lb: graphs.predict(pt, lb),
+                            "eager": lambda pt=pt, lb=lb: eager.predict(pt, lb),
+                            "ref": lambda pt=pt, lb=lb: ref.predict(pt, lb)}, runs, device)
         a, b = graphs.predict(pt, lb), ref.predict(pt, lb)
         agree = f"masks agree {(a[0] == b[0]).mean():.5f}, |score diff| {np.abs(a[1] - b[1]).max():.1e}"
         _row(f"point click {h}x{w} (CUDA graphs)", med["graphs"], med["ref"], f"first click {1e3 * t_first:.2f} ms; {agree}")
@@ -206,32 +208,13 @@ def clicks(device: torch.device, sa, runs: int) -> None:
         pts, lbs = np.array([[w / 3, h / 3], [w / 2, h / 2]]), np.array([1, 0])
         ref_kw = dict(point_coords=pts, point_labels=lbs, mask_input=b[2][:1], multimask_output=False)
         our_kw = dict(point_coords=pts, point_labels=lbs, mask_input=a[2][:1], multimask_output=False)
-        med = _interleaved({"graphs": lambda: graphs.predict(**our_kw), "eager": lambda: eager.predict(**our_kw),
-                            "ref": lambda: ref.predict(**ref_kw)}, runs, device)
+        med = _interleaved({"graphs": lambda kw=our_kw: graphs.predict(**kw), "eager": lambda kw=our_kw: eager.predict(**kw),
+                            "ref": lambda kw=ref_kw: ref.predict(**kw)}, runs, device)
         _row(f"refining click {h}x{w} (CUDA graphs)", med["graphs"], med["ref"])
         _row(f"refining click {h}x{w} (eager)", med["eager"], med["ref"])
 
 
 # ----------------------------------------------------------------------------- automatic
-def _official_twin(model, sa):
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    pe, md = model.prompt_encoder, model.mask_decoder
-    t = md.transformer
-    twin = Sam(
-        image_encoder=model.image_encoder,
-        prompt_encoder=PromptEncoder(embed_dim=pe.embed_dim, image_embedding_size=tuple(pe.image_embedding_size),
-                                     input_image_size=tuple(pe.input_image_size),
-                                     mask_in_chans=pe.mask_downscaling[0].out_channels),
-        mask_decoder=MaskDecoder(transformer_dim=md.transformer_dim, iou_head_hidden_dim=md.iou_prediction_head.layers[0].out_features,
-                                 transformer=TwoWayTransformer(depth=t.depth, embedding_dim=t.embedding_dim,
-                                                               mlp_dim=t.mlp_dim, num_heads=t.num_heads)),
-        pixel_mean=model.pixel_mean.flatten().tolist(), pixel_std=model.pixel_std.flatten().tolist(),
-    ).eval()
-    twin.load_state_dict(model.state_dict())
-    return twin.to(model.pixel_mean.device)
-
-
 def automatic(device: torch.device, sa, repeats: int, image_path: Path | None, points: int) -> None:
     print(f"\n## segment everything, {points}x{points} points (total time of generate, image to masks)", flush=True)
     from napari_sam.weights.loading import load_model
@@ -253,13 +236,13 @@ def automatic(device: torch.device, sa, repeats: int, image_path: Path | None, p
     for name, model, image, thr in cases:
         kw = dict(points_per_side=points, **thr)
         ours = AutomaticMaskGenerator(model, device=device, **kw)
-        ref = sa.SamAutomaticMaskGenerator(_official_twin(model, sa), **kw)
-        n = {}
+        ref = sa.SamAutomaticMaskGenerator(official_twin(model)[1], **kw)
+        n: dict[str, int] = {}
 
-        def run_ours():
+        def run_ours(ours=ours, image=image, n=n):
             n["ours"] = len(ours.generate(image))
 
-        def run_ref():
+        def run_ref(ref=ref, image=image, n=n):
             n["ref"] = len(ref.generate(image))
 
         med = _interleaved({"ours": run_ours, "ref": run_ref}, repeats, device, warmup=1)
