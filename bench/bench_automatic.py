@@ -112,8 +112,9 @@ def _timer(owner, attr, spent: list, i: int, device: str):
 def timed(fn, image, embed_owner, embed_attr, decoder, device):
     """Run ``fn(image)``; return (total s, embedding s, n masks, peak MiB, GPU peak MiB, decoder s).
 
-    Decoder time is the time spent in the decoder's ``forward`` (official) or ``predict_filtered``
-    (ours: decodes the masks that pass ``pred_iou_thresh``, see ``MaskDecoder.predict_filtered``).
+    Decoder time is the time spent in the decoder's ``forward`` (the official's, ours on a GPU) or
+    ``predict_filtered`` (ours on a CPU: the fast path decodes the masks that pass
+    ``pred_iou_thresh``, see ``FastMaskDecoder.predict_filtered``).
     """
     spent = [0.0, 0.0]
     orig = _timer(embed_owner, embed_attr, spent, 0, device)
@@ -168,7 +169,8 @@ def main() -> None:
         for r in range(args.repeats):
             for name in ("ours", "official"):
                 if name == "ours":
-                    res = timed(ours.generate, image, ours.predictor, "compute_embedding", model.mask_decoder, args.device)
+                    res = timed(ours.generate, image, ours.predictor, "compute_embedding",
+                                ours.predictor.fast_decoder or model.mask_decoder, args.device)
                 else:
                     res = timed(ref.generate, image, ref.predictor, "set_image", twin.mask_decoder, args.device)
                 rows[name].append(res)

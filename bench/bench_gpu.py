@@ -40,7 +40,7 @@ DSB_IMAGE = "07fb37aafa6626608af90c1e18f6a743f29b6b233d2e427dcd1102df6a916cf5.pn
 PEAK_BF16 = {"measured matmul (device README)": 790e12, "H200 spec dense": 989e12}
 
 from _reference import official  # noqa: E402
-from bench_automatic import official_twin  # noqa: E402
+from bench_automatic import official_twin, timed  # noqa: E402
 
 from napari_sam.automatic.generator import AutomaticMaskGenerator  # noqa: E402
 from napari_sam.engine.predictor import ImageEmbedding, SamPredictor  # noqa: E402
@@ -248,6 +248,37 @@ def automatic(device: torch.device, sa, repeats: int, image_path: Path | None, p
         med = _interleaved({"ours": run_ours, "ref": run_ref}, repeats, device, warmup=1)
         _row(f"automatic: {name}", med["ours"], med["ref"],
              f"masks ours {n['ours']} official {n['ref']}; ours points_per_batch {ours.points_per_batch}")
+        dev = device.type
+        for side, res in (
+            ("ours", timed(ours.generate, image, ours.predictor, "compute_embedding",
+                           ours.predictor.fast_decoder or model.mask_decoder, dev)),
+            ("official", timed(ref.generate, image, ref.predictor, "set_image", ref.model.mask_decoder, dev)),
+        ):
+            total, emb, _, _, gpu, dec = res
+            print(f"    {side:9s} total {1e3 * total:8.1f} ms = encoder {1e3 * emb:7.1f} + decoder {1e3 * dec:7.1f} "
+                  f"+ rest {1e3 * (total - emb - dec):7.1f}; GPU peak {gpu:.0f} MiB", flush=True)
+
+
+def compiled_encoder(device: torch.device, sa, runs: int, batches: list[int]) -> None:
+    """An experiment, not the default path: ``torch.compile`` of our image encoder (inductor's
+    fusions of the LayerNorms, GELUs, residual sums and casts around the bf16 matrix products)."""
+    print("\n## experiment: torch.compile(image_encoder), vit_b bf16", flush=True)
+    ours_model, _ = _pair("vit_b", device, sa)
+    p = SamPredictor(ours_model, device=device)
+    img = _image(1024, 1024)
+    x = torch.zeros(1, 3, 1024, 1024, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        flops = _flops(ours_model.image_encoder, x)
+    ours_model.image_encoder = torch.compile(ours_model.image_encoder)
+    for b in batches:
+        t0 = time.perf_counter()
+        p.encode_batch([img] * b, batch_size=b)
+        _sync(device)
+        compile_s = time.perf_counter() - t0
+        med = _interleaved({"c": lambda b=b: p.encode_batch([img] * b, batch_size=b)}, runs, device, warmup=1)["c"]
+        tflops = flops * b / med
+        print(f"compiled encoder batch {b:2d}: {1e3 * med / b:7.2f} ms per image, {tflops / 1e12:.0f} TFLOP/s "
+              f"({100 * tflops / PEAK_BF16['H200 spec dense']:.0f} % of spec peak); first call {compile_s:.1f} s", flush=True)
 
 
 def main() -> None:
@@ -272,6 +303,8 @@ def main() -> None:
         clicks(device, sa, 2 if q else 50)
     if "automatic" in sections:
         automatic(device, sa, 1 if q else 3, Path(args.image), 4 if q else 32)
+    if "compile" in sections:  # not in the default list: an experiment
+        compiled_encoder(device, sa, 2 if q else 10, [1] if q else [1, 16])
     print(f"\n# total {time.perf_counter() - t0:.0f} s")
 
 
