@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from napari_sam.automatic.utils import is_box_near_crop_edge
+from napari_sam.models.mask_decoder import MaskDecoder
 
 
 @dataclass
@@ -111,17 +112,23 @@ class CropContext:
         return torch.cat(inter).cpu(), torch.cat(union).cpu(), torch.cat(boxes).cpu(), crops
 
     def with_crops(self, data: Masks) -> Masks:
-        """``data`` (masks of this crop) with their crops made from their low-res logits, on the
-        host (one transfer per chunk): the deferred step of a GPU's pipeline (``data`` itself
-        when it has its crops)."""
+        """``data`` (masks of this crop) with their crops made from their low-res logits: each
+        mask's box cut on the device, all of them packed into one tensor and moved to the host in
+        one transfer per chunk (a few hundred KB for nuclei, instead of every full mask): the
+        deferred step of a GPU's pipeline (``data`` itself when it has its crops)."""
         if data.low is None or data.crops or not len(data):
             return data
         x0, y0 = self.crop_box[:2]
-        boxes = data.boxes - torch.tensor([x0, y0, x0, y0])
-        crops = []
+        boxes = (data.boxes - torch.tensor([x0, y0, x0, y0])).tolist()
+        crops: list[torch.Tensor] = []
         for s in range(0, len(data), self.chunk):
-            binary = (self._upsample(data.low[s : s + self.chunk]) > self.thr).cpu()
-            crops += _crops(binary, boxes[s : s + self.chunk])
+            binary = self._upsample(data.low[s : s + self.chunk]) > self.thr
+            part = boxes[s : s + self.chunk]
+            shapes = [(max(0, y1 - yy0 + 1), max(0, x1 - xx0 + 1)) for xx0, yy0, x1, y1 in part]
+            packed = torch.cat(
+                [m[yy0 : yy0 + h, xx0 : xx0 + w].reshape(-1) for m, (xx0, yy0, _, _), (h, w) in zip(binary, part, shapes, strict=True)]
+            ).cpu()
+            crops += [c.view(h, w) for c, (h, w) in zip(packed.split([h * w for h, w in shapes]), shapes, strict=True)]
         return Masks(data.iou, data.stability, data.boxes, data.points, data.crop_boxes, crops)
 
     def _upsample(self, low: torch.Tensor) -> torch.Tensor:
@@ -178,18 +185,27 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 def decode_filtered(predictor, ctx: CropContext, sparse, dense, min_iou: float):
     """Multimask decoding keeping masks with predicted IoU > ``min_iou``: IoUs (B, 3), keep (B, 3),
-    kept low-res logits (K, 256, 256). The fast decoder (a CPU predictor's) never upscales the
-    dropped masks and does the crop's prompt-independent work once (``ctx.prepared``); the plain
-    one is run whole and filtered."""
+    kept low-res logits (K, 256, 256). Neither SAM decoder upscales the masks of prompts whose
+    masks all fail ``min_iou``: the fast one (a CPU predictor's) skips every failing mask and does
+    the crop's prompt-independent work once (``ctx.prepared``); the plain one (a GPU's) runs its
+    transformer on the whole batch, then upscales the prompts with a mask that passes. Any other
+    decoder with the official ``forward`` is run whole and filtered."""
     features, pe = ctx.features, ctx.pe
-    fast = predictor.fast_decoder
+    fast, decoder = predictor.fast_decoder, predictor.model.mask_decoder
     if fast is not None:
         if ctx.prepared is None:
             ctx.prepared = fast.prepare_image(features, pe, dense)
         return fast.predict_filtered(features, pe, sparse, dense, True, min_iou, ctx.prepared)
-    low, iou = predictor.model.mask_decoder(features, pe, sparse, dense, True)
+    if not isinstance(decoder, MaskDecoder):
+        low, iou = decoder(features, pe, sparse, dense, True)
+        keep = iou > min_iou
+        return iou, keep, low[keep]
+    hs, src = decoder.attend(features, pe, sparse, dense)
+    iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:]  # the multimask outputs
     keep = iou > min_iou
-    return iou, keep, low[keep]
+    rows = keep.any(1).nonzero().flatten()
+    low = decoder.upscale_masks(hs[rows], src[rows])[:, 1:]
+    return iou, keep, low[keep[rows]]
 
 
 def process_batch(gen, ctx: CropContext, points: np.ndarray, orig_size: tuple[int, int]) -> Masks:

@@ -89,28 +89,46 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks ``(B, 4, 4h, 4w)`` and IoUs ``(B, 4)`` (token 0 is the
         single-mask output); arguments as in :meth:`forward`."""
+        hs, src = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])
+        return self.upscale_masks(hs, src), iou_pred
+
+    def attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer on the output tokens + prompts: ``hs (B, 5 + K, C)`` (IoU token,
+        mask tokens, prompts) and the image ``src (B, C, h, w)`` it updated.
+
+        A batch-1 image with a dense prompt that is the same for every prompt (the no-mask
+        embedding, expanded with stride 0) stays batch 1 into the transformer, which broadcasts it:
+        the first layer's image projections are then computed once instead of once per prompt."""
         bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(bs, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
 
-        src = image_embeddings + dense_prompt_embeddings  # (B, C, h, w): the image broadcast per prompt
-        if src.shape[0] != bs:
-            src = src.expand(bs, -1, -1, -1)
-        b, c, h, w = src.shape
+        dense = dense_prompt_embeddings
+        if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
+            dense = dense[:1]
+        src = image_embeddings + dense  # (1 | B, C, h, w)
+        hs, keys = self.transformer(src, image_pe, tokens)  # keys (B, h*w, C)
+        b, (c, h, w) = keys.shape[0], src.shape[1:]
+        return hs, keys.transpose(1, 2).reshape(b, c, h, w)
 
-        hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0, :]
+    def upscale_masks(self, hs: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``(B, 4, 4h, 4w)`` from :meth:`attend`'s ``hs`` and ``src``: the image
+        upscaled 4x, dotted with each mask token's hypernetwork output."""
         mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
-
-        src = src.transpose(1, 2).reshape(b, c, h, w)
         upscaled = self.output_upscaling(src)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
 
 
 class MLP(nn.Module):
