@@ -45,7 +45,7 @@ def test_3d_slice_cache_and_placement(sam_widget, qtbot, tiny_sam):
     wait_encoded(qtbot, widget, (3,))
     assert sam.current_index() == (3,)
     assert sam.points_layer.ndim == 3
-    ready = sam.cache.get(sam._key((3,)))
+    ready = sam.cache.get(sam.embedding_key((3,)))
     assert ready.prepared is not None  # the encode worker also did the decoder's per-image work
     sam.points_layer.add([3, 40, 60])
     assert sam.predictor._prepared is ready.prepared.value  # the first click used it

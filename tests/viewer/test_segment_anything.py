@@ -126,7 +126,58 @@ def test_tiled_option_survives_a_model_change(make_napari_viewer, tiny_sam):
     ref, _, _ = tp.predict(box=np.array([300, 200, 380, 260], float), multimask_output=False)
     np.testing.assert_array_equal(mask, ref[0])
     assert isinstance(sam.embedding(), TiledEmbedding)
-    version = sam._model_version
     sam.tiled = False
     assert len(sam.cache) == 0 and not isinstance(sam.embedding(), TiledEmbedding)
-    assert sam._model_version == version  # same model: stack stores stay valid
+
+
+# the public API documented in docs/widget.md (the dock widget and console users call these)
+PUBLIC = (
+    "set_model load set_image_layer labels_layer existing_labels_layer points_layer boxes_layer preview_layer "
+    "overwrite multimask channel_axis tiled current_index embedding embedding_key has_embedding encode_job "
+    "store_embedding stored_embedding segment decode update_preview clear_preview cycle_mask commit add_point "
+    "read_prompts clear_prompts set_preview ensure_prompt_layers raise_prompt_layers forget_layer stack "
+    "volume_store volume_seeds segment_volume extend_labels precompute_embeddings volume_job precompute_job "
+    "volume_params last_volume store_budget cache_dir background_predictor drop_stores segment_everything "
+    "everything_job automatic_defaults events model model_name predictor device cache request_embedding objects "
+    "candidates scores candidate preview_index notify"
+).split()
+
+
+def test_facade_exposes_the_public_api_of_its_parts(make_napari_viewer, tiny_sam):
+    """Every documented name is there; settings written on the façade land in the part that uses them;
+    a commit writes through the label writer and announces the ids."""
+    viewer = make_napari_viewer()
+    sam = SegmentAnything(viewer)
+    missing = [name for name in PUBLIC if not hasattr(sam, name)]
+    assert not missing
+    sam.overwrite, sam.multimask, sam.store_budget, sam.cache_dir = True, False, 123, "/tmp/x"
+    assert sam.writer.overwrite and not sam.preview.multimask
+    assert (sam.stores.budget, sam.stores.cache_dir) == (123, "/tmp/x")
+    sam.request_embedding = print
+    assert sam.embeddings.request is print
+    sam.request_embedding = None
+    sam.set_model(tiny_sam, device="cpu")
+    layer = viewer.add_image(_blobs())
+    sam.set_image_layer(layer)
+    assert sam.image_layer is layer and sam.image_source.layer is layer
+    assert sam.existing_labels_layer is None and "SAM labels" not in viewer.layers  # not created by asking
+    committed = []
+    sam.events.committed.connect(lambda e: committed.append(e.value))
+    sam.segment(box=(10, 20, 70, 110), commit=True)
+    assert committed == [[1]] and sam.existing_labels_layer is sam.labels_layer
+    assert sam.objects is None and sam.preview_index is None  # the preview became an object
+
+
+def test_tiles_keep_stack_stores_a_new_model_drops_them(make_napari_viewer, tiny_sam):
+    viewer = make_napari_viewer()
+    sam = SegmentAnything(viewer)
+    sam.set_model(tiny_sam, device="cpu")
+    sam.set_image_layer(viewer.add_image(np.stack([_blobs(s) for s in range(3)])))
+    store = sam.volume_store((1,))
+    sam.embedding((1,))
+    sam.tiled = True  # the same model: the store stays, the slice embeddings go
+    assert sam.volume_store((1,)) is store and len(sam.cache) == 0
+    sam.set_model(tiny_sam, device="cpu")
+    assert sam.volume_store((1,)) is not store
+    viewer.layers.remove(sam.image_layer)
+    assert len(sam.stores) == 0 and sam.image_layer is None

@@ -86,7 +86,7 @@ class EncodeRunner:
             index = self.sam.current_index() if self.sam.image_layer is not None else None
         except SamUserError:
             index = None
-        if index is not None and self.sam._key(index) == key:
+        if index is not None and self.sam.embedding_key(index) == key:
             self.sam.update_preview()
 
     def _on_errored(self, exc: BaseException) -> None:
@@ -116,7 +116,7 @@ class EncodeRunner:
         while self._prefetch and self.worker is None and not self.closed:
             index = self._prefetch.pop(0)
             try:
-                key = self.sam._key(index)
+                key = self.sam.embedding_key(index)
             except SamUserError:
                 continue
             if key not in self.sam.cache:

@@ -157,7 +157,7 @@ class SamWidget(QWidget):
     def clear(self) -> None:
         """Remove all prompts and the preview."""
         self.sam.clear_prompts()
-        self.sam._clear_preview()
+        self.sam.clear_preview()
         self.score_label.setText("")
 
     def _bind_keys(self) -> None:
@@ -208,7 +208,7 @@ class SamWidget(QWidget):
 
     def _on_channel(self, i: int) -> None:
         self.sam.channel_axis = self.channel_combo.itemData(i)
-        self.sam._clear_preview()
+        self.sam.clear_preview()
         self.encoder.request()
 
     def _on_labels_combo(self, *_: Any) -> None:
@@ -222,7 +222,7 @@ class SamWidget(QWidget):
 
     def _on_sam_labels(self, event: Any = None) -> None:
         try:
-            self.labels_combo.set_layer(self.sam._labels_layer)
+            self.labels_combo.set_layer(self.sam.existing_labels_layer)
         except RuntimeError:
             pass
 

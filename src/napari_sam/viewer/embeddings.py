@@ -1,81 +1,70 @@
-"""Slices and embeddings of ``SegmentAnything``: slice index on screen, per-slice LRU cache, encode jobs.
+"""Slice embeddings of ``SegmentAnything``: the per-slice LRU cache and the encode jobs.
 
-The cache key is (image layer, slice index, contrast limits used, composite channel axis, model version),
-so changing any of them re-encodes. ``encode_job`` captures the settings on the GUI thread and returns a
-callable that only reads the needed slice (``np.asarray(layer.data[index])``) and encodes it, safe to run in
-a worker thread; it also makes the mask decoder's per-image preparation there
-(``SamPredictor.prepare_embedding``), which the cache keeps for its most recent entries only.
+The cache key is (image layer, slice index, contrast limits used, composite channel axis, (model
+version, tiled)), so changing any of them re-encodes. ``encode_job`` captures the settings on the GUI
+thread and returns a callable that only reads the needed slice (``np.asarray(layer.data[index])``)
+and encodes it, safe to run in a worker thread; it also makes the mask decoder's per-image
+preparation there (``SamPredictor.prepare_embedding``), which the cache keeps for its most recent
+entries only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from napari.layers import Image
 
 from napari_sam.engine.images import to_sam_image
-from napari_sam.errors import SamUserError
-from napari_sam.viewer.slicing import EmbeddingCache, current_index, slice_image
+from napari_sam.viewer.image_source import ImageSource
+from napari_sam.viewer.model_slot import ModelSlot
+from napari_sam.viewer.slicing import EmbeddingCache, slice_image
+from napari_sam.viewer.stores import StackStores
 
 
-class EmbeddingsMixin:
-    """Needs ``viewer``, ``image_layer``, ``predictor``, ``channel_axis``, ``cache``, ``_model_version``,
-    ``_tiled``, ``_predictor_key``, ``request_embedding`` and ``events.embedding``."""
+class SliceEmbeddings:
+    """Embeddings of the slices of ``images`` made by ``models``' interactive predictor.
 
-    viewer: Any
-    image_layer: Image | None
-    predictor: Any
-    channel_axis: int | None
-    cache: EmbeddingCache
-    _model_version: int
-    _tiled: bool
-    _predictor_key: Any
-    request_embedding: Any
-    events: Any
+    Args:
+        stores: stack stores whose embeddings are reused instead of encoding again (or None).
+        cache_size: slices kept (LRU).
+        on_stored: called with the cache key of each embedding stored.
 
-    # ------------------------------------------------------------------ slices and embeddings
-    def current_index(self) -> tuple[int, ...]:
-        """Leading-axis index (image data coordinates) of the slice on screen; () for 2D images."""
-        return current_index(self.viewer, self._require_image())
+    ``request``: None -> :meth:`use` computes a missing embedding synchronously; the dock widget sets
+    a background runner (``request(index)``) and the preview waits for it.
+    """
 
-    def _require_image(self) -> Image:
-        if self.image_layer is None:
-            raise SamUserError("choose an image layer first")
-        return self.image_layer
+    def __init__(
+        self, images: ImageSource, models: ModelSlot, stores: StackStores | None = None,
+        cache_size: int = 8, on_stored: Callable[[tuple], Any] | None = None,
+    ) -> None:
+        self.images = images
+        self.models = models
+        self.stores = stores
+        self.cache = EmbeddingCache(cache_size)
+        self.on_stored = on_stored
+        self.request: Callable[[tuple[int, ...]], Any] | None = None
+        self._predictor_key: Any = None  # the key of the embedding the predictor holds
 
-    def _require_model(self) -> Any:
-        if self.predictor is None:
-            raise SamUserError("no SAM model is loaded: choose a model or load a checkpoint file")
-        return self.predictor
-
-    def _image_settings(self) -> tuple[tuple[float, float] | None, int | None]:
-        img = self._require_image()
-        limits = None if np.dtype(img.dtype) == np.uint8 else tuple(float(v) for v in img.contrast_limits)
-        return limits, (None if img.rgb else self.channel_axis)
-
-    def _key(self, index: tuple[int, ...]) -> tuple:
-        limits, chan = self._image_settings()
+    def key(self, index: tuple[int, ...]) -> tuple:
+        """The cache key of slice ``index`` with the current image settings and model."""
+        limits, chan = self.images.settings()
         if chan is not None:
             index = tuple(0 if i == chan else v for i, v in enumerate(index))
-        return (id(self.image_layer), index, limits, chan, self._embedding_tag())
-
-    def _embedding_tag(self) -> tuple[int, bool]:
-        """What an embedding was made with: (model version, tiled)."""
-        return (self._model_version, self._tiled)
+        return (id(self.images.layer), tuple(index), limits, chan, self.models.tag)
 
     def encode_job(self, index: tuple[int, ...] | None = None) -> tuple[tuple, Any]:
         """(cache key, job) where ``job()`` reads the slice and returns its ``ImageEmbedding``.
 
         Settings are captured now, on the calling (GUI) thread; ``job`` may run in a worker thread.
-        With tiles (``tiled``), ``job.steps`` is the number of encoder runs the slice takes and
-        ``job.iterate()`` a generator that yields ``(done, total)`` after each and returns the
-        embedding (for a progress bar); otherwise ``job.steps`` is 1.
+        With tiles, ``job.steps`` is the number of encoder runs the slice takes and ``job.iterate()``
+        a generator that yields ``(done, total)`` after each and returns the embedding (for a
+        progress bar); otherwise ``job.steps`` is 1.
         """
-        predictor, img = self._require_model(), self._require_image()
-        index = self.current_index() if index is None else tuple(index)
-        limits, chan = self._image_settings()
-        key = self._key(index)
+        predictor, img = self.models.require(), self.images.require()
+        index = self.images.index_or_current(index)
+        limits, chan = self.images.settings()
+        key = self.key(index)
 
         def read() -> np.ndarray:
             arr, rgb = slice_image(img, index, chan)
@@ -97,42 +86,46 @@ class EmbeddingsMixin:
             job.iterate = iterate
         return key, job
 
-    def has_embedding(self, index: tuple[int, ...] | None = None) -> bool:
+    def has(self, index: tuple[int, ...] | None = None) -> bool:
         """Whether the embedding of the slice (default: on screen) is cached."""
-        index = self.current_index() if index is None else tuple(index)
-        return self._key(index) in self.cache
+        return self.key(self.images.index_or_current(index)) in self.cache
 
-    def store_embedding(self, key: tuple, embedding: Any) -> None:
+    def store(self, key: tuple, embedding: Any) -> None:
         """Cache an embedding computed by :meth:`encode_job` (ignored if the model or tiling changed since)."""
-        if key[-1] == self._embedding_tag():
+        if key[-1] == self.models.tag:
             self.cache.put(key, embedding)
-            self.events.embedding(value=key)
+            if self.on_stored is not None:
+                self.on_stored(key)
 
-    def embedding(self, index: tuple[int, ...] | None = None) -> Any:
+    def stored(self, index: tuple[int, ...]) -> Any | None:
+        """The slice's embedding if a stack store already holds it, else None."""
+        return None if self.stores is None else self.stores.stored_embedding(index)
+
+    def get(self, index: tuple[int, ...] | None = None) -> Any:
         """The ``ImageEmbedding`` of a slice (default: on screen), computed synchronously if needed."""
         key, job = self.encode_job(index)
         emb = self.cache.get(key)
         if emb is None:
-            emb = self.stored_embedding(key[1])
+            emb = self.stored(key[1])
             emb = job() if emb is None else emb
-            self.store_embedding(key, emb)
+            self.store(key, emb)
         return emb
 
-    def stored_embedding(self, index: tuple[int, ...]) -> Any | None:
-        """An embedding already held elsewhere (a stack store, see ``VolumeMixin``); None here."""
-        return None
-
-    def _use_embedding(self, index: tuple[int, ...], sync: bool) -> bool:
-        """Point the predictor at the slice's embedding; False (request sent) if not ready."""
-        key = self._key(index)
+    def use(self, index: tuple[int, ...], sync: bool) -> bool:
+        """Point the interactive predictor at the slice's embedding; False (request sent) if not ready."""
+        key = self.key(index)
         emb = self.cache.get(key)
         if emb is None:
-            if not sync and self.request_embedding is not None:
-                self.request_embedding(index)
+            if not sync and self.request is not None:
+                self.request(index)
                 return False
-            emb = self.embedding(index)
+            emb = self.get(index)
         if self._predictor_key != key:
-            self.predictor.set_image_embedding(emb)
+            self.models.require().set_image_embedding(emb)
             self._predictor_key = key
         return True
 
+    def clear(self) -> None:
+        """Forget every cached embedding (the model, the tiling or the predictor changed)."""
+        self.cache.clear()
+        self._predictor_key = None

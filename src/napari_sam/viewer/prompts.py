@@ -17,6 +17,7 @@ from napari.layers import Labels, Points, Shapes
 from napari.utils.notifications import show_warning
 
 from napari_sam.errors import SamUserError
+from napari_sam.viewer.image_source import ImageSource
 from napari_sam.viewer.slicing import in_slice, spatial_shape, to_image_data
 
 POINTS_NAME, BOXES_NAME, PREVIEW_NAME = "SAM points", "SAM boxes", "SAM preview"
@@ -30,12 +31,18 @@ def _action(event: Any) -> str | None:
 
 
 class PromptLayers:
-    """Mixin: owns the prompt/preview layers of a viewer-bound SAM (needs ``viewer``, ``image_layer``)."""
+    """The points, boxes and preview layers of the image in ``images``.
 
-    viewer: Any
-    image_layer: Any
+    Args:
+        viewer: the napari viewer the layers are added to.
+        images: the image being segmented (the layers take its ndim, scale and translate).
+        on_change: called (no arguments) after the user adds, moves or removes a prompt.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, viewer: Any, images: ImageSource, on_change: Callable[[], Any] | None = None) -> None:
+        self.viewer = viewer
+        self.images = images
+        self.on_change = on_change
         self.points_layer: Points | None = None
         self.boxes_layer: Shapes | None = None
         self.preview_layer: Labels | None = None
@@ -43,7 +50,7 @@ class PromptLayers:
     # ------------------------------------------------------------------ creation
     def ensure_prompt_layers(self) -> None:
         """Create (or re-create for a different ndim) the points and boxes layers for the image."""
-        img = self.image_layer
+        img = self.images.layer
         nd = img.ndim
         kw = {"scale": img.scale, "translate": img.translate}
         if self.points_layer is None or self.points_layer.ndim != nd:
@@ -84,7 +91,7 @@ class PromptLayers:
 
     def set_preview(self, ids: np.ndarray | None) -> None:
         """Show (H, W) object ids (0 = none) in the preview layer; None clears it."""
-        img = self.image_layer
+        img = self.images.layer
         layer = self.preview_layer
         if ids is None:
             if layer is not None and layer in self.viewer.layers and layer.data.any():
@@ -118,7 +125,7 @@ class PromptLayers:
     # ------------------------------------------------------------------ reading prompts
     def read_prompts(self, index: tuple[int, ...]) -> tuple[np.ndarray | None, np.ndarray | None, list[np.ndarray]]:
         """Prompts of slice ``index`` in image data (row, col): (points (N, 2), labels (N,), boxes [(K, 2)])."""
-        img = self.image_layer
+        img = self.images.layer
         points_rc = labels = None
         boxes: list[np.ndarray] = []
         p = self.points_layer
@@ -170,8 +177,8 @@ class PromptLayers:
         self._on_prompts_data(event)
 
     def _on_prompts_data(self, event: Any) -> None:
-        if _action(event) in _PAST | {None}:
-            self.update_preview()  # type: ignore[attr-defined]
+        if _action(event) in _PAST | {None} and self.on_change is not None:
+            self.on_change()
 
 
 def _on_point_press(layer: Points, event: Any) -> None:

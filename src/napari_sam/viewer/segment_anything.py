@@ -10,6 +10,13 @@ Prompts live in two layers it creates, "SAM points" (feature ``label``: positive
 "SAM boxes" (rectangles); every change re-runs the decoder into the "SAM preview" layer, and
 :meth:`commit` writes the preview into the output Labels layer as new object ids.
 Coordinates: napari (..., row, col) -> SAM (x, y) only in :mod:`napari_sam.viewer.slicing`.
+
+``SegmentAnything`` is a façade: the work is done by its parts, plain objects that get what they
+need in their constructors (docs/architecture.md draws who calls whom):
+``image_source`` (``ImageSource``), ``model_slot`` (``ModelSlot``), ``stores`` (``StackStores``),
+``embeddings`` (``SliceEmbeddings``), ``prompts`` (``PromptLayers``), ``preview`` (``Preview``),
+``writer`` (``LabelWriter``, the one place that writes labels), ``volume`` (``VolumeActions``) and
+``everything`` (``EverythingActions``).
 """
 
 from __future__ import annotations
@@ -22,33 +29,111 @@ from napari.layers import Image, Labels
 from napari.utils.events import EmitterGroup
 from napari.utils.notifications import show_error, show_warning
 
-from napari_sam.engine.predictor import SamPredictor
-from napari_sam.engine.tiling import TiledPredictor
 from napari_sam.errors import SamUserError
-from napari_sam.viewer import prompts as _prompts
-from napari_sam.viewer.embeddings import EmbeddingsMixin
-from napari_sam.viewer.everything import EverythingMixin
-from napari_sam.viewer.slicing import (
-    EmbeddingCache,
-    box_arg_to_corners,
-    box_rc_to_xy,
-    rc_to_xy,
-    spatial_shape,
-)
-from napari_sam.viewer.volume import VolumeMixin
-from napari_sam.weights.loading import load_model
+from napari_sam.viewer.embeddings import SliceEmbeddings
+from napari_sam.viewer.everything import EverythingActions
+from napari_sam.viewer.image_source import ImageSource
+from napari_sam.viewer.label_writer import LabelWriter
+from napari_sam.viewer.model_slot import ModelSlot
+from napari_sam.viewer.preview import Preview
+from napari_sam.viewer.prompts import PromptLayers
+from napari_sam.viewer.stores import StackStores
+from napari_sam.viewer.volume import VolumeActions
 
 __all__ = ["SegmentAnything", "SamUserError"]
 
 
-class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.PromptLayers):
+class _Forward:
+    """A façade attribute held by one of its parts: ``multimask = _Forward("preview", "multimask", doc)``
+    reads and writes ``self.preview.multimask``."""
+
+    def __init__(self, part: str, name: str, doc: str) -> None:
+        self.part, self.name, self.__doc__ = part, name, doc
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else getattr(getattr(obj, self.part), self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(getattr(obj, self.part), self.name, value)
+
+
+class _Method:
+    """A façade method that is one of its parts' (same signature and docstring):
+    ``cycle_mask = _Method("preview", "cycle")`` gives ``self.preview.cycle``."""
+
+    def __init__(self, part: str, name: str) -> None:
+        self.part, self.name = part, name
+        self.__doc__ = f"``{part}.{name}``: the {part} part's method."
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else getattr(getattr(obj, self.part), self.name)
+
+
+class SegmentAnything:
     """Segment Anything bound to a napari viewer (the object behind the dock widget).
 
     Events (``sam.events``): ``model``, ``image_layer``, ``labels_layer``, ``preview`` (decoder ran),
-    ``embedding`` (an embedding arrived), ``committed`` (value: list of new ids).
+    ``embedding`` (an embedding arrived), ``committed`` (value: list of ids written).
     Stacks and automatic masks: :meth:`segment_volume`, :meth:`extend_labels`,
     :meth:`precompute_embeddings`, :meth:`segment_everything` (see docs/volume.md, docs/automatic.md).
     """
+
+    # the model
+    model = _Forward("model_slot", "model", "The ``Sam`` in use (None until :meth:`set_model`).")
+    model_name = _Forward("model_slot", "name", "Registry name, file path or arch of the model.")
+    predictor = _Forward("model_slot", "predictor", "The interactive predictor (``TiledPredictor`` with tiles).")
+    device = _Forward("model_slot", "device", "Device of the model ('cpu', 'cuda:0', ...).")
+    # the image and the output
+    image_layer = _Forward("image_source", "layer", "The Image layer segmented (set with :meth:`set_image_layer`).")
+    channel_axis = _Forward("image_source", "channel_axis", "Leading axis whose first 3 channels form an RGB composite.")
+    overwrite = _Forward("writer", "overwrite", "Write over the pixels of existing objects (default False).")
+    # prompts and preview
+    points_layer = _Forward("prompts", "points_layer", "The 'SAM points' layer (feature ``label``).")
+    boxes_layer = _Forward("prompts", "boxes_layer", "The 'SAM boxes' layer (rectangles).")
+    preview_layer = _Forward("prompts", "preview_layer", "The 'SAM preview' Labels layer.")
+    multimask = _Forward("preview", "multimask", "Preview: SAM's three candidates for a single object (cycle with N).")
+    objects = _Forward("preview", "objects", "(B, H, W) bool masks of the preview, or None.")
+    candidates = _Forward("preview", "candidates", "(C, H, W) candidates of a single previewed object, or None.")
+    scores = _Forward("preview", "scores", "Predicted IoU of the candidates (or of each object), or None.")
+    candidate = _Forward("preview", "candidate", "Index of the candidate shown.")
+    preview_index = _Forward("preview", "index", "Leading-axis index of the previewed slice, or None.")
+    # embeddings
+    cache = _Forward("embeddings", "cache", "The slice embeddings (``EmbeddingCache``, LRU).")
+    request_embedding = _Forward(
+        "embeddings", "request", "None: embeddings are computed when needed; the widget sets a background runner."
+    )
+    store_budget = _Forward("stores", "budget", "Bytes of float16 embeddings kept per stack (LRU).")
+    cache_dir = _Forward("stores", "cache_dir", "Optional zarr disk cache of the stacks' embeddings.")
+    # 3D
+    volume_params = _Forward("volume", "params", "``segment_volume`` options used when not given.")
+    last_volume = _Forward("volume", "last", "The ``VolumeResult`` of the last 3D run.")
+
+    # methods that are their part's (help() shows the part's signature and docstring)
+    current_index = _Method("image_source", "current_index")  # leading index of the slice on screen
+    stack = _Method("image_source", "stack")  # the Stack of a slice
+    background_predictor = _Method("model_slot", "background_predictor")  # for worker threads
+    encode_job = _Method("embeddings", "encode_job")  # (key, job) for a worker thread
+    embedding_key = _Method("embeddings", "key")  # the cache key of a slice
+    has_embedding = _Method("embeddings", "has")
+    store_embedding = _Method("embeddings", "store")
+    embedding = _Method("embeddings", "get")  # the ImageEmbedding of a slice, computed if needed
+    stored_embedding = _Method("stores", "stored_embedding")  # held by a stack store, else None
+    volume_store = _Method("stores", "store")  # the EmbeddingStore of a stack
+    drop_stores = _Method("stores", "clear")
+    ensure_prompt_layers = _Method("prompts", "ensure_prompt_layers")
+    raise_prompt_layers = _Method("prompts", "raise_prompt_layers")
+    read_prompts = _Method("prompts", "read_prompts")  # prompts of a slice in (row, col)
+    add_point = _Method("prompts", "add_point")
+    clear_prompts = _Method("prompts", "clear_prompts")
+    set_preview = _Method("prompts", "set_preview")
+    forget_layer = _Method("prompts", "forget_layer")
+    decode = _Method("preview", "decode")  # prompts in (row, col) of a slice -> masks shown
+    update_preview = _Method("preview", "update")  # decode the prompt layers (the widget's path)
+    cycle_mask = _Method("preview", "cycle")
+    clear_preview = _Method("preview", "clear")
+    precompute_job = _Method("volume", "precompute_job")
+    volume_seeds = _Method("volume", "seeds")
+    automatic_defaults = _Method("everything", "defaults")
 
     def __init__(self, viewer: Any, cache_size: int = 8) -> None:
         self.viewer = viewer
@@ -56,31 +141,27 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
             source=self, model=None, image_layer=None, labels_layer=None, preview=None,
             embedding=None, committed=None,
         )
-        self.model: Any = None
-        self.model_name: str | None = None
-        self.predictor: Any = None
-        self.device: str | None = None
-        self.image_layer: Image | None = None
-        self._labels_layer: Labels | None = None
-        self.overwrite = False
-        self._tiled = False  # images larger than the model's input: tiles at their own resolution
-        self.multimask = True  # preview: SAM's three candidates for a single object, cycle with N
-        self.channel_axis: int | None = None  # leading axis whose first 3 channels form an RGB composite
-        self.cache = EmbeddingCache(cache_size)
-        self._model_version = 0
-        self._predictor_key: Any = None
-        # embedding requests: None -> compute synchronously; the widget sets a background runner
-        self.request_embedding: Any = None
-        # current preview: masks per object (B, H, W), candidates/scores of a single object
-        self.objects: np.ndarray | None = None
-        self.candidates: np.ndarray | None = None
-        self.scores: np.ndarray | None = None
-        self.candidate = 0
-        self.preview_index: tuple[int, ...] | None = None
-        # (index, points xy, labels, box xy, low-res logits) of the last single-object decode
-        self._last_prompt: tuple | None = None
-        _prompts.PromptLayers.__init__(self)
-        self._init_volume()
+        self.image_source = ImageSource(viewer)
+        self.model_slot = ModelSlot()
+        self.stores = StackStores(self.image_source, self.model_slot)
+        self.embeddings = SliceEmbeddings(
+            self.image_source, self.model_slot, self.stores, cache_size,
+            on_stored=lambda key: self.events.embedding(value=key),
+        )
+        self.prompts = PromptLayers(viewer, self.image_source)
+        self.preview = Preview(
+            self.image_source, self.model_slot, self.embeddings, self.prompts,
+            on_shown=lambda objects: self.events.preview(value=objects),
+        )
+        self.prompts.on_change = self.preview.update  # a prompt added, moved or removed
+        self.writer = LabelWriter(
+            viewer, self.image_source, on_layer=self._on_labels_layer,
+            on_written=lambda ids: self.events.committed(value=ids),
+        )
+        self.volume = VolumeActions(
+            self.image_source, self.model_slot, self.stores, self.prompts, self.preview, self.writer
+        )
+        self.everything = EverythingActions(self.image_source, self.model_slot, self.writer)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.dims.events.current_step.connect(self._on_slice_changed)
 
@@ -88,22 +169,14 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
     @staticmethod
     def load(name_or_path: str | Path | None = None, device: str | None = None, progress: Any = None) -> Any:
         """Load a registry model or checkpoint file (may download; safe to run in a thread)."""
-        return load_model(name_or_path, device=device, progress=progress)
+        return ModelSlot.load(name_or_path, device=device, progress=progress)
 
     def set_model(self, model: Any, device: str | None = None) -> None:
         """Use ``model``: a registry name, a checkpoint path, or a ``Sam`` instance (loaded synchronously)."""
-        if isinstance(model, str | Path):
-            name = str(model)
-            model = self.load(model, device=device or self.device)
-        else:
-            name = getattr(model, "model_name", None) or getattr(model, "arch", "custom model")
-        self.predictor = self._wrap(SamPredictor(model, device=device or self.device))
-        self.model, self.model_name = model, name
-        self.device = str(self.predictor.device)
-        self._model_version += 1
-        self._predictor_key = None
-        self.cache.clear()
-        self._clear_preview()
+        model = self.model_slot.set(model, device=device)
+        self.embeddings.clear()
+        self.stores.clear()
+        self.preview.clear()
         self.events.model(value=model)
 
     @property
@@ -111,118 +184,48 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         """Whether images larger than the model's input are segmented at their own resolution, in
         overlapping tiles (``napari_sam.engine.tiling``): clicks and boxes. Automatic masks and propagation
         through stacks keep whole-slice embeddings (docs/tiling.md says why)."""
-        return self._tiled
+        return self.model_slot.tiled
 
     @tiled.setter
     def tiled(self, on: bool) -> None:
-        if bool(on) == self._tiled:
-            return
-        self._tiled = bool(on)
-        if self.predictor is not None:  # the same model (stack stores stay valid), other embeddings
-            self.predictor = self._wrap(getattr(self.predictor, "predictor", self.predictor))
-            self._predictor_key = None
-            self.cache.clear()
-            self._clear_preview()
-
-    def _wrap(self, predictor: Any) -> Any:
-        if not self._tiled:
-            return predictor
-        return TiledPredictor(predictor)
+        if self.model_slot.set_tiled(on):  # the same model (stack stores stay valid), other embeddings
+            self.embeddings.clear()
+            self.preview.clear()
 
     # ------------------------------------------------------------------ image / labels layers
     def set_image_layer(self, layer: Image | None) -> None:
         """Segment ``layer`` (an Image layer, 2D-nD, RGB(A), any dtype); clears the prompts."""
         if layer is not None and not isinstance(layer, Image):
             raise SamUserError(f"{getattr(layer, 'name', layer)!r} is not an Image layer")
-        if layer is self.image_layer:
+        if layer is self.image_source.layer:
             return
-        self.image_layer = layer
-        self.channel_axis = None
-        self._clear_preview()
+        self.image_source.layer = layer
+        self.image_source.channel_axis = None
+        self.preview.clear()
         if layer is not None:
-            self.ensure_prompt_layers()
+            self.prompts.ensure_prompt_layers()
         self.events.image_layer(value=layer)
 
     @property
     def labels_layer(self) -> Labels | None:
         """The output Labels layer; created ("SAM labels", image-shaped int32) on first use."""
-        if self._labels_layer is None and self.image_layer is not None:
-            img = self.image_layer
-            self._labels_layer = self.viewer.add_labels(
-                np.zeros(spatial_shape(img), dtype=np.int32), name="SAM labels",
-                scale=img.scale, translate=img.translate,
-            )
-            self.raise_prompt_layers()
-            self.events.labels_layer(value=self._labels_layer)
-        return self._labels_layer
+        return self.writer.layer
 
     @labels_layer.setter
     def labels_layer(self, layer: Labels | None) -> None:
-        if layer is not None and not isinstance(layer, Labels):
-            raise SamUserError(f"{getattr(layer, 'name', layer)!r} is not a Labels layer")
-        self._labels_layer = layer
+        self.writer.layer = layer
+
+    @property
+    def existing_labels_layer(self) -> Labels | None:
+        """The output Labels layer if one is set or was created; unlike :attr:`labels_layer` never creates one."""
+        return self.writer.existing
+
+    def _on_labels_layer(self, layer: Labels | None, created: bool) -> None:
+        if created:
+            self.prompts.raise_prompt_layers()
         self.events.labels_layer(value=layer)
 
-    # ------------------------------------------------------------------ decoding
-    def decode(
-        self, index: tuple[int, ...], points_rc: np.ndarray | None, labels: np.ndarray | None,
-        boxes_rc: list[np.ndarray], multimask: bool, sync: bool = True, refine: bool = False,
-    ) -> np.ndarray | None:
-        """Run the decoder on slice ``index``; prompts in image data (row, col) of that slice.
-
-        One box or none: one object (``multimask`` keeps SAM's three candidates). Several boxes:
-        one object per box in a single ``predict_batch`` call; each point joins the first box that
-        contains it. Returns the (B, H, W) bool object masks, or None while the embedding is computed.
-
-        ``refine``: when the prompts extend the previous single-object prompts of this slice (the
-        same box, the same points plus new ones), SAM's interactive protocol: the shown candidate's
-        low-res logits go in as ``mask_input`` and one mask comes out (the widget's clicks).
-        """
-        predictor = self._require_model()
-        pts = None if points_rc is None or len(points_rc) == 0 else rc_to_xy(points_rc)
-        lab = None if pts is None else np.asarray(labels, dtype=np.float32).reshape(-1)
-        boxes = [box_rc_to_xy(b) for b in boxes_rc]
-        if pts is None and not boxes:
-            self._clear_preview()
-            return np.zeros((0,) + spatial_shape(self._require_image())[-2:], dtype=bool)
-        if not self._use_embedding(index, sync):
-            return None
-        if len(boxes) <= 1:
-            box = boxes[0] if boxes else None
-            previous = self._refinable(index, pts, lab, box) if refine else None
-            if previous is not None:
-                masks, scores, low = predictor.predict(pts, lab, box, mask_input=previous, multimask_output=False)
-            else:
-                masks, scores, low = predictor.predict(pts, lab, box, multimask_output=multimask)
-            self.candidates, self.scores = masks, scores
-            self.candidate = int(np.argmax(scores))
-            self._last_prompt = (index, pts, lab, box, low)
-            objects = masks[self.candidate][None]
-        else:
-            coords, plabels = _prompts.assign_points_to_boxes(pts, lab, np.stack(boxes))
-            masks, scores, _ = predictor.predict_batch(coords, plabels, np.stack(boxes), multimask_output=False)
-            self.candidates, self.scores, self.candidate = None, scores[:, 0], 0
-            self._last_prompt = None
-            objects = masks[:, 0]
-        self._show(index, objects)
-        return objects
-
-    def _refinable(
-        self, index: tuple[int, ...], pts: np.ndarray | None, lab: np.ndarray | None, box: np.ndarray | None
-    ) -> np.ndarray | None:
-        """The shown candidate's low-res logits (1, 256, 256; image-wide with tiles) when ``pts``/``lab``/``box`` (SAM x, y)
-        add points to the last single-object prompts of slice ``index``; else None."""
-        last = self._last_prompt
-        if last is None or self.candidates is None or last[0] != index or pts is None:
-            return None
-        _, old_pts, old_lab, old_box, low = last
-        same_box = (box is None) == (old_box is None) and (box is None or np.array_equal(box, old_box))
-        n = 0 if old_pts is None else len(old_pts)  # None: a box alone before (its points now refine it)
-        kept = n == 0 or (np.array_equal(pts[:n], old_pts) and np.array_equal(lab[:n], old_lab))
-        if not same_box or len(pts) <= n or not kept:
-            return None
-        return low[self.candidate][None]
-
+    # ------------------------------------------------------------------ segment and commit
     def segment(
         self, points: Any = None, labels: Any = None, box: Any = None,
         multimask: bool = False, commit: bool = False, index: tuple[int, ...] | None = None,
@@ -241,122 +244,121 @@ class SegmentAnything(VolumeMixin, EverythingMixin, EmbeddingsMixin, _prompts.Pr
         Returns:
             (H, W) bool mask of the slice, or (B, H, W) for several boxes. The preview layer shows it.
         """
-        img = self._require_image()
-        self._require_model()
-        nlead = len(spatial_shape(img)) - 2
-        arrays = []
-        if points is not None:
-            pts = np.asarray(points, dtype=float).reshape(len(points), -1)
-            arrays.append(pts)
-            labels = np.ones(len(pts)) if labels is None else np.asarray(labels).reshape(-1)
-            if len(labels) != len(pts):
-                raise SamUserError(f"{len(pts)} points but {len(labels)} labels")
-        corners = box_arg_to_corners(box) if box is not None else []
-        arrays += corners
-        if not arrays:
-            raise SamUserError("give points and/or a box")
-        index = _prompts.index_from_coords(arrays, nlead, index, self.current_index)
-        points_rc = arrays[0][:, -2:] if points is not None else None
-        objects = self.decode(index, points_rc, labels, [c[:, -2:] for c in corners], multimask, sync=True)
+        objects = self.preview.segment(points, labels, box, multimask=multimask, index=index)
         if commit:
             self.commit(clear_prompts=False)
-        return objects[0] if len(corners) <= 1 else objects
+        return objects
 
-    def cycle_mask(self, step: int = 1) -> tuple[int, float] | None:
-        """Show the next of SAM's candidate masks for the current object; returns (candidate, IoU score)."""
-        if self.candidates is None or len(self.candidates) < 2 or self.preview_index is None:
-            return None
-        self.candidate = (self.candidate + step) % len(self.candidates)
-        self._show(self.preview_index, self.candidates[self.candidate][None])
-        return self.candidate, float(self.scores[self.candidate])
-
-    # ------------------------------------------------------------------ commit
     def commit(self, clear_prompts: bool = True) -> list[int]:
         """Write the previewed object(s) into the Labels layer, one new id and one undo step each.
 
         Pixels of existing objects are kept unless ``overwrite`` is set. Returns the new ids.
         """
-        if self.objects is None or self.preview_index is None or not self.objects.any():
+        if not self.preview.has_objects:
             raise SamUserError("nothing to commit: add a point or a box first")
-        img = self._require_image()
-        labels = self.labels_layer
-        if tuple(labels.data.shape) != spatial_shape(img):
-            raise SamUserError(
-                f"labels layer {labels.name!r} has shape {tuple(labels.data.shape)}, the image "
-                f"{img.name!r} needs {spatial_shape(img)}"
-            )
-        index = self.preview_index
-        current = np.asarray(labels.data[index])
-        next_id = int(np.max(labels.data)) + 1 if np.size(labels.data) else 1
-        ids = []
-        for mask in self.objects:
-            target = mask if self.overwrite else mask & (current == 0)
-            rows, cols = np.nonzero(target)
-            if rows.size == 0:
-                continue
-            coords = tuple(np.full(rows.size, i, dtype=np.intp) for i in index) + (rows, cols)
-            with labels.block_history():
-                labels.data_setitem(coords, next_id)
-            current[rows, cols] = next_id
-            ids.append(next_id)
-            next_id += 1
+        ids = self.writer.write_objects(self.preview.index, self.preview.objects)
         if clear_prompts:
-            self.clear_prompts()
-        self._clear_preview()
-        self.events.committed(value=ids)
+            self.prompts.clear_prompts()
+        self.preview.clear()
         return ids
 
-    # ------------------------------------------------------------------ preview and events
-    def _show(self, index: tuple[int, ...], objects: np.ndarray) -> None:
-        self.objects, self.preview_index = objects, index
-        # the smallest dtype that holds the ids: napari draws 8/16-bit labels without hashing them
-        dtype = np.uint8 if len(objects) < 2**8 else np.uint16 if len(objects) < 2**16 else np.int32
-        ids = np.zeros(objects.shape[1:], dtype=dtype)
-        for k, m in enumerate(objects):
-            ids[m] = k + 1
-        self.set_preview(ids)
-        self.events.preview(value=objects)
+    # ------------------------------------------------------------------ stacks (see VolumeActions)
+    def precompute_embeddings(
+        self, progress: Any = None, cancel: Any = None, index: tuple[int, ...] | None = None
+    ) -> int:
+        """Encode every slice of the current stack (``progress(done, total)``; ``cancel`` between slices)."""
+        return self.volume.precompute_job(index)(progress, cancel)
 
-    def _clear_preview(self) -> None:
-        self.objects = self.candidates = self.scores = None
-        self._last_prompt = None
-        self.preview_index = None
-        self.set_preview(None)
+    def volume_job(
+        self, index: tuple[int, ...] | None = None, seeds: dict | None = None,
+        extend_labels: bool = False, ids: list[int] | None = None, **params: Any,
+    ) -> tuple[Any, Any]:
+        """(job(progress, cancel) -> VolumeResult, apply(result) -> ids written); see :meth:`segment_volume`."""
+        return self.volume.job(index, seeds, extend_labels=extend_labels, ids=ids, **params)
 
-    def update_preview(self, sync: bool = False) -> np.ndarray | None:
-        """Re-run the decoder from the prompt layers for the slice on screen (errors are notified)."""
-        try:
-            if self.image_layer is None or self.predictor is None:
-                return None
-            index = self.current_index()
-            points_rc, labels, boxes = self.read_prompts(index)
-            return self.decode(index, points_rc, labels, boxes, self.multimask, sync=sync, refine=True)
-        except SamUserError as exc:
-            show_error(str(exc))
-        except Exception as exc:  # a decoder failure must not break the event loop
-            show_error(f"SAM: {type(exc).__name__}: {exc}")
-        return None
+    def segment_volume(
+        self, index: tuple[int, ...] | None = None, seeds: dict | None = None,
+        progress: Any = None, cancel: Any = None, **params: Any,
+    ) -> list[int]:
+        """Carry the prompted object(s) through the stack and write them as new ids, one undo step.
 
+        Args:
+            index: a slice of the stack (default: on screen); prompts on any slice of it are seeds.
+            seeds: {object: {slice: Prompt or dict}} in SAM (x, y) instead of the prompt layers.
+            progress, cancel: ``progress(done, total)``; ``cancel`` (callable or Event) between slices.
+                Cancelled: the slices finished so far are written (whole slices only).
+            params: ``napari_sam.segment_volume`` options over ``volume_params`` (e.g.
+                ``iou_threshold=0``, ``max_distance=5``).
+
+        Returns the new ids (existing objects kept unless ``overwrite``); ``last_volume`` holds the
+        engine's ``VolumeResult`` (object k there = seed k).
+        """
+        job, apply = self.volume.job(index, seeds, **params)
+        return apply(job(progress, cancel))
+
+    def extend_labels(
+        self, ids: list[int] | None = None, index: tuple[int, ...] | None = None,
+        progress: Any = None, cancel: Any = None, **params: Any,
+    ) -> list[int]:
+        """Use the existing labels of the stack (all, or ``ids``) as mask seeds: gaps between labelled
+        slices are filled and objects extended past their ends, keeping their ids (one undo step).
+        ``keep_seed_masks=False`` re-predicts the labelled slices too (refinement)."""
+        job, apply = self.volume.job(index, extend_labels=True, ids=ids, **params)
+        return apply(job(progress, cancel))
+
+    # ------------------------------------------------------------------ automatic (see EverythingActions)
+    def everything_job(
+        self, points_per_side: int = 32, pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        min_mask_region_area: int = 0, stack: bool = False, index: tuple[int, ...] | None = None, **amg: Any,
+    ) -> tuple[Any, Any]:
+        """(job(progress, cancel) -> (k, H, W) labels or None if cancelled, apply(labels) -> new ids)."""
+        return self.everything.job(
+            points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area, stack, index, **amg
+        )
+
+    def segment_everything(
+        self, points_per_side: int = 32, pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        min_mask_region_area: int = 0, progress: Any = None, cancel: Any = None, stack: bool = False,
+        index: tuple[int, ...] | None = None, **amg: Any,
+    ) -> list[int]:
+        """Automatic instance labels of the slice on screen (or its whole stack with ``stack=True``,
+        ids linked across slices) into :attr:`labels_layer`, one undo step.
+
+        New ids start above the layer's largest id; pixels of existing objects are kept unless
+        ``overwrite``. Parameters as ``AutomaticMaskGenerator`` (``amg`` passes the others, e.g.
+        ``crop_n_layers``, ``points_per_batch``, ``tile_size``: :attr:`tiled` is not applied here, see
+        docs/tiling.md), except that thresholds left None are the model's :meth:`automatic_defaults`.
+        ``cancel`` (callable or Event): nothing is written and ``[]`` returned. Returns the ids written.
+        """
+        job, apply = self.everything.job(
+            points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area, stack, index, **amg
+        )
+        return apply(job(progress, cancel))
+
+    # ------------------------------------------------------------------ viewer events
     def _on_slice_changed(self, event: Any = None) -> None:
-        if self.image_layer is None or self.predictor is None:
+        if self.image_source.layer is None or self.model_slot.predictor is None:
             return
         try:
-            index = self.current_index()
+            index = self.image_source.current_index()
         except SamUserError:
             return
-        if self.request_embedding is not None:
-            self.request_embedding(index)  # prefetch the slice now on screen (background)
-        if index != self.preview_index:
-            self._clear_preview()
-            self.update_preview()
+        if self.embeddings.request is not None:
+            self.embeddings.request(index)  # prefetch the slice now on screen (background)
+        if index != self.preview.index:
+            self.preview.clear()
+            self.preview.update()
 
     def _on_layer_removed(self, event: Any) -> None:
         layer = event.value
-        if layer is self.image_layer:
+        if layer is self.image_source.layer:
             self.set_image_layer(None)
-        if layer is self._labels_layer:
+        if layer is self.writer.existing:
             self.labels_layer = None
-        self.forget_layer(layer)
+        self.prompts.forget_layer(layer)
+        self.stores.forget_layer(layer)
 
     def notify(self, exc: BaseException) -> None:
         """Show an exception as a napari notification (errors) or warning (user mistakes)."""

@@ -1,4 +1,4 @@
-"""Stacks of a napari image layer for the engines, and label writes in one undo step.
+"""Stacks of a napari image layer for the engines.
 
 No napari import (layers are duck-typed). Coordinates: the stack axis is the image's last leading
 (slider) axis: z of (Z, Y, X), t of (T, Y, X), z of (T, Z, Y, X) within the current t. Slices are
@@ -66,38 +66,3 @@ class StackSlices:
         arr, rgb = slice_image(self.image, self.stack.index(int(key[0])), self.chan)
         out = to_sam_image(arr, contrast_limits=self.limits, rgb=rgb)
         return out[key[1:]] if len(key) > 1 else out
-
-
-def write_slices(
-    labels: Any, slices: dict[tuple[int, ...], tuple[np.ndarray, list[int]]], overwrite: bool
-) -> list[int]:
-    """Write several (H, W) id images into a Labels layer as ONE undo step.
-
-    ``slices``: {leading index: (new ids (H, W), 0 = leave as is; ids to clear first on that slice)}.
-    Pixels of other existing objects are kept unless ``overwrite``. Returns the ids written (sorted).
-    """
-    coords: list[list[np.ndarray]] = []
-    values: list[np.ndarray] = []
-    for lead, (new, clear) in slices.items():
-        cur = np.asarray(labels.data[tuple(lead)])
-        after = cur.copy()
-        if clear:
-            after[np.isin(after, clear)] = 0
-        write = new != 0 if overwrite else (new != 0) & (after == 0)
-        after[write] = new[write]
-        rows, cols = np.nonzero(after != cur)
-        if rows.size:
-            coords.append([np.full(rows.size, i, dtype=np.intp) for i in lead] + [rows, cols])
-            values.append(after[rows, cols])
-    if not coords:
-        return []
-    idx = tuple(np.concatenate(parts) for parts in zip(*coords, strict=True))
-    vals = np.concatenate(values).astype(labels.data.dtype, copy=False)
-    with labels.block_history():
-        labels.data_setitem(idx, vals)
-    return sorted(int(v) for v in np.unique(vals) if v != 0)
-
-
-def next_label(labels: Any) -> int:
-    """The first id above every id in the layer."""
-    return int(np.max(labels.data)) + 1 if np.size(labels.data) else 1

@@ -1,0 +1,86 @@
+"""The current SAM model of ``SegmentAnything`` and the predictors on it.
+
+``ModelSlot`` holds the model, its display name, the interactive predictor (a ``TiledPredictor``
+around it when ``tiled``) and a background ``SamPredictor`` for worker threads, so a click decoded on
+the GUI thread never races a propagation or automatic run in a worker. ``version`` changes with
+every ``set``: embeddings and stack stores made with another version are stale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.engine.tiling import TiledPredictor
+from napari_sam.errors import SamUserError
+from napari_sam.weights.loading import load_model
+
+
+class ModelSlot:
+    """The model in use (None until ``set``), its predictors and the ``tiled`` option."""
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.name: str | None = None
+        self.predictor: Any = None
+        self.device: str | None = None
+        self.version = 0
+        self._tiled = False
+        self._background: tuple[int, Any] | None = None
+
+    @staticmethod
+    def load(name_or_path: str | Path | None = None, device: str | None = None, progress: Any = None) -> Any:
+        """Load a registry model or checkpoint file (may download; safe to run in a thread)."""
+        return load_model(name_or_path, device=device, progress=progress)
+
+    def set(self, model: Any, device: str | None = None) -> Any:
+        """Use ``model`` (registry name, checkpoint path or ``Sam``); returns the ``Sam``."""
+        if isinstance(model, str | Path):
+            name = str(model)
+            model = self.load(model, device=device or self.device)
+        else:
+            name = getattr(model, "model_name", None) or getattr(model, "arch", "custom model")
+        self.predictor = self._wrap(SamPredictor(model, device=device or self.device))
+        self.model, self.name = model, name
+        self.device = str(self.predictor.device)
+        self.version += 1
+        return model
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the interactive predictor embeds large images in tiles (``TiledPredictor``)."""
+        return self._tiled
+
+    def set_tiled(self, on: bool) -> bool:
+        """Switch tiles on or off; True when the interactive predictor changed (its embeddings are stale)."""
+        if bool(on) == self._tiled:
+            return False
+        self._tiled = bool(on)
+        if self.predictor is None:
+            return False
+        # the same model (stack stores, made by the background predictor, stay valid), other embeddings
+        self.predictor = self._wrap(getattr(self.predictor, "predictor", self.predictor))
+        return True
+
+    @property
+    def tag(self) -> tuple[int, bool]:
+        """What an interactive embedding is made with: (model version, tiled)."""
+        return (self.version, self._tiled)
+
+    def require(self) -> Any:
+        """The interactive predictor; ``SamUserError`` when no model is loaded."""
+        if self.predictor is None:
+            raise SamUserError("no SAM model is loaded: choose a model or load a checkpoint file")
+        return self.predictor
+
+    def background_predictor(self) -> Any:
+        """A ``SamPredictor`` on the current model for worker threads (shares the weights)."""
+        predictor = self.require()
+        if self._background is None or self._background[0] != self.version:
+            bg = SamPredictor(self.model, device=predictor.device, precision=predictor.precision)
+            self._background = (self.version, bg)
+        return self._background[1]
+
+    def _wrap(self, predictor: Any) -> Any:
+        return TiledPredictor(predictor) if self._tiled else predictor
