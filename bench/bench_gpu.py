@@ -98,10 +98,10 @@ import sys, time, numpy as np, torch
 sys.path[:0] = [{tests!r}, {src!r}]
 t0 = time.perf_counter()
 img = np.zeros((1024, 1024, 3), np.uint8); img[300:600, 200:500] = 200
-if {side!r} == "ours":
+if {side!r}.startswith("ours"):
     from napari_sam.engine.predictor import SamPredictor
     from napari_sam.models.sam import build_model
-    p = SamPredictor(build_model("vit_b"), device={device!r})
+    p = SamPredictor(build_model("vit_b"), device={device!r}, precision="fp32" if {side!r} == "ours_fp32" else "auto")
 else:
     from _reference import official
     sa = official()
@@ -121,7 +121,7 @@ print(f"{{t1 - t0:.3f}} {{t2 - t1:.3f}} {{t3 - t2:.3f}}")
 def first_encode(device: torch.device) -> None:
     print("\n## first encode in a fresh process (vit_b, 1024x1024): setup, first set_image, second set_image", flush=True)
     res = {}
-    for side in ("ours", "official"):
+    for side in ("ours", "ours_fp32", "official"):
         code = _FIRST.format(tests=str(ROOT / "tests"), src=str(ROOT / "src"), side=side, device=device.type)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         if out.returncode:
@@ -252,7 +252,7 @@ def automatic(device: torch.device, sa, repeats: int, image_path: Path | None, p
         for side, res in (
             ("ours", timed(ours.generate, image, ours.predictor, "compute_embedding",
                            ours.predictor.fast_decoder or model.mask_decoder, dev)),
-            ("official", timed(ref.generate, image, ref.predictor, "set_image", ref.model.mask_decoder, dev)),
+            ("official", timed(ref.generate, image, ref.predictor, "set_image", ref.predictor.model.mask_decoder, dev)),
         ):
             total, emb, _, _, gpu, dec = res
             print(f"    {side:9s} total {1e3 * total:8.1f} ms = encoder {1e3 * emb:7.1f} + decoder {1e3 * dec:7.1f} "

@@ -98,7 +98,7 @@ def _first_clicks(viewer, sam, widget, app, rng, args) -> None:
     for z in range(args.first_clicks):
         viewer.dims.set_current_step(0, z)
         _wait_encoded(app, sam, widget, (z,))
-        key = sam._key((z,))
+        key = sam.embedding_key((z,))
         ahead = z % 2 == 0
         if not ahead:
             sam.cache.put(key, sam.cache.get(key).without_preparation())
