@@ -109,7 +109,7 @@ def _timer(owner, attr, spent: list, i: int, device: str):
     return orig
 
 
-def timed(fn, image, embed_owner, embed_attr, decoder, device):
+def timed(fn, image, embed_owner, embed_attr, decoder, device, dec_attrs=None):
     """Run ``fn(image)``; return (total s, embedding s, n masks, peak MiB, GPU peak MiB, decoder s).
 
     Decoder time is the time spent in the decoder's ``forward`` (the official's, ours on a GPU) or
@@ -118,8 +118,10 @@ def timed(fn, image, embed_owner, embed_attr, decoder, device):
     """
     spent = [0.0, 0.0]
     orig = _timer(embed_owner, embed_attr, spent, 0, device)
-    dec_attr = "predict_filtered" if hasattr(decoder, "predict_filtered") else "forward"
-    _timer(decoder, dec_attr, spent, 1, device)
+    if dec_attrs is None:
+        dec_attrs = ["predict_filtered" if hasattr(decoder, "predict_filtered") else "forward"]
+    for dec_attr in dec_attrs:
+        _timer(decoder, dec_attr, spent, 1, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -131,7 +133,8 @@ def timed(fn, image, embed_owner, embed_attr, decoder, device):
             total = time.perf_counter() - t0
     finally:
         setattr(embed_owner, embed_attr, orig)
-        delattr(decoder, dec_attr)
+        for dec_attr in dec_attrs:
+            delattr(decoder, dec_attr)
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
     return total, spent[0], n, mem.mib, gpu, spent[1]
 

@@ -356,3 +356,24 @@ def test_to_tokens_transposes_adds_and_leaves_the_input_alone():
         t = to_tokens(x, vec)
         assert t.is_contiguous() and torch.equal(t, (x + vec.reshape(1, 32, 1, 1)).flatten(2).transpose(1, 2))
         assert torch.equal(x, before)
+
+
+def test_plain_decoder_in_two_steps_equals_predict_masks():
+    """``MaskDecoder.attend`` + ``upscale_masks`` (how segment everything decodes on a GPU: only
+    the prompts with a mask worth keeping are upscaled) equal ``predict_masks``; a shared image
+    stays batch 1 into the transformer; an empty selection gives no masks."""
+    torch.manual_seed(0)
+    model = build_model("nano").eval()
+    dec, enc = model.mask_decoder, model.prompt_encoder
+    emb, pe = torch.randn(1, 128, 64, 64), enc.get_dense_pe()
+    with torch.no_grad():
+        sparse, dense = enc((torch.rand(5, 1, 2) * 512, torch.ones(5, 1)), None, None)
+        masks, iou = dec.predict_masks(emb, pe, sparse, dense)
+        hs, src = dec.attend(emb, pe, sparse, dense)
+        rows = torch.tensor([1, 3])
+        torch.testing.assert_close(dec.upscale_masks(hs[rows], src[rows]), masks[rows], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(dec.iou_prediction_head(hs[:, 0]), iou)
+        assert dec.upscale_masks(hs[:0], src[:0]).shape == (0, 4, 256, 256)
+        # the same prompts with the image copied per prompt (no broadcast): the same masks
+        copied, _ = dec.predict_masks(emb.expand(5, -1, -1, -1).clone(), pe, sparse, dense.clone())
+    torch.testing.assert_close(copied, masks, rtol=1e-4, atol=1e-4)

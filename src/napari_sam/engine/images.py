@@ -136,3 +136,4 @@ def to_sam_image(
 def _within_unit(arr: np.ndarray) -> bool:
     finite = arr[np.isfinite(arr)]
     return finite.size > 0 and float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0
+

@@ -14,91 +14,22 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from napari_sam.engine.device import autocast_dtype, pick_device
+from napari_sam.engine.embedding import DecoderPreparation, ImageEmbedding, check_embedding, tensor_bytes
 from napari_sam.engine.graphs import GraphCache
-from napari_sam.engine.images import to_sam_image
 from napari_sam.engine.postprocess import MaskUpsampler
-from napari_sam.engine.transforms import ResizeLongestSide
+from napari_sam.engine.prompts import prompt_tensors
+from napari_sam.engine.transforms import ResizeLongestSide, model_input
 from napari_sam.models.common import weights_key
 from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
-
-
-@dataclass
-class ImageEmbedding:
-    """The encoder output for one image.
-
-    Attributes:
-        features: (1, C, h, w) float tensor (C=256, h=w=64 for SAM).
-        original_size: (H, W) of the image given to the predictor.
-        input_size: (h', w') of the resized image, before padding to the square model input.
-    """
-
-    features: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    #: the mask decoder's per-image work for these features (``SamPredictor.prepare_embedding``),
-    #: used by ``set_image_embedding`` of a predictor with the same, unchanged decoder; not saved
-    prepared: Any = field(default=None, repr=False, compare=False)
-
-    def to(self, device: str | torch.device) -> ImageEmbedding:
-        """A copy whose features live on ``device`` (self when they already do; the copy without
-        the decoder's preparation)."""
-        if self.features.device == torch.device(device):
-            return self
-        return replace(self, features=self.features.to(device), prepared=None)
-
-    def __getstate__(self) -> dict:
-        """Pickled (and deep-copied) without the decoder's preparation."""
-        return {**self.__dict__, "prepared": None}
-
-    def without_preparation(self) -> ImageEmbedding:
-        """The same embedding without the decoder's preparation (self when it has none)."""
-        return self if self.prepared is None else replace(self, prepared=None)
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the features, in bytes (the decoder's preparation, when there is one,
-        holds about 6x more for SAM: ``prepared.nbytes``)."""
-        return self.features.element_size() * self.features.numel()
-
-
-@dataclass(frozen=True)
-class DecoderPreparation:
-    """A mask decoder's per-image work on the fast path (``value``: ``FastMaskDecoder.prepare_image``) and what it was
-    made with: the decoder (a weak reference) and its weights' storage and version counters."""
-
-    decoder: weakref.ref
-    weights: tuple
-    value: Any
-    nbytes: int  # of the tensors it references (for SAM ~10 of ~31 MB shared by all images')
-
-    def fits(self, decoder: torch.nn.Module) -> bool:
-        """Whether it was made by ``decoder`` with the weights it has now."""
-        return self.decoder() is decoder and self.weights == weights_key(decoder)
-
-
-def _tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensors in a (nested) dataclass/list/tuple, each storage counted once."""
-    seen: dict[int, int] = {}
-    stack = [obj]
-    while stack:
-        o = stack.pop()
-        if isinstance(o, torch.Tensor):
-            seen[o.untyped_storage().data_ptr()] = o.untyped_storage().nbytes()
-        elif isinstance(o, list | tuple):
-            stack.extend(o)
-        elif hasattr(o, "__dataclass_fields__"):
-            stack.extend(getattr(o, f) for f in o.__dataclass_fields__)
-    return sum(seen.values())
-
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +102,15 @@ class SamPredictor:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _attention_kernels(self, batch: int) -> contextlib.AbstractContextManager:
+        """The encoder's attention kernels for a batch of ``batch`` images: on CUDA a single
+        image avoids cuDNN's attention, whose first call in a process builds its kernels for ~1 s
+        (H200, bf16: first encode 1.5 s against 0.54 s, the same 17 ms later); batches keep it
+        (25 % faster per image at batch 8). See docs/engine.md, "On a GPU"."""
+        if self.device.type != "cuda" or batch > 1:
+            return contextlib.nullcontext()
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
     def compute_embedding(
         self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None, native: bool = False
     ) -> ImageEmbedding:
@@ -201,7 +141,7 @@ class SamPredictor:
             inputs = [self._model_input(im, image_format, contrast_limits, native) for im in images[start : start + batch_size]]
             with torch.inference_mode():
                 x = torch.cat([x for x, _, _ in inputs])
-                with self._autocast():
+                with self._autocast(), self._attention_kernels(len(x)):
                     features = self.model.image_encoder(x)
                 features = features.float()
             if len(inputs) == 1:
@@ -211,20 +151,7 @@ class SamPredictor:
         return out
 
     def _model_input(self, image: np.ndarray, image_format: str, contrast_limits, native: bool):
-        """``image`` -> the encoder's input ``(1, 3, S, S)`` on the device (resized, normalised,
-        zero-padded), its original size and its size before padding."""
-        img = to_sam_image(image, contrast_limits=contrast_limits)
-        if image_format != getattr(self.model, "image_format", "RGB"):
-            img = img[..., ::-1]
-        if native and max(img.shape[:2]) > self.img_size:
-            raise ValueError(f"native=True needs an image of at most {self.img_size} px a side, got {img.shape[:2]}")
-        resized = np.ascontiguousarray(img) if native else self.transform.apply_image(img)
-        x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None]
-        with torch.inference_mode():
-            x = (x - self.model.pixel_mean) / self.model.pixel_std  # uint8 - float32 -> float32
-            h, w = x.shape[-2:]
-            x = F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
-        return x, (int(img.shape[0]), int(img.shape[1])), (int(h), int(w))
+        return model_input(image, self.model, self.transform, self.device, image_format, contrast_limits, native)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
         """Compute and keep the embedding of ``image`` (see :meth:`compute_embedding`), and
@@ -265,7 +192,7 @@ class SamPredictor:
             return emb
         emb = emb.to(self.device)
         value = self._preparation(emb.features)
-        prep = DecoderPreparation(weakref.ref(decoder), weights_key(decoder), value, _tensor_bytes(value))
+        prep = DecoderPreparation(weakref.ref(decoder), weights_key(decoder), value, tensor_bytes(value))
         return replace(emb, prepared=prep)
 
     def set_image_embedding(self, emb: ImageEmbedding) -> None:
@@ -278,20 +205,7 @@ class SamPredictor:
         self._calls = 0
 
     def _check_embedding(self, emb: ImageEmbedding) -> None:
-        """A clear error for an embedding that does not fit this model."""
-        if not isinstance(emb, ImageEmbedding):
-            raise TypeError(f"expected an ImageEmbedding, got {type(emb).__name__}")
-        f = emb.features
-        if f.ndim != 4 or f.shape[0] != 1 or tuple(f.shape[-2:]) != self.embedding_size:
-            raise ValueError(
-                f"embedding features must have shape (1, C, {self.embedding_size[0]}, "
-                f"{self.embedding_size[1]}) for this model, got {tuple(f.shape)}"
-            )
-        if not all(0 < s <= self.img_size for s in emb.input_size) or min(emb.original_size) <= 0:
-            raise ValueError(
-                f"embedding input_size {tuple(emb.input_size)} must be within the model's "
-                f"{self.img_size}x{self.img_size} input, and original_size {tuple(emb.original_size)} positive"
-            )
+        check_embedding(emb, self.embedding_size, self.img_size)
 
     def reset_image(self) -> None:
         """Forget the current image."""
@@ -346,66 +260,10 @@ class SamPredictor:
         return self._embedding
 
     # ------------------------------------------------------------------ prompts
-    def _to_input(self, xy: np.ndarray, emb: ImageEmbedding) -> np.ndarray:
-        """(..., 2) (x, y) pixels of the original image -> float64 pixels of the model input."""
-        if emb.input_size == emb.original_size:  # not resized (a native tile, or already img_size long)
-            return np.array(xy, dtype=float)
-        return self.transform.apply_coords(xy, emb.original_size)
-
     def _prompts(self, coords, labels, boxes, mask_input, batch: bool):
         """Validate numpy prompts and move them to model-input coordinates as tensors with batch dim."""
         emb = self._require_image()
-        dims = "(B, " if batch else "("
-        if coords is not None and labels is None:
-            raise ValueError("point_labels must be given with point_coords")
-        if labels is not None and coords is None:
-            raise ValueError("point_coords must be given with point_labels")
-        n = None
-        c_t = l_t = b_t = m_t = None
-        if coords is not None:
-            coords, labels = np.asarray(coords), np.asarray(labels)
-            nd = 3 if batch else 2
-            if coords.ndim != nd or coords.shape[-1] != 2 or coords.shape[-2] == 0:
-                raise ValueError(f"point_coords must have shape {dims}N, 2) (x, y), got {coords.shape}")
-            if labels.shape != coords.shape[:-1]:
-                raise ValueError(
-                    f"point_labels must have shape {coords.shape[:-1]} {dims}N), got {labels.shape}"
-                )
-            c = self._to_input(coords, emb)
-            c_t = torch.as_tensor(c, dtype=torch.float, device=self.device)
-            l_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
-            if not batch:
-                c_t, l_t = c_t[None], l_t[None]
-            n = c_t.shape[0]
-        if boxes is not None:
-            boxes = np.asarray(boxes)
-            ok = boxes.ndim == 2 and boxes.shape[1] == 4 if batch else boxes.shape in ((4,), (1, 4))
-            if not ok:
-                raise ValueError(
-                    f"box{'es' if batch else ''} must have shape {dims}4) (x0, y0, x1, y1), got {boxes.shape}"
-                )
-            b_t = torch.as_tensor(
-                self._to_input(boxes.reshape(-1, 2, 2), emb).reshape(-1, 4), dtype=torch.float, device=self.device
-            )
-            if n is not None and b_t.shape[0] != n:
-                raise ValueError(f"boxes has {b_t.shape[0]} rows but point_coords has batch {n}")
-            n = b_t.shape[0]
-        if mask_input is not None:
-            m = np.asarray(mask_input)
-            size = (1, *self.mask_input_size)
-            if batch:
-                ok = m.ndim == 4 and m.shape[1:] == size and m.shape[0] >= 1 and n in (None, m.shape[0])
-            else:
-                ok = m.shape == size
-            if not ok:
-                raise ValueError(
-                    f"mask_input must have shape {dims}1, {size[1]}, {size[2]}) (low-res logits of a "
-                    f"previous prediction{', one per object' if batch else ''}), got {m.shape}"
-                )
-            m_t = torch.as_tensor(m, dtype=torch.float, device=self.device)
-            if not batch:
-                m_t = m_t[None]
-        return c_t, l_t, b_t, m_t
+        return prompt_tensors(coords, labels, boxes, mask_input, batch, emb, self.transform, self.mask_input_size, self.device)
 
     # ------------------------------------------------------------------ prediction
     def predict(

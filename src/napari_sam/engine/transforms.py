@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from napari_sam.engine.images import to_sam_image
+
 
 class ResizeLongestSide:
     """Resize images so that the longest side is ``target_length``; transform coords and boxes to match.
@@ -93,3 +95,25 @@ class ResizeLongestSide:
         scale = long_side_length * 1.0 / max(oldh, oldw)
         newh, neww = oldh * scale, oldw * scale
         return int(newh + 0.5), int(neww + 0.5)
+
+
+def model_input(
+    image: np.ndarray, model, transform, device, image_format: str = "RGB", contrast_limits=None, native: bool = False
+):
+    """``image`` -> a SAM encoder's input ``(1, 3, S, S)`` on ``device`` (``to_sam_image``,
+    channels flipped when ``image_format`` differs from the model's, resized with ``transform``
+    unless ``native``, normalised with the model's pixel mean and std, zero-padded), with its
+    original ``(H, W)`` and its ``(h, w)`` before padding."""
+    img = to_sam_image(image, contrast_limits=contrast_limits)
+    if image_format != getattr(model, "image_format", "RGB"):
+        img = img[..., ::-1]
+    side = transform.target_length
+    if native and max(img.shape[:2]) > side:
+        raise ValueError(f"native=True needs an image of at most {side} px a side, got {img.shape[:2]}")
+    resized = np.ascontiguousarray(img) if native else transform.apply_image(img)
+    x = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        x = (x - model.pixel_mean) / model.pixel_std  # uint8 - float32 -> float32
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, side - w, 0, side - h))
+    return x, (int(img.shape[0]), int(img.shape[1])), (int(h), int(w))

@@ -128,7 +128,7 @@ class MaskDecoder(nn.Module):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         b, c, h, w = upscaled.shape
-        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, hyper_in.shape[1], h, w)
 
 
 class MLP(nn.Module):
