@@ -172,7 +172,7 @@ def main() -> None:
         for r in range(args.repeats):
             for name in ("ours", "official"):
                 if name == "ours":
-                    res = timed(ours.generate, image, ours.predictor, "compute_embedding",
+                    res = timed(ours.generate, image, ours.predictor, "encode_batch",
                                 ours.predictor.fast_decoder or model.mask_decoder, args.device)
                 else:
                     res = timed(ref.generate, image, ref.predictor, "set_image", twin.mask_decoder, args.device)

@@ -279,7 +279,7 @@ def automatic(device: torch.device, sa, repeats: int, image_path: Path | None, p
              f"masks ours {n['ours']} official {n['ref']}; ours points_per_batch {ours.points_per_batch}")
         dev = device.type
         for side, res in (
-            ("ours", timed(ours.generate, image, ours.predictor, "compute_embedding",
+            ("ours", timed(ours.generate, image, ours.predictor, "encode_batch",
                            ours.predictor.fast_decoder or model.mask_decoder, dev,
                            None if ours.predictor.fast_decoder else ["attend", "upscale_masks"])),
             ("official", timed(ref.generate, image, ref.predictor, "set_image", ref.predictor.model.mask_decoder, dev)),

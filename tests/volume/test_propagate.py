@@ -34,6 +34,9 @@ class FakePredictor:
         z = self.index[slice_digest(image)]
         return ImageEmbedding(torch.full((1, 1, 2, 2), float(z)), self.labels.shape[1:], (16, 16))
 
+    def encode_batch(self, images, batch_size=8):
+        return [self.compute_embedding(image) for image in images]
+
     def set_image_embedding(self, emb):
         self.embedding = emb
 

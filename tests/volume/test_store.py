@@ -19,12 +19,13 @@ class CountingPredictor(SamPredictor):
     def __init__(self, model):
         super().__init__(model, device="cpu")
         self.calls: list[int] = []
+        self.batches: list[int] = []
 
-    def compute_embedding(self, image, *a, **k):
-        self.calls.append(
-            int(np.asarray(image).reshape(-1)[0])
-        )  # the volumes below write the slice index at (0, 0)
-        return super().compute_embedding(image, *a, **k)
+    def encode_batch(self, images, *a, **k):
+        # the volumes below write the slice index at (0, 0)
+        self.calls += [int(np.asarray(image).reshape(-1)[0]) for image in images]
+        self.batches.append(len(images))
+        return super().encode_batch(images, *a, **k)
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +184,19 @@ def test_precompute_progress_and_cancel(model):
     assert seen == [(1, 8), (2, 8), (3, 8)]
     with pytest.warns(UserWarning, match="do not fit"):
         EmbeddingStore(p, volume(), budget_bytes=1).precompute(cancel=lambda: True)
+
+
+def test_precompute_encodes_in_batches(model):
+    """``precompute`` encodes ``batch_size`` slices at a time (8 on a GPU, 1 on a CPU by default):
+    the same embeddings as one at a time, each slice once, slices already cached skipped."""
+    vol = volume(7)
+    one = EmbeddingStore(SamPredictor(model, device="cpu"), vol)
+    assert one.batch_size == 1
+    p = CountingPredictor(model)
+    store = EmbeddingStore(p, vol)
+    store.get(2)  # cached before: not encoded again
+    store.batch_size = 3
+    assert store.precompute() == 6
+    assert p.batches == [1, 2, 3, 1] and sorted(p.calls) == list(range(7))
+    for i in range(7):
+        torch.testing.assert_close(store.get(i).features, one.get(i).features, rtol=1e-4, atol=1e-3)

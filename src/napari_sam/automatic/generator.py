@@ -208,10 +208,15 @@ class AutomaticMaskGenerator:
         n_batches = [-(-len(self.point_grids[k]) // self.points_per_batch) for k in layers]
         total, done = sum(n_batches) + len(boxes), 0
         parts = []
-        for box, layer in zip(boxes, layers, strict=True):
+        group = 8 if self.predictor.device.type == "cuda" else 1  # crops encoded together on a GPU
+        embs: list = []
+        for k, (box, layer) in enumerate(zip(boxes, layers, strict=True)):
             check_cancel(cancel)
             x0, y0, x1, y1 = box
-            emb = self.predictor.compute_embedding(img[y0:y1, x0:x1])
+            if k % group == 0:
+                crops = [img[b[1] : b[3], b[0] : b[2]] for b in boxes[k : k + group]]
+                embs = self.predictor.encode_batch(crops, batch_size=group)
+            emb = embs[k % group]
             m = self.predictor.model
             ctx = CropContext(
                 self.predictor, emb.features, emb.input_size, box,
