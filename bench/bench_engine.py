@@ -21,8 +21,9 @@ untimed, unless ``--fresh-allocator``), as in a session, where an image is encod
 clicked. That matters for the official: in a process that has not encoded yet, glibc's malloc
 hands its click's large temporary tensors back to the system and maps them in again at the next
 click (~12000 minor page faults and ~25 ms of system time per click at 1024x1024); the encoder's
-larger allocations raise malloc's thresholds and its clicks then fault no more. Ours reuses its
-large buffers (0 faults either way). The ``faults`` column shows the median per call of both.
+larger allocations raise malloc's thresholds and its clicks then fault no more. Ours faulted 0
+times per click after a few calls in both states (measured without reused buffers, issue 19).
+The ``faults`` column shows the median per call of both.
 
 Random weights make noisy masks, for which our post-processing's tile shortcut steps aside (the
 worst case for ours). ``--real`` adds prompt-to-mask rows with trained weights and real masks: the

@@ -165,8 +165,12 @@ def test_box_larger_than_a_tile_uses_the_whole_image(tiled):
     plain = SamPredictor(tp.model, device="cpu")
     plain.set_image(img)
     m, s, _ = plain.predict(box=box, multimask_output=False)
-    np.testing.assert_array_equal(masks, m)
-    # plain.set_image prepared the image for the decoder; the overview's first call is not: rounding apart
+    # plain.set_image prepared the image for the decoder; the overview's first call is not: rounding
+    # apart, so the masks agree except where a logit is within float rounding of the threshold
+    logits = plain.predict(box=box, multimask_output=False, return_logits=True)[0]
+    sure = np.abs(logits - tp.model.mask_threshold) > 1e-6
+    assert sure.mean() > 0.9999
+    np.testing.assert_array_equal(masks[sure], m[sure])
     np.testing.assert_allclose(scores, s, rtol=1e-5, atol=1e-6)
     assert low.shape == (1, 150, 175) and np.isfinite(low).all()
 

@@ -41,22 +41,6 @@ def test_tokens_to_image(attn: Attention, batch: int) -> None:
     torch.testing.assert_close(attn(q, k, v), fast, rtol=1e-4, atol=1e-5)  # the plain module
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_tokens_to_normalized(attn: Attention, batch: int) -> None:
-    """Attending to LayerNorm(y) (+ pe for the keys) from y and the norm's statistics, the norm
-    never applied, equals the plain attention on the normalised tokens."""
-    from napari_sam.models.fast.update_projection import constant_part
-
-    norm = torch.nn.LayerNorm(256)
-    torch.nn.init.normal_(norm.weight, mean=1.0, std=0.3)
-    torch.nn.init.normal_(norm.bias, std=0.3)
-    q, y, pe = torch.randn(batch, 4, 256), torch.randn(batch, 1024, 256) * 2 + 0.5, torch.randn(1, 1024, 256)
-    x, mean, rstd = torch.native_layer_norm(y, (256,), norm.weight, norm.bias, norm.eps)
-    e = constant_part(attn.k_proj, norm, pe, attn.num_heads)
-    got = asymmetric_attention.tokens_to_normalized(attn, q, y, mean, rstd, norm, e)
-    torch.testing.assert_close(got, _plain(attn, q, x + pe, x), rtol=1e-4, atol=1e-5)
-
-
 @pytest.mark.parametrize("image_batch", [1, 3])
 def test_image_to_tokens(attn: Attention, image_batch: int) -> None:
     q = torch.randn(image_batch, 1024, 256)  # batch 1: a shared image, broadcast over prompts

@@ -1,6 +1,6 @@
 """The CPU fast path of the mask decoder (``napari_sam.models.fast``) against the plain,
 reference-shaped modules: every prompt kind, batches, the prepared image, mask prompts as low-rank
-updates, the IoU filter, its caches and per-thread buffers, and the predictor's policy."""
+updates, the IoU filter, its cache, and the predictor's policy."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from napari_sam.models.fast import (
     fast_decoder,
     mask_update,
     resolve_decoder_path,
-    transformer,
 )
 from napari_sam.models.fast.transformer import FastTransformer
 from napari_sam.models.sam import build_model
@@ -84,56 +83,9 @@ def test_decoder_policy():
     assert SamPredictor(model, device="cpu").decoder_path == "fast"
 
 
-def test_fast_results_do_not_alias_buffers_the_next_call_overwrites():
-    """Masks returned by the fast path stay as they were after later calls (its per-thread
-    buffers are never handed out)."""
-    torch.manual_seed(3)
-    model = build_model("nano").eval()
-    dec = FastMaskDecoder(model.mask_decoder)
-    emb, pe = torch.randn(1, 128, 64, 64), model.prompt_encoder.get_dense_pe()
-    prompts = [model.prompt_encoder((torch.rand(1, 1, 2) * 512, torch.ones(1, 1)), None, None) for _ in range(3)]
-    with torch.inference_mode():
-        prep = dec.prepare_image(emb, pe, prompts[0][1])
-        first = dec(emb, pe, *prompts[0], True, prepared=prep)
-        kept = [t.clone() for t in first]
-        for sp, de in prompts[1:]:
-            dec(emb, pe, sp, de, True, prepared=prep)
-            dec(emb, pe, sp, de, False)
-    for a, b in zip(first, kept, strict=True):
-        assert torch.equal(a, b)
-
-
-def test_prepared_decoding_reuses_per_thread_buffers():
-    """CPU inference with a prepared image writes the image tokens into per-thread buffers: two
-    threads decoding the same image at once, and one prompt after another, get their own results."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    torch.manual_seed(0)
-    model = build_model("nano").eval()
-    dec = FastMaskDecoder(model.mask_decoder)
-    emb, pe = torch.randn(1, 128, 64, 64), model.prompt_encoder.get_dense_pe()
-    prompts = [model.prompt_encoder((torch.rand(1, 1, 2) * 512, torch.ones(1, 1)), None, None) for _ in range(4)]
-    with torch.inference_mode():
-        plain = [model.mask_decoder(emb, pe, sp, de, True) for sp, de in prompts]  # the plain modules
-        prep = dec.prepare_image(emb, pe, prompts[0][1])
-
-        def run(i: int):
-            with torch.inference_mode():
-                return [dec(emb, pe, *prompts[(i + j) % 4], True, prepared=prep) for j in range(8)]
-
-        with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(run, range(2)))
-    for i, res in enumerate(results):
-        for j, (m, iou) in enumerate(res):
-            torch.testing.assert_close(m, plain[(i + j) % 4][0], atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(iou, plain[(i + j) % 4][1], atol=1e-5, rtol=1e-5)
-    assert set(vars(transformer._BUFFERS).get("bufs", {})) <= {"a", "keys", "up"}
-
-
 @pytest.mark.parametrize("points", [1, 15])
 def test_fast_decoder_equals_the_plain_modules(points):
-    """The fast path (per-thread buffers, with and without a prepared image, with a mask prompt)
-    gives the plain modules' numbers (autograd on: fresh tensors); 15 points take the plain
+    """The fast path (with and without a prepared image, with a mask prompt) gives the plain modules' numbers (autograd on: fresh tensors); 15 points take the plain
     attention inside the fast path."""
     torch.manual_seed(1)
     model = build_model("nano")
@@ -185,7 +137,7 @@ def test_decoder_chunks_and_iou_filter(shared_image):
             torch.testing.assert_close(m1[0], masks[i], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(i1[0], iou[i], atol=1e-5, rtol=1e-5)
         # a threshold in the widest gap near the median: paths that differ by float rounding
-        # (prepared or not, buffers or not) must not flip a mask that sits on the threshold
+        # (prepared or not) must not flip a mask that sits on the threshold
         vals = iou.flatten().sort().values
         lo, hi = len(vals) // 3, 2 * len(vals) // 3
         i = lo + int((vals[lo + 1 : hi + 1] - vals[lo:hi]).argmax())
@@ -220,17 +172,19 @@ def test_positional_parts_are_kept_until_the_encoding_or_a_weight_changes():
         cached = tr.prepare(emb, pe)
         tr._positional_cache = None
         fresh = tr.prepare(emb, pe)
-    for name in ("t2i_k", "t2i_v", "i2t_q", "final_e"):
+    for name in ("t2i_k", "t2i_v", "i2t_q"):
         torch.testing.assert_close(getattr(cached, name), getattr(fresh, name), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached.second.t2i_k.e, fresh.second.t2i_k.e, rtol=1e-5, atol=1e-5)
     with torch.inference_mode():
         parts = tr.positional_parts(pe)
         assert tr.positional_parts(pe + 1e-3) is not parts  # another encoding
+        assert tr.positional_parts(pe[..., :32]) is not parts  # another grid
         parts = tr.positional_parts(pe)
     with torch.no_grad():
-        tr.module.final_attn_token_to_image.k_proj.weight.mul_(1.01)  # an optimiser step, a loaded state dict
+        tr.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(1.01)  # an optimiser step, a loaded state dict
     with torch.inference_mode():
         again = tr.positional_parts(pe)
-    assert again is not parts and not torch.equal(again.final_e, parts.final_e)
+    assert again is not parts and not torch.equal(again.t2i_k, parts.t2i_k)
     tr._positional_cache = None
     with torch.enable_grad():
         tr.positional_parts(pe)
@@ -265,37 +219,6 @@ def test_mask_prompt_as_a_low_rank_update_of_the_prepared_image():
                 torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-5)
             with pytest.raises(ValueError, match="one low-rank update per prompt"):
                 dec(emb, pe, sparse[:1].expand(2, -1, -1), None, True, prepared=prep, dense_update=(z[:1], m))
-
-
-def test_pe_tokens_are_kept_for_the_same_unchanged_or_an_equal_encoding():
-    """``FastTransformer.pe_tokens``: the positional encoding's token layout is computed once for
-    a tensor while it is unchanged (version counter) or an equal one, again after an in-place
-    change or for another encoding, and never kept under autograd."""
-    model = build_model("nano").eval()
-    tr = FastTransformer(model.mask_decoder.transformer)
-    with torch.no_grad():
-        pe = model.prompt_encoder.get_dense_pe()
-        first = tr.pe_tokens(pe)
-        assert torch.equal(first, pe.flatten(2).transpose(1, 2))
-        assert tr.pe_tokens(pe) is first
-        assert tr.pe_tokens(pe.clone()) is first  # equal values, another tensor
-        pe.add_(1.0)  # changed in place: recomputed
-        again = tr.pe_tokens(pe)
-        assert again is not first and torch.equal(again, pe.flatten(2).transpose(1, 2))
-    with torch.inference_mode():  # inference tensors have no version counter: compared by value
-        ipe = model.prompt_encoder.get_dense_pe()
-        kept = tr.pe_tokens(ipe)
-        assert tr.pe_tokens(ipe) is kept
-        ipe.mul_(2.0)
-        assert torch.equal(tr.pe_tokens(ipe), ipe.flatten(2).transpose(1, 2))
-    tr._pe_tokens = None
-    with torch.enable_grad():
-        tr.pe_tokens(pe)
-    assert tr._pe_tokens is None
-    with torch.inference_mode():
-        kept = tr.pe_tokens(pe)
-    with torch.enable_grad():  # an inference tensor kept is not handed to autograd
-        assert not tr.pe_tokens(pe).is_inference()
 
 
 def test_a_model_the_fast_path_used_pickles_and_gets_its_own_fast_decoder(tmp_path):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam.models.fast import FastMaskDecoder, update_projection
-from napari_sam.models.fast.transformer import FastTransformer, ImageUpdate, block
+from napari_sam.models.fast.transformer import ImageUpdate, block
 from napari_sam.models.mask_decoder import MaskDecoder
 from napari_sam.models.transformer import TwoWayTransformer
 
@@ -58,23 +58,21 @@ def test_scores_and_values_equal_the_materialised_tokens(batch: int) -> None:
 @pytest.mark.parametrize("batch", [1, 3])
 def test_second_layer_through_the_update_equals_the_plain_layer(batch: int) -> None:
     """Both cross-attentions of the second block, given the first block's update, equal the block
-    run on the updated tokens; with the CPU buffers (inference) and without (autograd)."""
+    run on the updated tokens; in inference and under autograd."""
     t = _layers()
     src, p, n = _update(batch, 4 * 7)
     pe = torch.randn(1, L, C)
     queries, query_pe = torch.randn(batch, 7, C), torch.randn(batch, 7, C)
     norm = t.layers[0].norm4
-    for reuse in (False, True):
-        with torch.inference_mode(reuse):
+    for inference in (False, True):
+        with torch.inference_mode(inference):
             x, mean, rstd = torch.native_layer_norm(src + p @ n, (C,), norm.weight, norm.bias, norm.eps)
             prep = update_projection.prepare_layer(t.layers[1], norm, src, pe)
             after = (prep, ImageUpdate(p, n, mean, rstd))
             ref_q, ref_k = t.layers[1](queries, x, query_pe, pe)
-            trace: list = []
-            got_q, got_k = block(t.layers[1], queries, x.clone(), query_pe, pe, reuse=reuse, trace=trace, after=after)
+            got_q, got_k = block(t.layers[1], queries, x.clone(), query_pe, pe, after=after)
             torch.testing.assert_close(got_q, ref_q, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(got_k, ref_k, rtol=1e-4, atol=1e-4)
-            assert len(trace) == 1 and trace[0].p.shape == (batch, L, HEADS * 7)
 
 
 def test_decoder_takes_the_path_for_few_tokens_only(monkeypatch) -> None:
@@ -110,24 +108,3 @@ def test_prepared_maps_layout() -> None:
     norm, lin = t.layers[0].norm4, t.layers[1].cross_attn_token_to_image.k_proj
     ref = F.linear(norm.bias + pe[0], lin.weight, lin.bias).reshape(L, HEADS, d).permute(1, 2, 0)
     torch.testing.assert_close(prep.t2i_k.e, ref)
-
-
-def test_transformer_leaves_the_last_tokens_unnormalised_for_the_trace() -> None:
-    """``tokens_out=False`` with a prepared image and a complete trace: no keys come back, the
-    queries are the same, and the trace's last statistics are those of the returned keys' LayerNorm."""
-    t = FastTransformer(_layers())
-    emb, pe = torch.randn(1, C, 16, 16), torch.randn(1, C, 16, 16)
-    tokens = torch.randn(2, 7, C)
-    for grad in (False, True):  # CPU buffers, and the autograd path
-        with torch.inference_mode(not grad):
-            prep = t.prepare(emb, pe)
-            ref_trace: list = []
-            ref_q, keys = t.forward(None, None, tokens, prep, final_tokens=[0, 1], trace=ref_trace)
-            keys = keys.clone()
-            trace: list = []
-            q, none = t.forward(None, None, tokens, prep, final_tokens=[0, 1], trace=trace, tokens_out=False)
-        assert none is None and len(trace) == 2 and all(trace)
-        torch.testing.assert_close(q, ref_q, rtol=1e-4, atol=1e-5)
-        for a, b in zip(trace, ref_trace, strict=True):
-            torch.testing.assert_close(a.mean, b.mean, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(a.rstd, b.rstd, rtol=1e-4, atol=1e-5)

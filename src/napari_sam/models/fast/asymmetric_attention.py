@@ -34,44 +34,17 @@ def worth_it(attn: Attention, n_small: int, n_large: int) -> bool:
 
 
 def tokens_to_image(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """``q (B, Nt, C)`` prompt tokens attend to ``k, v (B, L, C)`` image tokens -> ``(B, Nt, C)``."""
-    _, a = _queries_through_keys(attn, q)  # (B, h*Nt, C)
-    p = (a @ k.transpose(1, 2)).softmax(-1)  # (B, h*Nt, L); k, v have batch B (or B == 1)
-    return _value_heads_out(attn, p @ v)
+    """``q (B, Nt, C)`` prompt tokens attend to ``k, v (B, L, C)`` image tokens -> ``(B, Nt, C)``.
 
-
-def _queries_through_keys(attn: Attention, q: Tensor) -> tuple[Tensor, Tensor]:
-    """Prompt tokens ``q (B, Nt, C)`` -> their scaled per-head queries ``(heads, B*Nt, d)`` and
-    those through each head's key projection, ``(B, heads*Nt, C)`` (a query's score against image
-    token ``x`` is then a dot product with ``x``, up to the key bias that the softmax ignores)."""
+    Each head's scaled queries go through its key projection, ``a (B, heads*Nt, C)``: a query's
+    score against image token ``x`` is then a dot product with ``x``, up to the key bias that the
+    softmax ignores."""
     h = attn.num_heads
     b, nt, c = q.shape
-    qh = token_heads(attn, attn.q_proj, q)
-    a = qh.view(h, b, nt, -1).transpose(0, 1) @ attn.k_proj.weight.reshape(h, -1, c)  # (B, h, Nt, C)
-    return qh, a.reshape(b, h * nt, c)
-
-
-def tokens_to_normalized(
-    attn: Attention, q: Tensor, y: Tensor, mean: Tensor, rstd: Tensor, norm: nn.LayerNorm, e: Tensor
-) -> Tensor:
-    """Prompt tokens ``q (B, Nt, C)`` attend to image tokens ``x = norm(y)`` (keys ``x + pe``,
-    values ``x``) -> ``(B, Nt, C)``, given ``y (B, L, C)`` before the LayerNorm, its statistics
-    ``mean``/``rstd (B, L, 1)``, and the keys' constant part ``e = ((norm.bias + pe) Wk^T + bk)``
-    per head ``(heads, d, L)`` (:func:`.update_projection.constant_part`).
-
-    As :func:`tokens_to_image`, with the LayerNorm never applied to the L tokens: its gain joins
-    the small side, its per-token shift and scale the scores and the attention weights."""
-    h = attn.num_heads
-    b, nt, _ = q.shape
-    L = y.shape[1]
-    qh, a = _queries_through_keys(attn, q)  # (h, B*Nt, d), (B, h*Nt, C)
-    ag = a * norm.weight
-    s = torch.bmm(ag, y.transpose(1, 2))  # (B, h*Nt, L)
-    s.addcmul_(ag.sum(-1, keepdim=True), mean.transpose(1, 2), value=-1).mul_(rstd.transpose(1, 2))
-    s.view(b, h, nt, L).add_((qh @ e).view(h, b, nt, L).transpose(0, 1))
-    r = s.softmax(-1).mul_(rstd.transpose(1, 2))
-    px = torch.bmm(r, y).mul_(norm.weight)  # rows of the weights sum to one: the bias passes
-    return _value_heads_out(attn, px.addcmul_(torch.bmm(r, mean), norm.weight, value=-1).add_(norm.bias))
+    qh = token_heads(attn, attn.q_proj, q)  # (h, B*Nt, d)
+    a = (qh.view(h, b, nt, -1).transpose(0, 1) @ attn.k_proj.weight.reshape(h, -1, c)).reshape(b, h * nt, c)
+    p = (a @ k.transpose(1, 2)).softmax(-1)  # (B, h*Nt, L); k, v have batch B (or B == 1)
+    return _value_heads_out(attn, p @ v)
 
 
 def _value_heads_out(attn: Attention, px: Tensor) -> Tensor:
@@ -91,14 +64,10 @@ def image_to_tokens(
     k: Tensor,
     v: Tensor,
     residual: Tensor | None = None,
-    out: Tensor | None = None,
-    record: list | None = None,
 ) -> Tensor:
     """``q (B | 1, L, C)`` image tokens attend to ``k, v (B, Nt, C)`` prompt tokens -> ``(B, L, C)``,
     plus ``residual`` (``(1 | B, L, C)``) when given: it is the output product's accumulator, so
-    the sum takes no pass of its own. Written into ``out`` when given (which may be ``q``'s storage:
-    the scores are computed first). ``record``: gets the product's factors (see
-    :func:`_weighted_values`)."""
+    the sum takes no pass of its own."""
     h, dim = attn.num_heads, attn.internal_dim
     d = dim // h
     b, nt, c = k.shape
@@ -112,7 +81,7 @@ def image_to_tokens(
         scores = m @ q.transpose(1, 2)  # (B, h*Nt, L)
     # softmax over the few keys, laid out along a strided axis (a short last axis is slow on CPU)
     p = (scores + const).reshape(b, h, nt, L).softmax(dim=-2).reshape(b, h * nt, L)
-    return _weighted_values(attn, p.transpose(1, 2), v, residual, out, record)
+    return _weighted_values(attn, p.transpose(1, 2), v, residual)
 
 
 def tokens_to_projected(
@@ -189,24 +158,23 @@ def projected_to_tokens(
     k: Tensor,
     v: Tensor,
     residual: Tensor | None = None,
-    out: Tensor | None = None,
     record: list | None = None,
     update: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Image tokens whose query projection is given, ``qpt (heads, D/heads, L)`` (``attn.q_proj`` of
     the shared image, per head and transposed), attend to prompt tokens ``k, v (B, Nt, C)`` ->
     ``(B, L, C)``; the output projection is folded into the values as in :func:`image_to_tokens`;
-    ``residual``, ``out`` and ``record`` as there. ``update = (z (B, L, r), m (r, C))``: each
-    prompt's image tokens (queries and ``residual``) are those of ``qpt``/``residual`` plus its
-    ``z @ m``, as in :func:`tokens_to_projected`; the residual's part joins the output product
-    (``record`` gets the joined factors)."""
+    ``residual`` as there; ``record`` gets the output product's factors (:func:`_weighted_values`).
+    ``update = (z (B, L, r), m (r, C))``: each prompt's image tokens (queries and ``residual``) are
+    those of ``qpt``/``residual`` plus its ``z @ m``, as in :func:`tokens_to_projected`; the
+    residual's part joins the output product (``record`` gets the joined factors)."""
     b = k.shape[0]
     kh = token_heads(attn, attn.k_proj, k)  # (h, B*Nt, d)
     scores = kh @ qpt
     if update is not None:
         z, m = update
         add_low_rank(scores, kh @ _per_head(m @ attn.q_proj.weight.T, attn.num_heads).transpose(1, 2), z, b)
-    return attend_to_tokens(attn, scores, v, residual, out, record, update)
+    return attend_to_tokens(attn, scores, v, residual, record, update)
 
 
 def attend_to_tokens(
@@ -214,7 +182,6 @@ def attend_to_tokens(
     scores: Tensor,
     v: Tensor,
     residual: Tensor | None = None,
-    out: Tensor | None = None,
     record: list | None = None,
     update: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
@@ -226,7 +193,7 @@ def attend_to_tokens(
     h, rows, L = scores.shape
     b = v.shape[0]
     p = scores.view(h, b, rows // b, L).softmax(dim=2).transpose(0, 1)  # (B, h, Nt, L)
-    return _weighted_values(attn, p.reshape(b, rows // b * h, L).transpose(1, 2), v, residual, out, record, update)
+    return _weighted_values(attn, p.reshape(b, rows // b * h, L).transpose(1, 2), v, residual, record, update)
 
 
 def _weighted_values(
@@ -234,14 +201,13 @@ def _weighted_values(
     p: Tensor,
     v: Tensor,
     residual: Tensor | None,
-    out: Tensor | None = None,
     record: list | None = None,
     update: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Attention weights ``p (B, L, heads*Nt)`` times the prompt tokens' values ``v (B, Nt, C)``
-    with the output projection folded in -> ``(B, L, C_out)`` (+ ``residual``; into ``out``).
+    with the output projection folded in -> ``(B, L, C_out)`` (+ ``residual``).
     The attention output is exactly ``p @ n``; ``record`` (a list) gets ``(p, n)``, ``n (B,
-    heads*Nt, C_out)`` (read by the mask decoder's upscaling, :mod:`.upscale_reassociation`).
+    heads*Nt, C_out)`` (read by the second layer, :mod:`.update_projection`).
     ``update = (z (B, L, r), m (r, C_out))`` is added too, as more columns of ``p`` and rows of
     ``n`` (the recorded factors include it)."""
     h, d = attn.num_heads, attn.internal_dim // attn.num_heads
@@ -254,9 +220,7 @@ def _weighted_values(
         n = torch.cat([n, m.expand(b, -1, -1)], dim=1)
     if record is not None:
         record.append((p, n))
-    if out is None:
-        return p @ n if residual is None else torch.baddbmm(residual, p, n)
-    return torch.bmm(p, n, out=out) if residual is None else torch.baddbmm(residual, p, n, out=out)
+    return p @ n if residual is None else torch.baddbmm(residual, p, n)
 
 
 def _with_bias(n: Tensor, attn: Attention) -> Tensor:

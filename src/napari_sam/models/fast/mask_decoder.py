@@ -5,12 +5,12 @@ What it adds to the plain decoder (each exact up to float rounding, ``tests/mode
 
 - the image's prompt-independent work done once (:meth:`FastMaskDecoder.prepare_image`): the first
   two-way layer's image projections, the second layer's through the first one's low-rank update
-  (:mod:`.update_projection`), the first upscaling's image part (:mod:`.upscale_reassociation`);
+  (:mod:`.update_projection`);
 - a mask prompt as a low-rank change of the prepared image (refining clicks, ``dense_update``);
 - only the masks asked for are upscaled, and only those above an IoU threshold for
   :meth:`FastMaskDecoder.predict_filtered` (the automatic generator);
 - the deconvolutions as matrix products on channels-last tokens, a batch cut into cache-sized
-  pieces (a CPU's caches, not a GPU's), intermediates in reused per-thread buffers.
+  pieces (a CPU's caches, not a GPU's).
 
 Inference only: training and GPUs use the plain modules.
 """
@@ -27,17 +27,15 @@ import torch.nn.functional as F
 from ..common import act_inplace, to_tokens
 from ..mask_decoder import MaskDecoder
 from ..prompt_encoder import PromptEncoder
-from . import upscale_reassociation
-from .transformer import FastTransformer, PreparedImage, _buffer
+from .transformer import FastTransformer, PreparedImage
 
 
 @dataclass
 class PreparedDecoder:
     """The decoder's prompt-independent work for one image (:meth:`MaskDecoder.prepare_image`):
-    the transformer's first layer (``image``) and the upscaling's image part (``upscale``)."""
+    the transformer's (``image``)."""
 
     image: PreparedImage
-    upscale: upscale_reassociation.UpscalePrep
 
 
 class FastMaskDecoder:
@@ -96,10 +94,7 @@ class FastMaskDecoder:
         dense prompt, i.e. without ``mask_input``.
         """
         image = self.transformer.prepare(_image_tokens(image_embeddings, dense_prompt_embeddings[:1]), image_pe)
-        conv1 = self.module.output_upscaling[0]
-        norms = [layer.norm4 for layer in self.transformer.layers]
-        w, b = _deconv_matrix(conv1.weight), conv1.bias.repeat(4)
-        return PreparedDecoder(image, upscale_reassociation.prepare(image.src, norms, w, b))
+        return PreparedDecoder(image)
 
     def predict_masks(
         self,
@@ -194,12 +189,10 @@ class FastMaskDecoder:
         # only the IoU token and the chosen mask tokens are read after the transformer
         chosen = range(self.module.num_mask_tokens)[tokens]  # only the masks asked for are computed
         final = [0] + [1 + i for i in chosen]
-        trace = [] if prepared is not None else None  # the layers' image updates, for the upscaling
         if prepared is not None:
             h, w = prepared.image.size
-            hs, keys = self.transformer.forward(  # keys None: read through the trace only
-                None, None, tokens_in, prepared.image, final_tokens=final, trace=trace, dense_update=dense_update,
-                tokens_out=False,
+            hs, keys = self.transformer.forward(
+                None, None, tokens_in, prepared.image, final_tokens=final, dense_update=dense_update
             )
         else:
             dense = dense_prompt_embeddings
@@ -213,20 +206,11 @@ class FastMaskDecoder:
         if min_iou is not None:
             keep = iou_pred > min_iou
             rows = keep.any(1).nonzero().flatten()  # prompts with at least one mask to decode
-            hs, keys = hs[rows], None if keys is None else keys[rows]
-            if trace:
-                trace = [t and type(t)(t.p[rows], t.n[rows], t.mean[rows], t.rstd[rows]) for t in trace]
+            hs, keys = hs[rows], keys[rows]
         hyper_in = torch.stack(
             [self.module.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(chosen)], dim=1
         )
-        # the first upscaling map through the layers' low-rank updates (fewer multiply-adds)
-        first = None
-        if trace and all(trace):  # into the transformer's free buffer on a CPU (see transformer._buffer)
-            like = trace[-1].n
-            shape = (len(hs), trace[-1].p.shape[1], prepared.upscale.src_maps.shape[-1])
-            into = _buffer("a", shape, like) if like.device.type == "cpu" and not torch.is_grad_enabled() else None
-            first = upscale_reassociation.first_upscale(prepared.upscale, trace, into)
-        masks = self._masks(hyper_in, keys, first)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
+        masks = self._masks(hyper_in, keys)  # (B, T, 16*h*w), sub-pixel order (i, j, a, b, a2, b2)
         if keep is not None:
             masks = masks[keep[rows]]  # (K, 16*h*w)
         # (i, j, a, b, a2, b2) -> row 4i + 2a + a2, column 4j + 2b + b2: sub-pixel planes (a, a2, b, b2)
@@ -237,30 +221,25 @@ class FastMaskDecoder:
             return masks, iou_pred, keep
         return masks.reshape(bs, -1, 4 * h, 4 * w), iou_pred, None
 
-    def _masks(self, hyper_in: torch.Tensor, keys: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+    def _masks(self, hyper_in: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """``hyper_in (B, T, C/8)`` . upscaled ``keys (B, L, C)`` -> ``(B, T, 16*L)``, a few hundred
         image tokens at a time: each token upscales to its own 4x4 block, so the pieces are exact, and
-        their intermediates (16x the tokens) stay in cache instead of being fresh multi-MB buffers.
-        ``first (B, L, C)``: the first deconvolution's output when already known (then ``keys`` is
-        not read, and may be None)."""
-        b, L, c = (keys if first is None else first).shape
+        their intermediates (16x the tokens) stay in cache instead of being fresh multi-MB buffers."""
+        b, L, c = keys.shape
         step = max(1, _CACHE_ELEMENTS // (16 * 2 * max(b, 1) * c))  # deconv-2 output of a piece: ~1/16 of the budget
-        mats = self._upscale_mats(first is None)  # once per call, not per piece
+        mats = self._upscale_mats()  # once per call, not per piece
 
         def piece(i: int, j: int) -> torch.Tensor:
-            x = F.linear(keys[:, i:j], mats[0], mats[1]) if first is None else first[:, i:j]
-            return hyper_in @ self._upscale(x, mats).transpose(1, 2)
+            return hyper_in @ self._upscale(F.linear(keys[:, i:j], mats[0], mats[1]), mats).transpose(1, 2)
 
         if step >= L:
             return piece(0, L)
         return torch.cat([piece(i, i + step) for i in range(0, L, step)], dim=2)
 
-    def _upscale_mats(self, first_too: bool = True) -> tuple[torch.Tensor | None, ...]:
-        """The two deconvolutions as (weight (4*out, in), bias (4*out,)) of linear maps; the first
-        one's are None unless ``first_too`` (its weight's layout copy costs ~0.3 ms per call)."""
+    def _upscale_mats(self) -> tuple[torch.Tensor, ...]:
+        """The two deconvolutions as (weight (4*out, in), bias (4*out,)) of linear maps."""
         conv1, conv2 = self.module.output_upscaling[0], self.module.output_upscaling[3]
-        first = (_deconv_matrix(conv1.weight), conv1.bias.repeat(4)) if first_too else (None, None)
-        return (*first, _deconv_matrix(conv2.weight), conv2.bias.repeat(4))
+        return _deconv_matrix(conv1.weight), conv1.bias.repeat(4), _deconv_matrix(conv2.weight), conv2.bias.repeat(4)
 
     def _upscale(self, x: torch.Tensor, mats: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``output_upscaling`` after its first deconvolution's linear map ``x = keys @ mats[0].T +
@@ -275,11 +254,7 @@ class FastMaskDecoder:
         b, n = x.shape[:2]
         x = x.reshape(b, 4 * n, conv1.out_channels)  # (B, h*w*4, C/4)
         x = act_inplace(act1, F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
-        if x.device.type == "cpu" and not torch.is_grad_enabled():  # into a reused buffer (no page faults)
-            out = _buffer("up", (b * 4 * n, mats[2].shape[0]), x)
-            x = torch.addmm(mats[3], x.reshape(b * 4 * n, x.shape[-1]), mats[2].T, out=out)
-        else:
-            x = F.linear(x, mats[2], mats[3])
+        x = F.linear(x, mats[2], mats[3])
         return act_inplace(act2, x.reshape(b, 16 * n, conv2.out_channels))
 
 

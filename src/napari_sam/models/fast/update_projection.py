@@ -142,15 +142,12 @@ def updated_to_tokens(
     k: Tensor,
     v: Tensor,
     residual: Tensor,
-    out: Tensor | None = None,
-    record: list | None = None,
 ) -> Tensor:
     """Each prompt's updated image tokens (queries with the positional encoding) attend to its
     prompt tokens ``k, v (B, Nt, C)`` -> ``residual (B, L, C)`` (the updated tokens themselves)
-    plus the attention output, into ``out`` when given; ``record`` as in
-    :func:`.asymmetric_attention.image_to_tokens`."""
+    plus the attention output."""
     kh = token_heads(attn, attn.k_proj, k)  # (h, B*Nt, d)
-    return attend_to_tokens(attn, scores(kh, prep.i2t_q, update), v, residual, out, record)
+    return attend_to_tokens(attn, scores(kh, prep.i2t_q, update), v, residual)
 
 
 def scores(left: Tensor, m: UpdatedMap, update: ImageUpdate) -> Tensor:
