@@ -59,7 +59,7 @@ class DecoderPreparation:
     decoder: weakref.ref
     weights: tuple
     value: Any
-    nbytes: int  # of the tensors it references (for SAM ~10 of ~31 MB shared by all images')
+    nbytes: int  # of the tensors it references (for SAM ~8 of ~24 MB shared by all images)
 
     def fits(self, decoder: torch.nn.Module) -> bool:
         """Whether it was made by ``decoder`` with the weights it has now."""

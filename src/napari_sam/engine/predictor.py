@@ -222,8 +222,8 @@ class SamPredictor:
         """(1, C, h, w) positional encoding of the embedding grid: the model's, the same for every
         image (and tile, and crop), so computed once."""
         if self._dense_pe is None:
-            with torch.no_grad():  # not an inference tensor: its version counter lets the decoder
-                self._dense_pe = self.model.prompt_encoder.get_dense_pe()  # keep its token layout
+            with torch.no_grad():  # not an inference tensor: usable outside inference mode too
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
         return self._dense_pe
 
     @property

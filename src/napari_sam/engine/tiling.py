@@ -156,7 +156,7 @@ class TiledPredictor:
     def prepare_embedding(self, emb: ImageEmbedding | TiledEmbedding) -> ImageEmbedding | TiledEmbedding:
         """An image that fits one tile: ``SamPredictor.prepare_embedding`` (the decoder's per-image
         work kept with the embedding). A tiled one is returned as it is: its tiles are prepared by
-        the inner predictor's rule once decoded (a preparation per tile would hold ~31 MB each)."""
+        the inner predictor's rule once decoded (a preparation per tile would hold ~24 MB each)."""
         return emb if isinstance(emb, TiledEmbedding) else self.predictor.prepare_embedding(emb)
 
     def set_image_embedding(self, emb: ImageEmbedding | TiledEmbedding) -> None:
