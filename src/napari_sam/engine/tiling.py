@@ -126,12 +126,14 @@ class TiledPredictor:
         h, w = img.shape[:2]
         if total == 1:
             return overview
-        tiles, origins = [], []
-        for r in tile_origins(h, size, self.overlap, self.cell):
-            for c in tile_origins(w, size, self.overlap, self.cell):
-                tiles.append(p.compute_embedding(img[r : r + size, c : c + size], image_format, native=True))
-                origins.append((r, c))
-                yield 1 + len(tiles), total
+        origins = [(r, c) for r in tile_origins(h, size, self.overlap, self.cell)
+                   for c in tile_origins(w, size, self.overlap, self.cell)]
+        group = 8 if p.device.type == "cuda" else 1  # tiles encoded together on a GPU
+        tiles = []
+        for k in range(0, len(origins), group):
+            crops = [img[r : r + size, c : c + size] for r, c in origins[k : k + group]]
+            tiles += p.encode_batch(crops, image_format, native=True, batch_size=group)
+            yield 1 + len(tiles), total
         return TiledEmbedding(tiles, origins, overview, (int(h), int(w)))
 
     def compute_embedding(self, image: np.ndarray, image_format: str = "RGB",
