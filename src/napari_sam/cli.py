@@ -40,9 +40,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from napari_sam.weights.registry import list_models
 
     for info in list_models():
-        state = "packaged" if info.packaged else ("cached" if is_cached(info.name) else "not downloaded")
+        if info.packaged:
+            state = "packaged"
+        elif info.in_package:
+            state = "installed" if is_cached(info.name) else f"needs [{info.extra}]"
+        else:
+            state = "cached" if is_cached(info.name) else "not downloaded"
         size = f"{info.size_mb:8.1f} MB" if info.size_mb else " " * 11
-        print(f"{info.name:24s} {info.arch:6s} {size}  {state:15s} {info.description}")
+        print(f"{info.name:24s} {info.arch:11s} {size}  {state:15s} {info.description}")
     return 0
 
 

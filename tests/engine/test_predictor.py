@@ -396,3 +396,15 @@ def test_bad_embedding_image_and_format(pair):
         ours.compute_embedding(np.zeros((2, 3, 4, 5)))
     with pytest.raises(ValueError, match="precision"):
         SamPredictor(ours.model, device="cpu", precision="fp8")
+
+
+def test_predictor_takes_the_models_resize():
+    """LiteMedSAM's area resize and min-max normalisation; SAM's PIL bilinear stays the default."""
+    from napari_sam.models.lite_medsam import build_lite_medsam
+    from napari_sam.models.sam import build_model
+
+    lite = SamPredictor(build_lite_medsam(), device="cpu")
+    assert lite.transform.interpolation == "area" and lite.transform.target_length == 256
+    emb = lite.compute_embedding(np.random.default_rng(0).integers(0, 256, (300, 200), dtype=np.uint8))
+    assert emb.features.shape == (1, 256, 64, 64) and emb.input_size == (256, 171)
+    assert SamPredictor(build_model("vit_t"), device="cpu").transform.interpolation == "bilinear"

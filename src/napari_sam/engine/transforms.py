@@ -3,6 +3,9 @@
 This is the official ``segment_anything/utils/transforms.py`` without torchvision:
 ``apply_image`` resizes with ``PIL.Image.resize(..., BILINEAR)``, which is exactly what
 torchvision's PIL path does, so the result is bit-identical to the official transform.
+Models preprocessed otherwise (LiteMedSAM: OpenCV's ``INTER_AREA``) name their resize in
+``model.preprocessing`` (``napari_sam.models.sam.Preprocessing``); :func:`resize_area` is
+OpenCV's area resize without OpenCV.
 
 Coordinates are SAM's: points are (x, y), boxes are (x0, y0, x1, y1), in pixels;
 image sizes are (H, W).
@@ -14,21 +17,95 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy import sparse
 
 from napari_sam.engine.images import to_sam_image
+
+
+def _area_weights(src: int, dst: int) -> np.ndarray:
+    """``(dst, src)`` float64 weights of OpenCV's ``INTER_AREA`` along one axis, when shrinking:
+    each output pixel is the mean of the input area it covers (fractional pixels at its edges),
+    as ``computeResizeAreaTab`` in OpenCV's ``resize.cpp``."""
+    scale = src / dst
+    w = np.zeros((dst, src), dtype=np.float64)
+    for d in range(dst):
+        f1 = d * scale
+        f2 = f1 + scale
+        s2 = min(int(np.floor(f2)), src - 1)
+        s1 = min(int(np.ceil(f1)), s2)
+        cell = min(scale, src - f1)
+        if s1 - f1 > 1e-3:
+            w[d, s1 - 1] = (s1 - f1) / cell
+        w[d, s1:s2] = 1.0 / cell
+        if f2 - s2 > 1e-3:
+            w[d, s2] = min(f2 - s2, 1.0, cell) / cell
+    return w
+
+
+def _area_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Enlarging with ``INTER_AREA`` is OpenCV's fixed-point linear interpolation with its own
+    coefficients: ``(dst, 2)`` source indices and the two 11-bit weights of each output pixel."""
+    scale, inv = src / dst, dst / src
+    idx = np.zeros((dst, 2), dtype=np.int64)
+    w0 = np.zeros(dst, dtype=np.int64)
+    w1 = np.zeros(dst, dtype=np.int64)
+    for d in range(dst):
+        s = int(np.floor(d * scale))
+        f = np.float32((d + 1) - (s + 1) * inv)
+        f = np.float32(0.0) if f <= 0 else f - np.floor(f)
+        if s >= src - 1:
+            s, f = src - 1, np.float32(0.0)
+        idx[d] = (s, min(s + 1, src - 1))
+        w0[d] = int(np.rint((np.float32(1.0) - f) * 2048))
+        w1[d] = int(np.rint(f * 2048))
+    return idx, w0, w1
+
+
+def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)`` of a uint8 ``(H, W[, C])`` image,
+    without OpenCV: ``size`` is ``(h, w)``. Shrinking averages pixel areas (separable weights),
+    enlarging is OpenCV's fixed-point variant of linear interpolation. Equal to OpenCV 4's
+    output except for rare off-by-one roundings (tests/engine/test_transforms.py measures it)."""
+    img = np.asarray(image)
+    h, w = int(size[0]), int(size[1])
+    if img.shape[:2] == (h, w):
+        return np.array(img, copy=True)
+    x = img if img.ndim == 3 else img[..., None]
+    H, W, C = x.shape
+    if h <= H and w <= W:
+        wy, wx = sparse.csr_matrix(_area_weights(H, h)), sparse.csr_matrix(_area_weights(W, w))
+        cols = (wx @ x.transpose(1, 0, 2).reshape(W, H * C).astype(np.float64)).reshape(w, H, C)  # (w, H, C)
+        out = (wy @ cols.transpose(1, 0, 2).reshape(H, w * C)).reshape(h, w, C)
+        # OpenCV rounds half to even, except in its vectorised exact 2x2 path (half up)
+        out = np.floor(out + 0.5) if (H, W) == (2 * h, 2 * w) else np.rint(out)
+    elif h >= H and w >= W:
+        (iy, y0, y1), (ix, x0, x1) = _area_taps(H, h), _area_taps(W, w)
+        xi = x.astype(np.int64)
+        rows = xi[:, ix[:, 0]] * x0[None, :, None] + xi[:, ix[:, 1]] * x1[None, :, None]  # (H, w, C), 11 bits
+        a, b = rows[iy[:, 0]] >> 4, rows[iy[:, 1]] >> 4
+        out = (((a * y0[:, None, None]) >> 16) + ((b * y1[:, None, None]) >> 16) + 2) >> 2
+    else:
+        raise ValueError(f"resize_area shrinks or enlarges both sides, got {img.shape[:2]} -> {(h, w)}")
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return out if img.ndim == 3 else out[..., 0]
 
 
 class ResizeLongestSide:
     """Resize images so that the longest side is ``target_length``; transform coords and boxes to match.
 
     Numpy and torch variants of each method are provided. Sizes are (H, W); coords are (x, y).
+    ``interpolation``: ``"bilinear"`` (PIL, SAM's) or ``"area"`` (OpenCV's ``INTER_AREA``, LiteMedSAM's).
     """
 
-    def __init__(self, target_length: int) -> None:
+    def __init__(self, target_length: int, interpolation: str = "bilinear") -> None:
+        if interpolation not in ("bilinear", "area"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'area', got {interpolation!r}")
         self.target_length = int(target_length)
+        self.interpolation = interpolation
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """Resize a uint8 image (H, W) or (H, W, C) to (newh, neww[, C]) uint8 (PIL bilinear)."""
+        """Resize a uint8 image (H, W) or (H, W, C) to (newh, neww[, C]) uint8 (PIL bilinear, or
+        :func:`resize_area`)."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
             raise ValueError(
@@ -37,8 +114,10 @@ class ResizeLongestSide:
             )
         newh, neww = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
         if (newh, neww) == image.shape[:2]:
-            # PIL returns an exact copy in this case as well
+            # PIL (and OpenCV) return an exact copy in this case as well
             return np.array(image, copy=True)
+        if self.interpolation == "area":
+            return resize_area(image, (newh, neww))
         pil = Image.fromarray(np.ascontiguousarray(image))
         return np.array(pil.resize((neww, newh), Image.BILINEAR))
 
@@ -102,8 +181,9 @@ def model_input(
 ):
     """``image`` -> a SAM encoder's input ``(1, 3, S, S)`` on ``device`` (``to_sam_image``,
     channels flipped when ``image_format`` differs from the model's, resized with ``transform``
-    unless ``native``, normalised with the model's pixel mean and std, zero-padded), with its
-    original ``(H, W)`` and its ``(h, w)`` before padding."""
+    unless ``native``, normalised as ``model.preprocessing.normalize`` says: SAM's pixel mean and
+    std, or LiteMedSAM's min-max to [0, 1]; zero-padded), with its original ``(H, W)`` and its
+    ``(h, w)`` before padding."""
     img = to_sam_image(image, contrast_limits=contrast_limits)
     if image_format != getattr(model, "image_format", "RGB"):
         img = img[..., ::-1]
@@ -113,7 +193,12 @@ def model_input(
     resized = np.ascontiguousarray(img) if native else transform.apply_image(img)
     x = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None]
     with torch.inference_mode():
-        x = (x - model.pixel_mean) / model.pixel_std  # uint8 - float32 -> float32
+        if getattr(getattr(model, "preprocessing", None), "normalize", "mean_std") == "min_max":
+            x = x.float()
+            lo, hi = x.min(), x.max()
+            x = (x - lo) / (hi - lo).clamp(min=1e-8)
+        else:
+            x = (x - model.pixel_mean) / model.pixel_std  # uint8 - float32 -> float32
         h, w = x.shape[-2:]
         x = F.pad(x, (0, side - w, 0, side - h))
     return x, (int(img.shape[0]), int(img.shape[1])), (int(h), int(w))

@@ -25,8 +25,35 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its image: what ``napari_sam.engine.transforms.model_input`` does before the
+    encoder (after the conversion to uint8 RGB, before zero-padding to ``img_size``).
+
+    ``resize``: the longest side to ``img_size`` with ``"bilinear"`` (PIL, SAM's) or ``"area"``
+    (OpenCV's ``INTER_AREA``, LiteMedSAM's). ``normalize``: ``"mean_std"``, ``(x - pixel_mean) / pixel_std``
+    (SAM's), or ``"min_max"``, ``(x - min) / (max - min)`` over the whole resized image, to [0, 1]
+    (LiteMedSAM's).
+    """
+
+    resize: str = "bilinear"
+    normalize: str = "mean_std"
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("bilinear", "area"):
+            raise ValueError(f"resize must be 'bilinear' or 'area', got {self.resize!r}")
+        if self.normalize not in ("mean_std", "min_max"):
+            raise ValueError(f"normalize must be 'mean_std' or 'min_max', got {self.normalize!r}")
+
+
+SAM_PREPROCESSING = Preprocessing()
+
+
 class Sam(nn.Module):
-    """SAM: ``image_encoder`` -> embedding ``(B, C, h, w)``; ``prompt_encoder`` + ``mask_decoder`` -> masks."""
+    """SAM: ``image_encoder`` -> embedding ``(B, C, h, w)``; ``prompt_encoder`` + ``mask_decoder`` -> masks.
+
+    ``preprocessing`` (:class:`Preprocessing`) says how an image becomes the encoder's input.
+    """
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
@@ -39,12 +66,14 @@ class Sam(nn.Module):
         pixel_mean: tuple[float, ...] = PIXEL_MEAN,
         pixel_std: tuple[float, ...] = PIXEL_STD,
         arch: str = "custom",
+        preprocessing: Preprocessing = SAM_PREPROCESSING,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.arch = arch
+        self.preprocessing = preprocessing
         self.register_buffer(
             "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False
         )
@@ -65,8 +94,15 @@ class Sam(nn.Module):
         return tuple(self.prompt_encoder.image_embedding_size)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``(3, H, W)`` or ``(B, 3, H, W)`` pixel values and zero-pad to ``img_size``."""
-        x = (x - self.pixel_mean) / self.pixel_std
+        """Normalise ``(3, H, W)`` or ``(B, 3, H, W)`` pixel values (as ``preprocessing.normalize``
+        says, per image) and zero-pad to ``img_size``."""
+        if self.preprocessing.normalize == "min_max":
+            x = x.float()
+            lo = x.amin(dim=(-3, -2, -1), keepdim=True)
+            hi = x.amax(dim=(-3, -2, -1), keepdim=True)
+            x = (x - lo) / (hi - lo).clamp(min=1e-8)
+        else:
+            x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
         return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
 
@@ -117,6 +153,7 @@ def build_sam(
     decoder_num_heads: int = 8,
     iou_head_hidden_dim: int = 256,
     arch: str = "custom",
+    preprocessing: Preprocessing = SAM_PREPROCESSING,
 ) -> Sam:
     """Wire ``encoder`` (``(B, 3, img_size, img_size) -> (B, prompt_embed_dim, *embedding_size)``)
     to SAM's prompt encoder and mask decoder; the defaults are SAM's. Returns the model in eval mode."""
@@ -141,6 +178,7 @@ def build_sam(
             iou_head_hidden_dim=iou_head_hidden_dim,
         ),
         arch=arch,
+        preprocessing=preprocessing,
     )
     return sam.eval()
 

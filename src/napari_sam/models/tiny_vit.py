@@ -1,9 +1,15 @@
-"""MobileSAM's TinyViT image encoder (``vit_t``), with MobileSAM's module and parameter names.
+"""MobileSAM's TinyViT image encoder (``vit_t``), with MobileSAM's module and parameter names;
+LiteMedSAM's variant with ``stem="pointwise"``.
 
 Layout for a 1024 input: conv stem (/4, 256x256x64) -> MBConv stage (64) -> patch merging (/2)
 -> TinyViT stages 128 (128x128) -> 160 (64x64) -> 320 (64x64, the last merge keeps the resolution)
 -> neck 320 -> 256 (64x64). ``norm_head``/``head`` (the ImageNet classifier) are kept, unused,
 because ``mobile_sam.pt`` carries them.
+
+LiteMedSAM (``bowang-lab/MedSAM``, ``tiny_vit_sam.py``) keeps the layers and names but its stem is two
+1x1 stride-1 convolutions: a 256 input stays 256x256 through the MBConv stage, then 128, 64, 64, so
+its 256 input gives the same 64x64 embedding as MobileSAM's 1024 (at about the same cost). Its
+checkpoint has no classifier (``num_classes=0``).
 """
 
 from __future__ import annotations
@@ -39,15 +45,24 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - MobileSAM's name
 
 
 class PatchEmbed(nn.Module):
-    """Two stride-2 3x3 convs: ``(B, 3, S, S) -> (B, C, S/4, S/4)``."""
+    """Two stride-2 3x3 convs: ``(B, 3, S, S) -> (B, C, S/4, S/4)``; with ``stem="pointwise"`` two
+    1x1 stride-1 convs (LiteMedSAM): ``(B, 3, S, S) -> (B, C, S, S)``."""
 
-    def __init__(self, in_chans: int, embed_dim: int, resolution: int, activation: type[nn.Module]) -> None:
+    def __init__(
+        self, in_chans: int, embed_dim: int, resolution: int, activation: type[nn.Module], stem: str = "conv"
+    ) -> None:
         super().__init__()
-        self.patches_resolution = (resolution // 4, resolution // 4)
+        if stem not in ("conv", "pointwise"):
+            raise ValueError(f"stem must be 'conv' or 'pointwise', got {stem!r}")
         n = embed_dim
-        self.seq = nn.Sequential(
-            Conv2d_BN(in_chans, n // 2, 3, 2, 1), activation(), Conv2d_BN(n // 2, n, 3, 2, 1)
-        )
+        if stem == "conv":
+            self.patches_resolution = (resolution // 4, resolution // 4)
+            self.seq = nn.Sequential(
+                Conv2d_BN(in_chans, n // 2, 3, 2, 1), activation(), Conv2d_BN(n // 2, n, 3, 2, 1)
+            )
+        else:
+            self.patches_resolution = (resolution, resolution)
+            self.seq = nn.Sequential(Conv2d_BN(in_chans, n // 2), activation(), Conv2d_BN(n // 2, n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.seq(x)
@@ -268,7 +283,9 @@ class BasicLayer(nn.Module):
 
 
 class TinyViT(nn.Module):
-    """MobileSAM's image encoder: ``forward(x: (B, 3, S, S)) -> (B, 256, S/16, S/16)``."""
+    """MobileSAM's image encoder: ``forward(x: (B, 3, S, S)) -> (B, 256, S/16, S/16)``
+    (``S/4`` with ``stem="pointwise"``, LiteMedSAM's). ``num_classes=0``: no classifier
+    (``norm_head``/``head``)."""
 
     def __init__(
         self,
@@ -283,11 +300,12 @@ class TinyViT(nn.Module):
         mbconv_expand_ratio: float = 4.0,
         local_conv_size: int = 3,
         out_chans: int = 256,
+        stem: str = "conv",
     ) -> None:
         super().__init__()
         self.img_size = img_size
         act = nn.GELU
-        self.patch_embed = PatchEmbed(in_chans, embed_dims[0], img_size, act)
+        self.patch_embed = PatchEmbed(in_chans, embed_dims[0], img_size, act, stem)
         res = self.patch_embed.patches_resolution
         n = len(depths)
         self.layers = nn.ModuleList()
@@ -313,8 +331,9 @@ class TinyViT(nn.Module):
                 )
             self.layers.append(layer)
         self.out_resolution = (res[0] // 2 ** (n - 2), res[1] // 2 ** (n - 2))
-        self.norm_head = nn.LayerNorm(embed_dims[-1])
-        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:  # unused by SAM; kept because mobile_sam.pt carries it
+            self.norm_head = nn.LayerNorm(embed_dims[-1])
+            self.head = nn.Linear(embed_dims[-1], num_classes)
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
             LayerNorm2d(out_chans),

