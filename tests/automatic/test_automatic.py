@@ -234,6 +234,18 @@ def test_thin_border_mask_is_kept(reference, shared_data):
     assert abs(b[0]["stability_score"] - a[0]["stability_score"]) < 1e-6
 
 
+def test_crops_encoded_in_batches_give_the_same_masks(synth, image):
+    """Crop layers with ``encode_batch_size`` crops encoded together (8 on a GPU): the masks of one
+    crop at a time (5 crops, batches of 3 and 2)."""
+    kw = dict(points_per_side=6, crop_n_layers=1, pred_iou_thresh=0.8, stability_score_thresh=0.8)
+    one = AutomaticMaskGenerator(synth, device="cpu", **kw)
+    batched = AutomaticMaskGenerator(synth, device="cpu", **kw)
+    batched.encode_batch_size = 3
+    assert one.encode_batch_size == 1 and len(one.crop_boxes(image.shape[:2])[0]) == 5
+    a, b = one.generate_labels(image), batched.generate_labels(image)
+    assert a.max() > 5 and (a != b).mean() < 1e-4
+
+
 def test_labels_rle_progress_cancel(synth, image):
     gen = AutomaticMaskGenerator(synth, device="cpu", points_per_side=8, pred_iou_thresh=0.7, stability_score_thresh=0.8)
     calls = []

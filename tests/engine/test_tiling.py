@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from _synthetic import tiny_sam
 
 from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
@@ -95,6 +96,27 @@ def test_embedding_has_tiles_at_native_scale(tiled):
     assert emb.overview.original_size == (H, W) and emb.original_size == (H, W)
     assert emb.nbytes == sum(t.nbytes for t in emb.tiles) + emb.overview.nbytes
     assert tp.low_res_size == (150, 175)  # 4 px per cell
+
+
+def test_tiles_encoded_in_batches_equal_one_at_a_time(tiled):
+    """``encode_batch_size`` tiles encoded together (8 on a GPU) give the tiles of one at a time;
+    progress is reported after each batch."""
+    tp, img = tiled
+    batched = TiledPredictor(tp.model, device="cpu")
+    batched.encode_batch_size = 5
+    steps = []
+    gen = batched.iter_embedding(img)
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as end:
+            emb = end.value
+            break
+    assert steps == [(1, 13), (6, 13), (11, 13), (13, 13)]
+    assert emb.origins == tp.embedding.origins
+    for a, b in zip(emb.tiles, tp.embedding.tiles, strict=True):
+        assert a.original_size == b.original_size
+        torch.testing.assert_close(a.features, b.features, rtol=1e-4, atol=1e-4)
 
 
 def test_iter_embedding_reports_each_encoder_run(tiled):

@@ -121,6 +121,8 @@ class AutomaticMaskGenerator:
         self.output_mode = output_mode
         self.tile_size, self.tile_overlap = tile_size, int(tile_overlap)
         self.chunk_pixels = int(chunk_pixels)
+        #: crops encoded together (``SamPredictor.encode_batch``): 8 on a GPU, one at a time on a CPU
+        self.encode_batch_size = 8 if self.predictor.device.type == "cuda" else 1
 
     # ------------------------------------------------------------------ public API
     def generate(
@@ -208,7 +210,7 @@ class AutomaticMaskGenerator:
         n_batches = [-(-len(self.point_grids[k]) // self.points_per_batch) for k in layers]
         total, done = sum(n_batches) + len(boxes), 0
         parts = []
-        group = 8 if self.predictor.device.type == "cuda" else 1  # crops encoded together on a GPU
+        group = self.encode_batch_size
         embs: list = []
         for k, (box, layer) in enumerate(zip(boxes, layers, strict=True)):
             check_cancel(cancel)

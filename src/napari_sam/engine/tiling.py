@@ -97,6 +97,8 @@ class TiledPredictor:
         self.model, self.device, self.precision = p.model, p.device, p.precision
         self.img_size, self.mask_input_size = p.img_size, p.mask_input_size
         self.cell = p.img_size // p.mask_input_size[0]  # image px per low-res cell of a tile
+        #: tiles encoded together (``SamPredictor.encode_batch``): 8 on a GPU, one at a time on a CPU
+        self.encode_batch_size = 8 if p.device.type == "cuda" else 1
         overlap = p.img_size // 4 if overlap is None else int(overlap)
         if not 0 <= overlap <= p.img_size // 2:
             raise ValueError(f"overlap must be within 0 ... {p.img_size // 2} px (half a tile), got {overlap}")
@@ -128,7 +130,7 @@ class TiledPredictor:
             return overview
         origins = [(r, c) for r in tile_origins(h, size, self.overlap, self.cell)
                    for c in tile_origins(w, size, self.overlap, self.cell)]
-        group = 8 if p.device.type == "cuda" else 1  # tiles encoded together on a GPU
+        group = self.encode_batch_size
         tiles = []
         for k in range(0, len(origins), group):
             crops = [img[r : r + size, c : c + size] for r, c in origins[k : k + group]]
