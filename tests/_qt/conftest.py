@@ -19,13 +19,15 @@ def notes(monkeypatch):
     """Collect napari error/warning notifications shown by napari_sam (list of (kind, text))."""
     seen: list[tuple[str, str]] = []
     import napari_sam._qt._encoder as enc
+    import napari_sam._qt._jobs as jb
     import napari_sam._qt._model_box as mb
     import napari_sam._qt.widget as w
+    import napari_sam.viewer.label_writer as lw
     import napari_sam.viewer.preview as pv
     import napari_sam.viewer.prompts as pr
     import napari_sam.viewer.segment_anything as v
 
-    for mod in (v, pv, pr, enc, mb, w):
+    for mod in (v, pv, pr, lw, enc, jb, mb, w):
         for kind in ("show_error", "show_warning", "show_info"):
             if hasattr(mod, kind):
                 monkeypatch.setattr(mod, kind, lambda msg, k=kind: seen.append((k, str(msg))))

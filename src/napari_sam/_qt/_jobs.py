@@ -155,7 +155,11 @@ class JobPanel(QWidget):
             return False
 
         def on_done(result: Any) -> Any:
-            out = apply(result)
+            try:
+                out = apply(result)
+            except SamUserError as exc:  # e.g. its layer was removed meanwhile: the runner warns too
+                self.set_status(str(exc).removeprefix("SAM: "))
+                raise
             self.set_status(report(out))
             return out
 

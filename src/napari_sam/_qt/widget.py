@@ -215,16 +215,26 @@ class SamWidget(QWidget):
         self.sam.labels_layer = self.labels_combo.current_layer()
 
     def _on_sam_image(self, event: Any = None) -> None:
+        self._stop_job()
         try:
             self.image_combo.set_layer(self.sam.image_layer)
         except RuntimeError:
             pass
 
     def _on_sam_labels(self, event: Any = None) -> None:
+        if getattr(event, "value", None) is None:  # removed or let go (not: created by a commit)
+            self._stop_job()
         try:
             self.labels_combo.set_layer(self.sam.existing_labels_layer)
         except RuntimeError:
             pass
+
+    def _stop_job(self) -> None:
+        """The image or output layer changed (removed, replaced): a running job's result has nowhere to
+        go, so it is cancelled; its apply step then says why and writes nothing (``LabelWriter.guard``)."""
+        jobs = getattr(self, "jobs", None)
+        if jobs is not None and jobs.busy:
+            jobs.cancel()
 
     def _on_multimask(self, on: bool) -> None:
         self.sam.multimask = bool(on)

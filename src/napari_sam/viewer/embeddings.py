@@ -18,7 +18,7 @@ import numpy as np
 from napari_sam.engine.images import to_sam_image
 from napari_sam.viewer.image_source import ImageSource
 from napari_sam.viewer.model_slot import ModelSlot
-from napari_sam.viewer.slicing import EmbeddingCache, slice_image
+from napari_sam.viewer.slicing import EmbeddingCache, slice_image, spatial_shape
 from napari_sam.viewer.stores import StackStores
 
 
@@ -78,7 +78,7 @@ class SliceEmbeddings:
 
         job.steps = 1
         if hasattr(predictor, "iter_embedding"):  # tiles: one encoder run per tile and the overview
-            job.steps = predictor.encodings(img.data.shape[len(index) : len(index) + 2])  # (H, W) of a slice
+            job.steps = predictor.encodings(spatial_shape(img)[len(index) : len(index) + 2])  # (H, W) of a slice
 
             def iterate() -> Any:
                 return (yield from predictor.iter_embedding(read()))

@@ -50,7 +50,7 @@ class EverythingActions:
         self.models.require()
         index = self.images.index_or_current(index)
         limits, chan = self.images.settings()
-        self.writer.checked()
+        still_valid = self.writer.guard("segment everything")
         thresholds = automatic_params(
             self.models.name, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, box_nms_thresh=amg.pop("box_nms_thresh", None),
@@ -81,12 +81,12 @@ class EverythingActions:
                 return None
 
         def apply(result: np.ndarray | None) -> list[int]:
+            still_valid()  # the image or labels layer removed mid-job: say so, write nothing
             if result is None:
                 return []
-            dtype = self.writer.checked().data.dtype
             offset = self.writer.next_label() - 1
-            slices = {
-                lead: (np.where(r > 0, r.astype(dtype) + offset, 0), [])
+            slices = {  # int64 ids: the writer promotes a layer too narrow for them
+                lead: (np.where(r > 0, r.astype(np.int64) + offset, 0), [])
                 for lead, r in zip(leads, result, strict=True) if r.any()
             }
             return self.writer.write_slices(slices)

@@ -13,7 +13,7 @@ import numpy as np
 from napari.layers import Image
 
 from napari_sam.errors import SamUserError
-from napari_sam.viewer.slicing import current_index
+from napari_sam.viewer.slicing import check_index, current_index
 from napari_sam.viewer.stack import Stack, stack_of
 
 
@@ -40,8 +40,13 @@ class ImageSource:
         return current_index(self.viewer, self.require())
 
     def index_or_current(self, index: tuple[int, ...] | None) -> tuple[int, ...]:
-        """``index`` as a tuple, or the slice on screen when None."""
-        return self.current_index() if index is None else tuple(index)
+        """``index`` as a checked tuple (``SamUserError`` outside the image; negative indices do not
+        wrap), or the slice on screen when None."""
+        return self.current_index() if index is None else self.check(index)
+
+    def check(self, index: Any) -> tuple[int, ...]:
+        """``index`` as a tuple of ints after checking it is a slice of the image (see ``check_index``)."""
+        return check_index(self.require(), index)
 
     def settings(self) -> tuple[tuple[float, float] | None, int | None]:
         """(contrast limits used for the SAM image (None for uint8), composite channel axis or None)."""

@@ -68,6 +68,7 @@ class Preview:
         low-res logits go in as ``mask_input`` and one mask comes out (the widget's clicks).
         """
         predictor = self.models.require()
+        index = self.images.check(index)
         pts = None if points_rc is None or len(points_rc) == 0 else rc_to_xy(points_rc)
         lab = None if pts is None else np.asarray(labels, dtype=np.float32).reshape(-1)
         boxes = [box_rc_to_xy(b) for b in boxes_rc]
@@ -132,7 +133,7 @@ class Preview:
         arrays += corners
         if not arrays:
             raise SamUserError("give points and/or a box")
-        index = index_from_coords(arrays, nlead, index, self.images.current_index)
+        index = self.images.check(index_from_coords(arrays, nlead, index, self.images.current_index))
         points_rc = arrays[0][:, -2:] if points is not None else None
         objects = self.decode(index, points_rc, labels, [c[:, -2:] for c in corners], multimask, sync=True)
         return objects[0] if len(corners) <= 1 else objects

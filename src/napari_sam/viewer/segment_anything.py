@@ -33,10 +33,11 @@ from napari_sam.errors import SamUserError
 from napari_sam.viewer.embeddings import SliceEmbeddings
 from napari_sam.viewer.everything import EverythingActions
 from napari_sam.viewer.image_source import ImageSource
-from napari_sam.viewer.label_writer import LabelWriter
+from napari_sam.viewer.label_writer import LABELS_NAME, LabelWriter
 from napari_sam.viewer.model_slot import ModelSlot
 from napari_sam.viewer.preview import Preview
 from napari_sam.viewer.prompts import PromptLayers
+from napari_sam.viewer.slicing import check_multiscale, spatial_shape
 from napari_sam.viewer.stores import StackStores
 from napari_sam.viewer.volume import VolumeActions
 
@@ -194,17 +195,36 @@ class SegmentAnything:
 
     # ------------------------------------------------------------------ image / labels layers
     def set_image_layer(self, layer: Image | None) -> None:
-        """Segment ``layer`` (an Image layer, 2D-nD, RGB(A), any dtype); clears the prompts."""
+        """Segment ``layer`` (an Image layer, 2D-nD, RGB(A), any dtype); clears the prompts.
+
+        A multiscale layer is segmented on its highest-resolution level (``SamUserError`` when its
+        slices exceed ``slicing.MAX_MULTISCALE_PIXELS``). When the output Labels layer no longer
+        fits the new image (e.g. a 2D one for a 3D image), it is let go with a warning and a new
+        image-shaped "SAM labels" layer is created on the first write."""
         if layer is not None and not isinstance(layer, Image):
             raise SamUserError(f"{getattr(layer, 'name', layer)!r} is not an Image layer")
         if layer is self.image_source.layer:
             return
+        if layer is not None:
+            check_multiscale(layer)
         self.image_source.layer = layer
         self.image_source.channel_axis = None
         self.preview.clear()
         if layer is not None:
             self.prompts.ensure_prompt_layers()
+            self._fit_labels_layer(layer)
         self.events.image_layer(value=layer)
+
+    def _fit_labels_layer(self, image: Image) -> None:
+        labels = self.writer.existing
+        if labels is None or tuple(labels.data.shape) == spatial_shape(image):
+            return
+        self.labels_layer = None  # a fitting "SAM labels" is created on the first write
+        show_warning(
+            f"SAM: the output labels layer {labels.name!r} {tuple(labels.data.shape)} does not fit the image "
+            f"{image.name!r} {spatial_shape(image)}: it is left as it is, and SAM writes into a new "
+            f"{LABELS_NAME!r} layer (set sam.labels_layer to choose another)"
+        )
 
     @property
     def labels_layer(self) -> Labels | None:

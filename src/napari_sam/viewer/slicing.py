@@ -58,10 +58,64 @@ def box_arg_to_corners(box: Any) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------- layers
+# multiscale image layers: SAM reads the highest-resolution level (level 0, whose pixels are the
+# layer's data coordinates, so prompts and the Labels layer need no conversion) when one of its 2D
+# slices has at most this many pixels; larger ones are refused (``check_multiscale``)
+MAX_MULTISCALE_PIXELS = 8192 * 8192
+
+
+def check_multiscale(layer: Any) -> None:
+    """``SamUserError`` for a multiscale layer whose highest-resolution slices are too large to read whole."""
+    if not getattr(layer, "multiscale", False):
+        return
+    hw = spatial_shape(layer)[-2:]
+    if hw[0] * hw[1] > MAX_MULTISCALE_PIXELS:
+        raise SamUserError(
+            f"multiscale layers are not supported yet beyond {MAX_MULTISCALE_PIXELS // 2**20} Mpx slices: "
+            f"{getattr(layer, 'name', '')!r} has {len(layer.data)} levels and its highest-resolution slices are "
+            f"{hw[0]}x{hw[1]} ({hw[0] * hw[1] / 2**20:.0f} Mpx). Add one level as its own image layer, e.g. "
+            f"viewer.add_image(layer.data[1]), and segment that"
+        )
+
+
+def base_data(layer: Any) -> Any:
+    """The layer's array: its highest-resolution level (level 0) for a multiscale layer."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def spatial_shape(layer: Any) -> tuple[int, ...]:
     """Shape of an image layer without the RGB(A) channel axis (what a matching Labels layer has)."""
-    shape = tuple(int(s) for s in layer.data.shape)
+    shape = tuple(int(s) for s in base_data(layer).shape)
     return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def check_index(layer: Any, index: Any) -> tuple[int, ...]:
+    """``index`` (leading-axis slice index of an image layer) as a tuple of ints, checked.
+
+    Python's wrap-around does not apply: z = -3 is an error, not the third slice from the end.
+    Raises ``SamUserError`` for a wrong length, a non-integer or an index outside the image.
+    """
+    shape = spatial_shape(layer)[:-2]
+    try:
+        idx = tuple(index)
+    except TypeError:
+        idx = (index,)
+    if len(idx) != len(shape):
+        raise SamUserError(
+            f"slice index {idx} has {len(idx)} value(s), the image {getattr(layer, 'name', '')!r} of shape "
+            f"{spatial_shape(layer)} needs {len(shape)} (one per slider axis)"
+        )
+    out = []
+    for axis, (i, n) in enumerate(zip(idx, shape, strict=True)):
+        if isinstance(i, bool) or not float(i).is_integer():
+            raise SamUserError(f"slice index {idx}: axis {axis} needs an integer, got {i!r}")
+        if not 0 <= int(i) < n:
+            raise SamUserError(
+                f"slice index {idx} is outside the image: axis {axis} has slices 0..{n - 1} "
+                f"(negative indices do not count from the end)"
+            )
+        out.append(int(i))
+    return tuple(out)
 
 
 def to_image_data(src: Any, coords: np.ndarray, image: Any) -> np.ndarray:
@@ -98,10 +152,12 @@ def slice_image(
 ) -> tuple[np.ndarray, bool]:
     """The 2D slice ``index`` of an image layer, read lazily (only that slice of dask/zarr data).
 
-    Returns (array (H, W) or (H, W, C), is_rgb). With ``channel_axis`` (a leading data axis) the
+    Returns (array (H, W) or (H, W, C), is_rgb); a multiscale layer's highest-resolution level (see
+    ``check_multiscale``). With ``channel_axis`` (a leading data axis) the
     first three channels along it become an RGB composite, whatever ``index`` says for that axis.
     """
-    data = image.data
+    check_multiscale(image)
+    data = base_data(image)
     rgb = bool(getattr(image, "rgb", False))
     if channel_axis is None or rgb:
         return np.asarray(data[tuple(index)]), rgb

@@ -124,6 +124,7 @@ class VolumeActions:
         self.models.require()
         st = self.images.stack(index)
         labels = self.writer.checked()
+        still_valid = self.writer.guard("extend labels" if extend_labels else "3D segmentation")
         kw = {**self.params, **params}
         if extend_labels:
             sub = np.asarray(labels.data[st.outer])
@@ -133,6 +134,15 @@ class VolumeActions:
                 raise SamUserError("no labels to extend in this stack")
             kw["labels"], seeds = sub, None
         else:
+            if seeds is not None:
+                for obj, per_slice in seeds.items():
+                    bad = [z for z in per_slice if isinstance(z, bool) or not float(z).is_integer()
+                           or not 0 <= int(z) < st.n]
+                    if bad:
+                        raise SamUserError(
+                            f"seeds of object {obj!r} are on slice(s) {bad} outside the stack: its slices "
+                            f"are 0..{st.n - 1} (negative indices do not count from the end)"
+                        )
             seeds = self.seeds(index) if seeds is None else seeds
             if not seeds:
                 raise SamUserError("add a point or a box first (on this slice or on any slice of the stack)")
@@ -142,17 +152,17 @@ class VolumeActions:
             return segment_volume(store, seeds=seeds, progress=progress, cancel=cancel, **kw)
 
         def apply(result: Any) -> list[int]:
+            still_valid()  # the image or labels layer removed mid-job: say so, write nothing
             return self._write(st, result, relabel=not extend_labels)
 
         return job, apply
 
     def _write(self, st: Stack, result: Any, relabel: bool) -> list[int]:
-        dtype = self.writer.checked().data.dtype
         lut = {oid: oid for oid in result.ids}
         if relabel:
             start = self.writer.next_label()
             lut = {oid: start + k for k, oid in enumerate(result.ids)}
-        table = np.zeros(max(lut, default=0) + 1, dtype=dtype)
+        table = np.zeros(max(lut, default=0) + 1, dtype=np.int64)  # the writer fits the layer's dtype
         for oid, new in lut.items():
             table[oid] = new
         slices = {
