@@ -7,11 +7,24 @@ import this one.
 
 from __future__ import annotations
 
-__all__ = ["Cancelled", "CheckpointError", "ChecksumError", "ModelDownloadError", "SamUserError"]
+__all__ = [
+    "Cancelled", "CheckpointError", "ChecksumError", "ModelDownloadError", "SamInputWarning", "SamTypeError",
+    "SamUserError",
+]
 
 
 class SamUserError(ValueError):
     """A user-facing problem (wrong layer, prompts on the wrong slice ...): shown as a notification."""
+
+
+class SamTypeError(SamUserError, TypeError):
+    """An argument of the wrong kind (a string where numbers are expected, None where a model is):
+    both a ``ValueError`` (as every ``SamUserError``) and a ``TypeError``, so callers catching either keep working."""
+
+
+class SamInputWarning(UserWarning):
+    """Input that is allowed but probably not meant: prompts wholly outside the image, thresholds
+    that let no mask through."""
 
 
 class Cancelled(RuntimeError):

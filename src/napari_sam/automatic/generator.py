@@ -11,6 +11,7 @@ Coordinates: points (x, y), boxes XYWH (output records) in pixels of the origina
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,9 @@ from napari_sam.automatic.utils import (
 from napari_sam.engine.images import to_sam_image
 from napari_sam.engine.predictor import SamPredictor
 from napari_sam.engine.progress import Cancel, Progress, check_cancel
+from napari_sam.errors import SamInputWarning, SamUserError
 
-__all__ = ["AutomaticMaskGenerator", "link_slices"]
+__all__ = ["MIN_SIDE", "AutomaticMaskGenerator", "link_slices"]
 
 
 class AutomaticMaskGenerator:
@@ -92,6 +94,12 @@ class AutomaticMaskGenerator:
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")
+        _check_params(
+            points_per_side, points_per_batch, crop_n_layers, crop_n_points_downscale_factor, tile_size,
+            min_mask_region_area, chunk_pixels,
+            pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
+            box_nms_thresh=box_nms_thresh, crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
+        )
         if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
             raise ValueError(f"unknown output_mode {output_mode!r}")
         if tile_size is not None and not 0 <= tile_overlap < tile_size:
@@ -101,7 +109,12 @@ class AutomaticMaskGenerator:
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
         else:
-            self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+            self.point_grids = [_check_grid(g, i) for i, g in enumerate(point_grids)]
+            if len(self.point_grids) < crop_n_layers + 1:
+                raise SamUserError(
+                    f"point_grids must hold one grid per crop layer ({crop_n_layers + 1} with "
+                    f"crop_n_layers={crop_n_layers}), got {len(self.point_grids)}"
+                )
         if isinstance(model_or_predictor, SamPredictor):
             self.predictor = model_or_predictor
         else:
@@ -206,6 +219,11 @@ class AutomaticMaskGenerator:
         """((H, W), the kept masks as :class:`Masks`) before formatting; see :meth:`generate`."""
         img = to_sam_image(image)
         size = (int(img.shape[0]), int(img.shape[1]))
+        if min(size) < MIN_SIDE:
+            raise SamUserError(
+                f"automatic masks need an image of at least {MIN_SIDE} x {MIN_SIDE} pixels, got {size[0]} x {size[1]} "
+                f"(H x W); segment it with prompts (SamPredictor.predict) or pass a larger image"
+            )
         boxes, layers = self.crop_boxes(size)
         n_batches = [-(-len(self.point_grids[k]) // self.points_per_batch) for k in layers]
         total, done = sum(n_batches) + len(boxes), 0
@@ -244,7 +262,35 @@ class AutomaticMaskGenerator:
             data = data.select(nms(data.boxes.float(), 1 / box_area(data.crop_boxes.float()), self.crop_nms_thresh))
         if self.min_mask_region_area > 0 and len(data):
             data = self._remove_small_regions(data, size)
+        if not len(data):
+            self._warn_nothing_passed()
         return size, data
+
+    def _warn_nothing_passed(self) -> None:
+        """One ``SamInputWarning`` naming the thresholds used and the model's registry defaults."""
+        used = {
+            "pred_iou_thresh": self.pred_iou_thresh, "stability_score_thresh": self.stability_score_thresh,
+            "box_nms_thresh": self.box_nms_thresh,
+        }
+        name = getattr(self.predictor.model, "model_name", None)
+        hint = "lower pred_iou_thresh and stability_score_thresh (0 disables each)"
+        if isinstance(name, str) and name:
+            from napari_sam.weights.registry import REGISTRY, automatic_defaults  # data only, no cycle
+
+            if name in REGISTRY:
+                rec = automatic_defaults(name)
+                if any(abs(rec[k] - used[k]) > 1e-9 for k in rec):
+                    hint = (
+                        f"the registry recommends for {name!r}: {_fmt(rec)} "
+                        f"(AutomaticMaskGenerator(model, **napari_sam.weights.registry.automatic_defaults({name!r})))"
+                    )
+                else:
+                    hint = f"these are the registry's values for {name!r}; {hint}"
+        warnings.warn(
+            f"no mask passed the thresholds ({_fmt(used)}, stability_score_offset={self.stability_score_offset:g}"
+            f"{f', min_mask_region_area={self.min_mask_region_area}' if self.min_mask_region_area else ''}); {hint}",
+            SamInputWarning, stacklevel=4,
+        )
 
     def _remove_small_regions(self, data: Masks, size: tuple[int, int]) -> Masks:
         """Official post-processing: fill small holes, drop small islands, re-run NMS (changed masks lose)."""
@@ -280,6 +326,64 @@ class AutomaticMaskGenerator:
         new = Masks(data.iou, data.stability, torch.tensor(boxes, dtype=torch.long), data.points, data.crop_boxes, crops)
         thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
         return new.select(nms(new.boxes.float(), torch.tensor(scores), thresh))
+
+
+#: the smallest side (pixels) of an image :class:`AutomaticMaskGenerator` segments: below it every grid
+#: point of a 32 x 32 grid falls on the same few pixels and the thousands of identical masks cost a minute
+MIN_SIDE = 8
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in values.items())
+
+
+def _check_params(
+    points_per_side, points_per_batch, crop_n_layers, downscale, tile_size, min_area, chunk_pixels, **unit: float
+) -> None:
+    """``SamUserError`` (a ``ValueError``) for parameters out of their range, before any work."""
+    def positive_int(value, name: str, minimum: int = 1) -> None:
+        try:
+            ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise SamUserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+    if points_per_side is not None:
+        positive_int(points_per_side, "points_per_side")
+    if points_per_batch is not None:
+        positive_int(points_per_batch, "points_per_batch")
+    positive_int(crop_n_layers, "crop_n_layers", 0)
+    positive_int(downscale, "crop_n_points_downscale_factor")
+    positive_int(chunk_pixels, "chunk_pixels")
+    positive_int(min_area, "min_mask_region_area", 0)
+    if tile_size is not None:
+        positive_int(tile_size, "tile_size")
+    if points_per_side is not None and int(points_per_side / downscale**crop_n_layers) < 1:
+        raise SamUserError(
+            f"points_per_side={points_per_side} / crop_n_points_downscale_factor={downscale}**crop_n_layers="
+            f"{crop_n_layers} leaves no point in the last crop layer; use fewer layers or a smaller factor"
+        )
+    for name, value in unit.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise SamUserError(f"{name} must be a number in [0, 1], got {value!r}") from None
+        if not 0.0 <= v <= 1.0:
+            raise SamUserError(
+                f"{name} must be in [0, 1], got {value!r}"
+                + ("; 0 disables it" if name in ("pred_iou_thresh", "stability_score_thresh") else "")
+            )
+
+
+def _check_grid(grid, i: int) -> np.ndarray:
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 2 or g.shape[1] != 2 or not len(g) or not np.isfinite(g).all() or g.min() < 0 or g.max() > 1:
+        raise SamUserError(
+            f"point_grids[{i}] must be a non-empty (N, 2) array of (x, y) in [0, 1] (fractions of the crop), "
+            f"got shape {g.shape}" + (f", values in [{g.min():g}, {g.max():g}]" if g.size else "")
+        )
+    return g
 
 
 def paint_labels(data: Masks, size: tuple[int, int]) -> np.ndarray:

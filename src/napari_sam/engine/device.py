@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from napari_sam.errors import SamUserError
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """Return ``device`` as a ``torch.device``; when None pick cuda > mps > cpu."""
     if device is not None:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise SamUserError(
+                f"device {device!r} is not a device: use 'cpu', 'cuda' (or 'cuda:0', 'cuda:1', ...), 'mps', "
+                f"or None to pick the best available (cuda > mps > cpu)"
+            ) from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available here")
         if dev.type == "mps" and not (

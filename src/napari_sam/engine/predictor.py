@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import replace
@@ -28,6 +29,7 @@ from napari_sam.engine.graphs import GraphCache
 from napari_sam.engine.postprocess import MaskUpsampler
 from napari_sam.engine.prompts import prompt_tensors
 from napari_sam.engine.transforms import ResizeLongestSide, model_input
+from napari_sam.errors import SamTypeError
 from napari_sam.models.common import weights_key
 from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
 
@@ -41,11 +43,28 @@ log = logging.getLogger(__name__)
 PREPARE_FOR_PROMPTS = 3
 
 
+def _as_model(model: Any, device: torch.device) -> torch.nn.Module:
+    """A model, or a registry name / checkpoint path loaded with ``load_model`` (imported here:
+    ``napari_sam.weights`` imports the engine); ``SamTypeError`` for anything else."""
+    if isinstance(model, (str, os.PathLike)):
+        from napari_sam.weights.loading import load_model
+
+        return load_model(model, device=device)
+    if not all(hasattr(model, a) for a in ("image_encoder", "prompt_encoder", "mask_decoder", "to")):
+        raise SamTypeError(
+            f"SamPredictor needs a SAM model, a registry name or a checkpoint path, got {type(model).__name__}"
+            f"{'' if model is not None else ' (None)'}; load one with napari_sam.load_model(name), "
+            f"e.g. SamPredictor(napari_sam.load_model('nano_nuclei')) or SamPredictor('nano_nuclei')"
+        )
+    return model
+
+
 class SamPredictor:
     """Compute an image embedding once, then predict masks for many prompts.
 
     Args:
-        model: a ``Sam`` (``napari_sam.models.sam``) or anything with the same interface.
+        model: a ``Sam`` (``napari_sam.models.sam``) or anything with the same interface, or a
+            registry name or checkpoint path (loaded with ``napari_sam.load_model``).
         device: None picks cuda > mps > cpu (``napari_sam.engine.device.pick_device``); the model is moved there.
         precision: ``'auto'`` (bf16 autocast for the encoder on CUDA, fp32 elsewhere), ``'fp32'``,
             ``'bf16'`` or ``'fp16'``. Only the image encoder runs under autocast; the features are
@@ -63,13 +82,14 @@ class SamPredictor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | str,
         device: str | torch.device | None = None,
         precision: str = "auto",
         decoder: str = "auto",
         cuda_graphs: bool | None = None,
     ):
         self.device = pick_device(device)
+        model = _as_model(model, self.device)
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.model = model.to(self.device).eval()

@@ -170,10 +170,12 @@ class ResizeLongestSide:
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-        """(newh, neww) with the longest side ``long_side_length`` (rounded half up, as the official)."""
+        """(newh, neww) with the longest side ``long_side_length`` (rounded half up, as the official),
+        each at least 1 px: a 1 x 5000 image becomes 1 x 1024, not 0 x 1024 (the official's, which no
+        resize accepts)."""
         scale = long_side_length * 1.0 / max(oldh, oldw)
         newh, neww = oldh * scale, oldw * scale
-        return int(newh + 0.5), int(neww + 0.5)
+        return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
 
 def model_input(

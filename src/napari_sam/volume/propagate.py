@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
+from napari_sam.errors import SamUserError
 from napari_sam.volume.result import Prompt, VolumeResult, mask_box, mask_point, seeds_from_labels
 from napari_sam.volume.store import EmbeddingStore
 
@@ -144,6 +145,15 @@ def segment_volume(
         raise ValueError(f"prompt must be a '+'-joined subset of box, point, mask; got {prompt!r}")
     keyframes: dict[int, dict[int, Prompt]] = {}
     if labels is not None:
+        labels = np.asarray(labels)
+        vol_shape = tuple(int(s) for s in store.volume.shape)
+        expected = vol_shape[:-1] if store.rgb else vol_shape
+        if labels.shape != expected:
+            raise SamUserError(
+                f"labels has shape {labels.shape} but the volume has shape {vol_shape}"
+                f"{' (colour last)' if store.rgb else ''}: labels must have shape {expected}, the volume's "
+                f"without its colour axis, slices along axis {store.axis}"
+            )
         keyframes.update(seeds_from_labels(labels, axis=store.axis))
     for oid, frames in (seeds or {}).items():
         keyframes.setdefault(int(oid), {}).update(

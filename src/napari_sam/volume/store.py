@@ -37,6 +37,7 @@ import torch
 from napari_sam.engine.images import PERCENTILES, to_sam_image
 from napari_sam.engine.predictor import ImageEmbedding
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
+from napari_sam.errors import SamUserError
 from napari_sam.volume.zarr_cache import (
     STORE_FORMAT,
     STORE_VERSION,
@@ -84,7 +85,16 @@ class EmbeddingStore:
                 f"expected a (n, H, W) or (n, H, W, 3|4) volume, got shape {shape}; "
                 "for (T, Z, Y, X) data pass data[t]"
             )
-        self.axis = axis % len(shape)
+        try:
+            ok = not isinstance(axis, bool) and int(axis) == axis and -len(shape) <= axis < len(shape)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise SamUserError(
+                f"axis {axis!r} is out of range for a volume of shape {shape} ({len(shape)} axes): the slice "
+                f"axis must be one of 0..{2} (or -{len(shape)}..-{len(shape) - 2 if self.rgb else 1})"
+            )
+        self.axis = int(axis) % len(shape)
         if self.rgb and self.axis == len(shape) - 1:
             raise ValueError("the slice axis cannot be the colour axis")
         self.predictor, self.volume = predictor, volume
