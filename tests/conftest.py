@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures (helpers that test modules import live in _synthetic.py and _reference.py)."""
 
 from __future__ import annotations
 
@@ -33,34 +33,10 @@ def reference():
     return official()
 
 
-def make_tiny_sam(seed: int = 0):
-    """A tiny random-weight Sam (256 px input, 16x16 grid, 32-dim decoder): fast on CPU, arbitrary masks."""
-    from torch import nn
-
-    from napari_sam.models.sam import build_sam
-
-    class _PatchEncoder(nn.Module):
-        """(B, 3, 256, 256) -> (B, 32, 16, 16): one strided conv, SAM's encoder contract."""
-
-        img_size = 256
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.proj = nn.Conv2d(3, 32, kernel_size=16, stride=16)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.proj(x)
-
-    torch.manual_seed(seed)
-    model = build_sam(
-        _PatchEncoder(), img_size=256, embedding_size=(16, 16), prompt_embed_dim=32, mask_in_chans=4,
-        decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32, arch="tiny_test",
-    )
-    model.model_name = "tiny_test"
-    return model.eval()
-
 
 @pytest.fixture
 def tiny_sam():
     """A fresh tiny random-weight Sam (see ``make_tiny_sam``), for viewer/widget tests."""
+    from _synthetic import make_tiny_sam
+
     return make_tiny_sam()

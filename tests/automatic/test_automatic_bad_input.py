@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_tiny_sam
+from _synthetic import make_tiny_sam
 
 from napari_sam.automatic.generator import MIN_SIDE, AutomaticMaskGenerator
 from napari_sam.engine.predictor import SamPredictor

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import make_tiny_sam
+from _synthetic import make_tiny_sam
 
 from napari_sam.engine.device import pick_device
 from napari_sam.engine.predictor import SamPredictor

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_tiny_sam
+from _synthetic import make_tiny_sam
 
 from napari_sam.engine.predictor import SamPredictor
 from napari_sam.errors import SamUserError
