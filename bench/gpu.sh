@@ -3,6 +3,7 @@
 # clicks, segment everything), ours side by side with Meta's segment-anything; ~4-6 min on an H200.
 #   bash bench/gpu.sh                      # on a machine with CUDA PyTorch
 #   bash bench/gpu.sh --sections click     # one section
+#   python3 bench/gpu_smoke.py              # CUDA-only branches checked against the CPU (ok/FAIL lines)
 # Needs segment-anything (the reference) importable: installed, or as a wheel in $NAPARI_SAM_GPU_FILES
 # (default .gpu/, for a machine without a network), which may also hold the dsb2018 PNG that the
 # nano_nuclei rows use (default: ../shared/data/dsb2018/images/07fb37aa...png).
