@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU figure in one run (bench/bench_gpu.py: first encode, encoder batch 1/8/16 with TFLOP/s,
-# clicks, segment everything), ours side by side with Meta's segment-anything; ~4-6 min on an H200.
+# clicks, segment everything), ours side by side with Meta's segment-anything; ~65 s on an H200 (2026-12-04).
 #   bash bench/gpu.sh                      # on a machine with CUDA PyTorch
 #   bash bench/gpu.sh --sections click     # one section
 #   python3 bench/gpu_smoke.py              # CUDA-only branches checked against the CPU (ok/FAIL lines)
