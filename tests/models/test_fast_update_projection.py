@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam.models.fast import FastMaskDecoder, update_projection
-from napari_sam.models.fast.transformer import ImageUpdate, block
+from napari_sam.models.fast.transformer import block
+from napari_sam.models.fast.update_projection import ImageUpdate
 from napari_sam.models.mask_decoder import MaskDecoder
 from napari_sam.models.transformer import TwoWayTransformer
 

@@ -23,6 +23,8 @@ from napari_sam.automatic.utils import (
     box_area,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
+    check_grid,
+    check_params,
     coco_encode_rle,
     fill_holes_with_outside,
     generate_crop_boxes,
@@ -94,7 +96,7 @@ class AutomaticMaskGenerator:
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")
-        _check_params(
+        check_params(
             points_per_side, points_per_batch, crop_n_layers, crop_n_points_downscale_factor, tile_size,
             min_mask_region_area, chunk_pixels,
             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
@@ -109,7 +111,7 @@ class AutomaticMaskGenerator:
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
         else:
-            self.point_grids = [_check_grid(g, i) for i, g in enumerate(point_grids)]
+            self.point_grids = [check_grid(g, i) for i, g in enumerate(point_grids)]
             if len(self.point_grids) < crop_n_layers + 1:
                 raise SamUserError(
                     f"point_grids must hold one grid per crop layer ({crop_n_layers + 1} with "
@@ -335,55 +337,6 @@ MIN_SIDE = 8
 
 def _fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in values.items())
-
-
-def _check_params(
-    points_per_side, points_per_batch, crop_n_layers, downscale, tile_size, min_area, chunk_pixels, **unit: float
-) -> None:
-    """``SamUserError`` (a ``ValueError``) for parameters out of their range, before any work."""
-    def positive_int(value, name: str, minimum: int = 1) -> None:
-        try:
-            ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:
-            raise SamUserError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-    if points_per_side is not None:
-        positive_int(points_per_side, "points_per_side")
-    if points_per_batch is not None:
-        positive_int(points_per_batch, "points_per_batch")
-    positive_int(crop_n_layers, "crop_n_layers", 0)
-    positive_int(downscale, "crop_n_points_downscale_factor")
-    positive_int(chunk_pixels, "chunk_pixels")
-    positive_int(min_area, "min_mask_region_area", 0)
-    if tile_size is not None:
-        positive_int(tile_size, "tile_size")
-    if points_per_side is not None and int(points_per_side / downscale**crop_n_layers) < 1:
-        raise SamUserError(
-            f"points_per_side={points_per_side} / crop_n_points_downscale_factor={downscale}**crop_n_layers="
-            f"{crop_n_layers} leaves no point in the last crop layer; use fewer layers or a smaller factor"
-        )
-    for name, value in unit.items():
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise SamUserError(f"{name} must be a number in [0, 1], got {value!r}") from None
-        if not 0.0 <= v <= 1.0:
-            raise SamUserError(
-                f"{name} must be in [0, 1], got {value!r}"
-                + ("; 0 disables it" if name in ("pred_iou_thresh", "stability_score_thresh") else "")
-            )
-
-
-def _check_grid(grid, i: int) -> np.ndarray:
-    g = np.asarray(grid, dtype=np.float64)
-    if g.ndim != 2 or g.shape[1] != 2 or not len(g) or not np.isfinite(g).all() or g.min() < 0 or g.max() > 1:
-        raise SamUserError(
-            f"point_grids[{i}] must be a non-empty (N, 2) array of (x, y) in [0, 1] (fractions of the crop), "
-            f"got shape {g.shape}" + (f", values in [{g.min():g}, {g.max():g}]" if g.size else "")
-        )
-    return g
 
 
 def paint_labels(data: Masks, size: tuple[int, int]) -> np.ndarray:

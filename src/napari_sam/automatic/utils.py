@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from napari_sam.engine.tiling import tile_origins
+from napari_sam.errors import SamUserError
 
 
 # ----------------------------------------------------------------------------- grids and crops
@@ -186,3 +187,53 @@ def fill_holes_with_outside(p: np.ndarray, ring: np.ndarray, area: int) -> tuple
     if small.size == 0:
         return p, False
     return p | np.isin(regions, small), True
+
+
+# ----------------------------------------------------------------------------- parameter checks
+def check_params(
+    points_per_side, points_per_batch, crop_n_layers, downscale, tile_size, min_area, chunk_pixels, **unit: float
+) -> None:
+    """``SamUserError`` (a ``ValueError``) for parameters out of their range, before any work."""
+    def positive_int(value, name: str, minimum: int = 1) -> None:
+        try:
+            ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise SamUserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+    if points_per_side is not None:
+        positive_int(points_per_side, "points_per_side")
+    if points_per_batch is not None:
+        positive_int(points_per_batch, "points_per_batch")
+    positive_int(crop_n_layers, "crop_n_layers", 0)
+    positive_int(downscale, "crop_n_points_downscale_factor")
+    positive_int(chunk_pixels, "chunk_pixels")
+    positive_int(min_area, "min_mask_region_area", 0)
+    if tile_size is not None:
+        positive_int(tile_size, "tile_size")
+    if points_per_side is not None and int(points_per_side / downscale**crop_n_layers) < 1:
+        raise SamUserError(
+            f"points_per_side={points_per_side} / crop_n_points_downscale_factor={downscale}**crop_n_layers="
+            f"{crop_n_layers} leaves no point in the last crop layer; use fewer layers or a smaller factor"
+        )
+    for name, value in unit.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise SamUserError(f"{name} must be a number in [0, 1], got {value!r}") from None
+        if not 0.0 <= v <= 1.0:
+            raise SamUserError(
+                f"{name} must be in [0, 1], got {value!r}"
+                + ("; 0 disables it" if name in ("pred_iou_thresh", "stability_score_thresh") else "")
+            )
+
+
+def check_grid(grid, i: int) -> np.ndarray:
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 2 or g.shape[1] != 2 or not len(g) or not np.isfinite(g).all() or g.min() < 0 or g.max() > 1:
+        raise SamUserError(
+            f"point_grids[{i}] must be a non-empty (N, 2) array of (x, y) in [0, 1] (fractions of the crop), "
+            f"got shape {g.shape}" + (f", values in [{g.min():g}, {g.max():g}]" if g.size else "")
+        )
+    return g

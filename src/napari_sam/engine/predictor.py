@@ -10,9 +10,7 @@ in pixels of the original image.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,15 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from napari_sam.engine.device import autocast_dtype, pick_device
+from napari_sam.engine.device import autocast_dtype, encoder_context, pick_device
 from napari_sam.engine.embedding import DecoderPreparation, ImageEmbedding, check_embedding, tensor_bytes
 from napari_sam.engine.graphs import GraphCache
 from napari_sam.engine.postprocess import MaskUpsampler
 from napari_sam.engine.prompts import prompt_tensors
 from napari_sam.engine.transforms import ResizeLongestSide, model_input
-from napari_sam.errors import SamTypeError
 from napari_sam.models.common import weights_key
 from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
 
@@ -41,22 +37,6 @@ log = logging.getLogger(__name__)
 # first when that has this many prompts: a single small call per image (a volume's propagation
 # step, a tile's first click) stays on the plain path.
 PREPARE_FOR_PROMPTS = 3
-
-
-def _as_model(model: Any, device: torch.device) -> torch.nn.Module:
-    """A model, or a registry name / checkpoint path loaded with ``load_model`` (imported here:
-    ``napari_sam.weights`` imports the engine); ``SamTypeError`` for anything else."""
-    if isinstance(model, (str, os.PathLike)):
-        from napari_sam.weights.loading import load_model
-
-        return load_model(model, device=device)
-    if not all(hasattr(model, a) for a in ("image_encoder", "prompt_encoder", "mask_decoder", "to")):
-        raise SamTypeError(
-            f"SamPredictor needs a SAM model, a registry name or a checkpoint path, got {type(model).__name__}"
-            f"{'' if model is not None else ' (None)'}; load one with napari_sam.load_model(name), "
-            f"e.g. SamPredictor(napari_sam.load_model('nano_nuclei')) or SamPredictor('nano_nuclei')"
-        )
-    return model
 
 
 class SamPredictor:
@@ -89,7 +69,10 @@ class SamPredictor:
         cuda_graphs: bool | None = None,
     ):
         self.device = pick_device(device)
-        model = _as_model(model, self.device)
+        if not isinstance(model, torch.nn.Module):  # a registry name or path (weights imports the engine)
+            from napari_sam.weights.loading import as_model
+
+            model = as_model(model, self.device)
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.model = model.to(self.device).eval()
@@ -119,20 +102,6 @@ class SamPredictor:
         self._upsampler = MaskUpsampler(self.img_size)
 
     # ------------------------------------------------------------------ image / embedding state
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def _attention_kernels(self, batch: int) -> contextlib.AbstractContextManager:
-        """The encoder's attention kernels for a batch of ``batch`` images: on CUDA a single
-        image avoids cuDNN's attention, whose first call in a process builds its kernels for ~1 s
-        (H200, bf16: first encode 1.5 s against 0.54 s, the same 17 ms later); batches keep it
-        (25 % faster per image at batch 8). See docs/engine.md, "On a GPU"."""
-        if self.device.type != "cuda" or batch > 1:
-            return contextlib.nullcontext()
-        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
     def compute_embedding(
         self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None, native: bool = False
     ) -> ImageEmbedding:
@@ -160,10 +129,10 @@ class SamPredictor:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         out: list[ImageEmbedding] = []
         for start in range(0, len(images), batch_size):
-            inputs = [self._model_input(im, image_format, contrast_limits, native) for im in images[start : start + batch_size]]
+            inputs = [model_input(im, self.model, self.transform, self.device, image_format, contrast_limits, native) for im in images[start : start + batch_size]]
             with torch.inference_mode():
                 x = torch.cat([x for x, _, _ in inputs])
-                with self._autocast(), self._attention_kernels(len(x)):
+                with encoder_context(self.device, self.autocast_dtype, len(x)):
                     features = self.model.image_encoder(x)
                 features = features.float()
             if len(inputs) == 1:
@@ -171,9 +140,6 @@ class SamPredictor:
             else:  # each embedding owns its features (a view would keep the whole batch alive)
                 out += [ImageEmbedding(f[None].clone(), orig, size) for f, (_, orig, size) in zip(features, inputs, strict=True)]
         return out
-
-    def _model_input(self, image: np.ndarray, image_format: str, contrast_limits, native: bool):
-        return model_input(image, self.model, self.transform, self.device, image_format, contrast_limits, native)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
         """Compute and keep the embedding of ``image`` (see :meth:`compute_embedding`), and
@@ -208,7 +174,7 @@ class SamPredictor:
         the features' memory while kept: ``emb.prepared.nbytes``). Returns ``emb`` itself on the
         plain decoder path or for an embedding already prepared for this decoder."""
         decoder = self.model.mask_decoder
-        self._check_embedding(emb)
+        check_embedding(emb, self.embedding_size, self.img_size)
         self._warm_first_click(emb)
         if self._fast is None or (emb.prepared is not None and emb.prepared.fits(decoder)):
             return emb
@@ -220,14 +186,11 @@ class SamPredictor:
     def set_image_embedding(self, emb: ImageEmbedding) -> None:
         """Use a previously computed embedding (moved to this predictor's device), with its
         decoder preparation when it has one made for this predictor's decoder and weights."""
-        self._check_embedding(emb)
+        check_embedding(emb, self.embedding_size, self.img_size)
         self._embedding = emb.to(self.device)
         prep = self._embedding.prepared
         self._prepared = prep.value if prep is not None and prep.fits(self.model.mask_decoder) else None
         self._calls = 0
-
-    def _check_embedding(self, emb: ImageEmbedding) -> None:
-        check_embedding(emb, self.embedding_size, self.img_size)
 
     def reset_image(self) -> None:
         """Forget the current image."""

@@ -10,6 +10,7 @@ No napari, no Qt: this module runs in a plain Python process.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from napari_sam.engine.device import pick_device
 from napari_sam.engine.progress import Progress
-from napari_sam.errors import CheckpointError
+from napari_sam.errors import CheckpointError, SamTypeError
 from napari_sam.models.sam import Sam, build_model, infer_arch
 from napari_sam.weights import download
 from napari_sam.weights.registry import DEFAULT_MODEL, REGISTRY
@@ -193,3 +194,17 @@ def load_model(
     model.checkpoint_path = path
     model.model_name = display
     return model.to(dev)
+
+
+def as_model(model: Any, device: torch.device | str | None = None) -> torch.nn.Module:
+    """A model, or a registry name / checkpoint path loaded with :func:`load_model` (what
+    ``SamPredictor`` accepts); ``SamTypeError`` for anything else."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, device=device)
+    if not all(hasattr(model, a) for a in ("image_encoder", "prompt_encoder", "mask_decoder", "to")):
+        raise SamTypeError(
+            f"SamPredictor needs a SAM model, a registry name or a checkpoint path, got {type(model).__name__}"
+            f"{'' if model is not None else ' (None)'}; load one with napari_sam.load_model(name), "
+            f"e.g. SamPredictor(napari_sam.load_model('nano_nuclei')) or SamPredictor('nano_nuclei')"
+        )
+    return model

@@ -18,6 +18,7 @@ from ..common import to_tokens, weights_key
 from ..transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 from . import asymmetric_attention, update_projection
 from .asymmetric_attention import worth_it
+from .update_projection import ImageUpdate
 
 
 @dataclass
@@ -54,21 +55,6 @@ class PositionalParts:
     t2i_k: Tensor
     i2t_q: Tensor
     second: tuple[Tensor, Tensor] | None
-
-
-@dataclass
-class ImageUpdate:
-    """What one two-way layer did to the image tokens: ``x_out = LayerNorm(x_in + p @ n)``.
-
-    ``p (B, L, K)`` image-to-token attention weights (heads x prompt tokens, K = heads * Nt),
-    ``n (B, K, C)`` the prompt tokens' values with the output projection and its bias folded in,
-    ``mean``/``rstd`` ``(B, L, 1)`` the LayerNorm's statistics of ``x_in + p @ n``.
-    """
-
-    p: Tensor
-    n: Tensor
-    mean: Tensor
-    rstd: Tensor
 
 
 class FastTransformer:

@@ -2,7 +2,7 @@
 low-rank update of the image instead of on its output tokens: exact, with about a third of the
 multiply-adds per prompt.
 
-The first layer leaves ``x = LN(src + p @ n)`` (:class:`~.transformer.ImageUpdate`: ``p (L, K)``
+The first layer leaves ``x = LN(src + p @ n)`` (:class:`ImageUpdate`: ``p (L, K)``
 attention weights, ``n (K, C)``, the LayerNorm's per-token ``mean``/``rstd``; ``src`` the image's
 own tokens). LayerNorm is affine per token once its statistics are known, so a linear map of the
 tokens (an attention projection ``W (D, C)``, ``b``; ``g``, ``beta`` the LayerNorm's weight and
@@ -38,7 +38,22 @@ from .asymmetric_attention import (
 
 if TYPE_CHECKING:
     from ..transformer import Attention
-    from .transformer import ImageUpdate
+
+
+@dataclass
+class ImageUpdate:
+    """What one two-way layer did to the image tokens: ``x_out = LayerNorm(x_in + p @ n)``.
+
+    ``p (B, L, K)`` image-to-token attention weights (heads x prompt tokens, K = heads * Nt),
+    ``n (B, K, C)`` the prompt tokens' values with the output projection and its bias folded in,
+    ``mean``/``rstd`` ``(B, L, 1)`` the LayerNorm's statistics of ``x_in + p @ n``.
+    """
+
+    p: Tensor
+    n: Tensor
+    mean: Tensor
+    rstd: Tensor
+
 
 
 @dataclass
