@@ -9,6 +9,8 @@ reference. The stand-ins do what torchvision does:
 - ``resize(pil_image, (h, w))`` -> ``pil_image.resize((w, h), BILINEAR)`` (torchvision's PIL path)
 - ``to_pil_image(uint8 HWC array)`` -> ``PIL.Image.fromarray``
 - ``batched_nms`` / ``box_area``: greedy NMS per category, boxes XYXY, IoU > thresh suppressed.
+- ``transforms.ToTensor`` / ``Resize`` / ``Normalize`` (SAM 2's image transforms): HWC uint8 -> CHW
+  float in [0, 1]; bilinear resize with antialiasing (torchvision's tensor default); (x - mean) / std.
 
 The shim is only ever used by tests and benchmarks; the package itself has no torchvision.
 """
@@ -67,6 +69,44 @@ def _to_pil_image(pic, mode=None):
     return Image.fromarray(np.asarray(pic), mode=mode)
 
 
+class _ToTensor:
+    """torchvision's ``ToTensor`` for HWC uint8 arrays: CHW float32 in [0, 1]."""
+
+    def __call__(self, pic) -> torch.Tensor:
+        a = np.asarray(pic)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+        return t.float().div(255) if t.dtype == torch.uint8 else t.float()
+
+
+class _Resize(torch.nn.Module):
+    """torchvision's tensor ``Resize((h, w))``: bilinear with antialiasing (its default since 0.17)."""
+
+    def __init__(self, size, interpolation=None, max_size=None, antialias=True) -> None:
+        super().__init__()
+        self.size = [int(s) for s in size]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(
+            x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True
+        )[0]
+
+
+class _Normalize(torch.nn.Module):
+    """torchvision's ``Normalize(mean, std)`` of a CHW tensor."""
+
+    def __init__(self, mean, std, inplace=False) -> None:
+        super().__init__()
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
+
+
 def _install_shim() -> None:
     try:  # a working torchvision is used as it is
         import torchvision  # noqa: F401
@@ -89,6 +129,9 @@ def _install_shim() -> None:
     functional.resize = _resize
     functional.to_pil_image = _to_pil_image
     transforms.functional = functional
+    transforms.ToTensor = _ToTensor  # (SAM 2's image transforms)
+    transforms.Resize = _Resize
+    transforms.Normalize = _Normalize
     tv.ops = ops
     tv.transforms = transforms
     for name, mod in {

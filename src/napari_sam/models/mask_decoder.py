@@ -9,7 +9,6 @@ reads these modules' weights and is tested against this code.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
@@ -132,18 +131,25 @@ class MaskDecoder(nn.Module):
 
 
 class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU in between: ``(..., in) -> (..., out)``."""
+    """``num_layers`` linear layers with ``activation`` (ReLU: SAM's) in between: ``(..., in) -> (..., out)``."""
 
     def __init__(
-        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int,
+        sigmoid_output: bool = False,
+        activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
+        self.act = activation()
         h = [hidden_dim] * (num_layers - 1)
         self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim], strict=True))
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+            x = self.act(layer(x)) if i < self.num_layers - 1 else layer(x)
         return torch.sigmoid(x) if self.sigmoid_output else x

@@ -124,18 +124,29 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention whose internal width is ``embedding_dim // downsample_rate``."""
+    """Multi-head attention whose internal width is ``embedding_dim // downsample_rate``; keys and
+    values of width ``kv_in_dim`` (default ``embedding_dim``; SAM 2's memory attention uses 64).
+    ``dropout`` applies to the attention weights in training only."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        downsample_rate: int = 1,
+        dropout: float = 0.0,
+        kv_in_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim
+        self.kv_in_dim = kv_in_dim if kv_in_dim is not None else embedding_dim
         self.internal_dim = embedding_dim // downsample_rate
+        self.dropout_p = dropout
         self.num_heads = num_heads
         if self.internal_dim % num_heads:
             raise ValueError("num_heads must divide embedding_dim // downsample_rate")
         self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
+        self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
     def separate_heads(self, x: Tensor) -> Tensor:
@@ -155,4 +166,4 @@ class Attention(nn.Module):
         v = self.separate_heads(self.v_proj(v))
         b = max(q.shape[0], k.shape[0], v.shape[0])
         q, k, v = (t if t.shape[0] == b else t.expand(b, -1, -1, -1) for t in (q, k, v))
-        return self.out_proj(self.recombine_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.out_proj(self.recombine_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)))
