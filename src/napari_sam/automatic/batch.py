@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from napari_sam.automatic.utils import is_box_near_crop_edge
+from napari_sam.engine.model_interface import decode
 from napari_sam.models.mask_decoder import MaskDecoder
 
 
@@ -82,10 +83,12 @@ class CropContext:
         predictor: the ``SamPredictor`` (its ``postprocess_masks`` gives the official upsampling).
         features: (1, C, h, w) embedding of the crop; ``input_size`` (h', w') its resized size.
         crop_box: XYXY (exclusive end) in image coordinates; the crop is (H_c, W_c).
+        high_res: SAM 2's high-resolution features of the crop (None for SAM).
     """
 
-    def __init__(self, predictor, features, input_size, crop_box, threshold, offset, chunk_pixels):
+    def __init__(self, predictor, features, input_size, crop_box, threshold, offset, chunk_pixels, high_res=None):
         self.predictor, self.features, self.input_size = predictor, features, tuple(input_size)
+        self.high_res = high_res
         self.crop_box = list(crop_box)
         self.size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
         self.thr, self.off = float(threshold), float(offset)
@@ -183,21 +186,22 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where((y1 >= 0)[:, None], out, torch.zeros_like(out))
 
 
-def decode_filtered(predictor, ctx: CropContext, sparse, dense, min_iou: float):
+def decode_filtered(predictor, ctx: CropContext, sparse, dense, min_iou: float, points=None):
     """Multimask decoding keeping masks with predicted IoU > ``min_iou``: IoUs (B, 3), keep (B, 3),
     kept low-res logits (K, 256, 256). Neither SAM decoder upscales the masks of prompts whose
     masks all fail ``min_iou``: the fast one (a CPU predictor's) skips every failing mask and does
     the crop's prompt-independent work once (``ctx.prepared``); the plain one (a GPU's) runs its
     transformer on the whole batch, then upscales the prompts with a mask that passes. Any other
-    decoder with the official ``forward`` is run whole and filtered."""
+    model (SAM 2) decodes through its ``decode`` (from the points: ``sparse``/``dense`` unused),
+    whole, then filtered."""
     features, pe = ctx.features, ctx.pe
     fast, decoder = predictor.fast_decoder, predictor.model.mask_decoder
     if fast is not None:
         if ctx.prepared is None:
             ctx.prepared = fast.prepare_image(features, pe, dense)
         return fast.predict_filtered(features, pe, sparse, dense, True, min_iou, ctx.prepared)
-    if not isinstance(decoder, MaskDecoder):
-        low, iou = decoder(features, pe, sparse, dense, True)
+    if type(decoder) is not MaskDecoder:
+        low, iou = decode(predictor.model, features, pe, points, None, None, True, ctx.high_res)
         keep = iou > min_iou
         return iou, keep, low[keep]
     hs, src = decoder.attend(features, pe, sparse, dense)
@@ -215,9 +219,10 @@ def process_batch(gen, ctx: CropContext, points: np.ndarray, orig_size: tuple[in
     c = torch.as_tensor(coords, dtype=torch.float, device=dev)[:, None, :]
     lab = torch.ones(c.shape[0], 1, dtype=torch.int, device=dev)
     with torch.inference_mode():
-        sparse, dense = model.prompt_encoder(points=(c, lab), boxes=None, masks=None)
+        sam = type(model.mask_decoder) is MaskDecoder
+        sparse, dense = model.prompt_encoder(points=(c, lab), boxes=None, masks=None) if sam else (None, None)
         min_iou = gen.pred_iou_thresh if gen.pred_iou_thresh > 0.0 else float("-inf")
-        iou, keep, low = decode_filtered(gen.predictor, ctx, sparse, dense, min_iou)
+        iou, keep, low = decode_filtered(gen.predictor, ctx, sparse, dense, min_iou, (c, lab))
         n_out = iou.shape[1]
         iou, keep, low = iou.flatten(0, 1).float(), keep.flatten(), low.float()  # low: (keep.sum(), 256, 256)
         idx = torch.nonzero(keep).flatten()

@@ -242,7 +242,7 @@ class AutomaticMaskGenerator:
             m = self.predictor.model
             ctx = CropContext(
                 self.predictor, emb.features, emb.input_size, box,
-                m.mask_threshold, self.stability_score_offset, self.chunk_pixels,
+                m.mask_threshold, self.stability_score_offset, self.chunk_pixels, emb.high_res,
             )
             ctx.pe = self.predictor.dense_pe
             done += 1

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from napari_sam.models.common import weights_key
 
@@ -20,11 +21,14 @@ class ImageEmbedding:
         features: (1, C, h, w) float tensor (C=256, h=w=64 for SAM).
         original_size: (H, W) of the image given to the predictor.
         input_size: (h', w') of the resized image, before padding to the square model input.
+        high_res: SAM 2's high-resolution features for its mask decoder, ``((1, 32, 4h, 4w),
+            (1, 64, 2h, 2w))``; None for SAM.
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    high_res: tuple[torch.Tensor, ...] | None = None
     #: the mask decoder's per-image work for these features (``SamPredictor.prepare_embedding``),
     #: used by ``set_image_embedding`` of a predictor with the same, unchanged decoder; not saved
     prepared: Any = field(default=None, repr=False, compare=False)
@@ -34,7 +38,8 @@ class ImageEmbedding:
         the decoder's preparation)."""
         if self.features.device == torch.device(device):
             return self
-        return replace(self, features=self.features.to(device), prepared=None)
+        high_res = None if self.high_res is None else tuple(t.to(device) for t in self.high_res)
+        return replace(self, features=self.features.to(device), high_res=high_res, prepared=None)
 
     def __getstate__(self) -> dict:
         """Pickled (and deep-copied) without the decoder's preparation."""
@@ -46,9 +51,41 @@ class ImageEmbedding:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the features, in bytes (the decoder's preparation, when there is one,
-        holds about 6x more for SAM: ``prepared.nbytes``)."""
-        return self.features.element_size() * self.features.numel()
+        """Memory held by the features (and SAM 2's high-resolution ones), in bytes (the decoder's
+        preparation, when there is one, holds about 6x more for SAM: ``prepared.nbytes``)."""
+        return sum(t.element_size() * t.numel() for t in (self.features, *(self.high_res or ())))
+
+    def packed(self) -> torch.Tensor:
+        """The features as one ``(1, C', h, w)`` tensor: SAM's as they are; SAM 2's with its
+        high-resolution maps folded into channels (``pixel_unshuffle``, exact), so that stores and
+        caches of ``(1, C, h, w)`` slices hold either. :meth:`unpacked` is the inverse."""
+        if self.high_res is None:
+            return self.features
+        h = self.features.shape[-1]
+        folded = [F.pixel_unshuffle(t, t.shape[-1] // h) for t in self.high_res]
+        return torch.cat([self.features, *folded], dim=1)
+
+    def unpacked(self, packed: torch.Tensor) -> ImageEmbedding:
+        """An embedding with this one's sizes and high-resolution layout whose features are
+        ``packed`` (:meth:`packed`'s layout; SAM 2: ``(1, 256 + 32*16 + 64*4, h, w)``)."""
+        if self.high_res is None:
+            return replace(self, features=packed, prepared=None)
+        return replace(self, **unpack(packed, [t.shape[1] for t in self.high_res]), prepared=None)
+
+
+def unpack(packed: torch.Tensor, high_res_channels: list[int] | None) -> dict:
+    """``features`` and ``high_res`` of a :meth:`ImageEmbedding.packed` tensor whose high-resolution
+    maps have ``high_res_channels`` channels (SAM 2: ``[32, 64]``; None: SAM, no such maps)."""
+    if not high_res_channels:
+        return {"features": packed, "high_res": None}
+    n_hr = len(high_res_channels)
+    c = packed.shape[1] - sum(ch * 4 ** (n_hr - i) for i, ch in enumerate(high_res_channels))
+    parts, start = [packed[:, :c]], c
+    for i, ch in enumerate(high_res_channels):
+        r = 2 ** (n_hr - i)  # SAM 2: 4x then 2x the embedding grid
+        parts.append(F.pixel_shuffle(packed[:, start : start + ch * r * r], r))
+        start += ch * r * r
+    return {"features": parts[0], "high_res": tuple(parts[1:])}
 
 
 @dataclass(frozen=True)

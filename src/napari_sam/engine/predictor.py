@@ -23,9 +23,10 @@ import torch
 from napari_sam.engine.device import autocast_dtype, encoder_context, pick_device
 from napari_sam.engine.embedding import DecoderPreparation, ImageEmbedding, check_embedding, tensor_bytes
 from napari_sam.engine.graphs import GraphCache
+from napari_sam.engine.model_interface import decode, embed, img_size
 from napari_sam.engine.postprocess import MaskUpsampler
 from napari_sam.engine.prompts import prompt_tensors
-from napari_sam.engine.transforms import ResizeLongestSide, model_input
+from napari_sam.engine.transforms import SquareResize, make_transform, model_input
 from napari_sam.models.common import weights_key
 from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
 
@@ -88,10 +89,9 @@ class SamPredictor:
             "SamPredictor on %s: %s mask decoder (decoder=%r), CUDA graphs %s",
             self.device, self.decoder_path, decoder, "on" if self._graphs is not None and self._graphs.capture else "off",
         )
-        self.img_size = int(model.image_encoder.img_size)
-        # the model's own resize (SAM: PIL bilinear; LiteMedSAM: area), see models.sam.Preprocessing
-        resize = getattr(getattr(model, "preprocessing", None), "resize", "bilinear")
-        self.transform = ResizeLongestSide(self.img_size, interpolation=resize)
+        self.img_size = img_size(model)
+        # the model's own resize (SAM: PIL bilinear; LiteMedSAM: area; SAM 2: square), models.sam.Preprocessing
+        self.transform = make_transform(model)
         grid = tuple(int(s) for s in model.prompt_encoder.image_embedding_size)
         self.embedding_size: tuple[int, int] = (grid[0], grid[1])
         self.mask_input_size: tuple[int, int] = (4 * grid[0], 4 * grid[1])
@@ -100,6 +100,10 @@ class SamPredictor:
         self._prepared = None  # the decoder's per-image work (MaskDecoder.prepare_image), see predict_torch
         self._calls = 0  # prompt calls on the current image
         self._upsampler = MaskUpsampler(self.img_size)
+        # SAM 2 stretches the image to its square input: its logits go straight to the image's size
+        self._direct_upsampler = MaskUpsampler(self.mask_input_size[0]) if isinstance(self.transform, SquareResize) else None
+        #: SAM 2 clamps the low-res logits it returns to [-limit, limit] (after upsampling the masks)
+        self.low_res_limit: float | None = getattr(model, "low_res_limit", None)
 
     # ------------------------------------------------------------------ image / embedding state
     def compute_embedding(
@@ -133,12 +137,15 @@ class SamPredictor:
             with torch.inference_mode():
                 x = torch.cat([x for x, _, _ in inputs])
                 with encoder_context(self.device, self.autocast_dtype, len(x)):
-                    features = self.model.image_encoder(x)
+                    features, high_res = embed(self.model, x)
                 features = features.float()
+                high_res = None if high_res is None else [t.float() for t in high_res]
             if len(inputs) == 1:
-                out.append(ImageEmbedding(features, inputs[0][1], inputs[0][2]))
-            else:  # each embedding owns its features (a view would keep the whole batch alive)
-                out += [ImageEmbedding(f[None].clone(), orig, size) for f, (_, orig, size) in zip(features, inputs, strict=True)]
+                out.append(ImageEmbedding(features, inputs[0][1], inputs[0][2], None if high_res is None else tuple(high_res)))
+                continue
+            for i, (_, orig, size) in enumerate(inputs):  # each embedding owns its tensors (a view would keep the batch)
+                hr = None if high_res is None else tuple(t[i : i + 1].clone() for t in high_res)
+                out.append(ImageEmbedding(features[i : i + 1].clone(), orig, size, hr))
         return out
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
@@ -329,13 +336,15 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         with torch.inference_mode():
             if self._graphs is not None:
-                inputs = (emb.features, point_coords, point_labels, boxes, mask_input)
+                inputs = (emb.features, *_pair(emb.high_res), point_coords, point_labels, boxes, mask_input)
                 key, fn = self._graph_call(emb, inputs, multimask_output, return_logits)
                 low_res, iou, masks = self._graphs(key, fn, inputs)
                 return masks, iou, low_res
             decode = self._decode_fast if self._fast is not None else self._decode_plain
             low_res, iou = decode(emb, points, boxes, mask_input, multimask_output)
             masks = self.postprocess_masks(low_res, emb.input_size, emb.original_size, return_logits)
+        if self.low_res_limit is not None:
+            low_res = low_res.clamp(-self.low_res_limit, self.low_res_limit)
         return masks, iou, low_res
 
     def _graph_call(self, emb: ImageEmbedding, inputs: tuple, multimask_output: bool, return_logits: bool):
@@ -345,13 +354,16 @@ class SamPredictor:
         fn = partial(self._click, tuple(emb.input_size), tuple(emb.original_size), multimask_output, return_logits)
         return key, fn
 
-    def _click(self, input_size, original_size, multimask_output, return_logits, features, coords, labels, boxes, masks):
+    def _click(self, input_size, original_size, multimask_output, return_logits, features, hr0, hr1, coords, labels, boxes, masks):
         """Prompts -> ``(low-res logits, IoUs, masks)`` with the plain modules: the click as one
         function of tensors, as a CUDA graph holds it."""
         points = (coords, labels) if coords is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        low_res, iou = self.model.mask_decoder(features, self.dense_pe, sparse, dense, multimask_output)
-        return low_res, iou, self.postprocess_masks(low_res, input_size, original_size, return_logits)
+        high_res = None if hr0 is None else (hr0, hr1)
+        low_res, iou = decode(self.model, features, self.dense_pe, points, boxes, masks, multimask_output, high_res)
+        masks = self.postprocess_masks(low_res, input_size, original_size, return_logits)
+        if self.low_res_limit is not None:
+            low_res = low_res.clamp(-self.low_res_limit, self.low_res_limit)
+        return low_res, iou, masks
 
     def _warm_first_click(self, emb: ImageEmbedding) -> None:
         """Capture the CUDA graph of a first click on ``emb`` (one point, multimask, bool masks)
@@ -361,14 +373,15 @@ class SamPredictor:
         features = emb.features.to(self.device)
         coords = torch.zeros(1, 1, 2, device=self.device)
         labels = torch.ones(1, 1, dtype=torch.int, device=self.device)
-        inputs = (features, coords, labels, None, None)
+        high_res = _pair(None if emb.high_res is None else tuple(t.to(self.device) for t in emb.high_res))
+        inputs = (features, *high_res, coords, labels, None, None)
         with torch.inference_mode():
             self._graphs.warm(*self._graph_call(emb, inputs, True, False), inputs)
 
     def _decode_plain(self, emb: ImageEmbedding, points, boxes, mask_input, multimask_output: bool):
-        """Prompts -> low-res logits ``(B, C, 256, 256)`` and IoUs ``(B, C)`` with the plain modules."""
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.model.mask_decoder(emb.features, self.dense_pe, sparse, dense, multimask_output)
+        """Prompts -> low-res logits ``(B, C, 256, 256)`` and IoUs ``(B, C)`` with the plain modules
+        (the model's ``decode``: SAM's prompt encoder and mask decoder, or SAM 2's)."""
+        return decode(self.model, emb.features, self.dense_pe, points, boxes, mask_input, multimask_output, emb.high_res)
 
     def _decode_fast(self, emb: ImageEmbedding, points, boxes, mask_input, multimask_output: bool):
         """As :meth:`_decode_plain`, on the fast path: the image prepared once (on its second prompt
@@ -402,4 +415,13 @@ class SamPredictor:
         rows/columns that reach the crop are upsampled, and an identity resize is skipped.
         """
         threshold = None if return_logits else self.model.mask_threshold
+        if self._direct_upsampler is not None and tuple(input_size) == (self.img_size, self.img_size):
+            # SAM 2: the 256x256 logits straight to the image's size (its input was stretched, not padded)
+            return self._direct_upsampler(low_res, self.mask_input_size, original_size, threshold)
         return self._upsampler(low_res, input_size, original_size, threshold)
+
+
+
+def _pair(high_res: tuple[torch.Tensor, ...] | None) -> tuple:
+    """SAM 2's two high-resolution maps, or ``(None, None)`` for SAM: a click's inputs are flat."""
+    return (None, None) if high_res is None else tuple(high_res)

@@ -178,13 +178,55 @@ class ResizeLongestSide:
         return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
 
+class SquareResize(ResizeLongestSide):
+    """SAM 2's resize: the image stretched to ``target_length x target_length`` (bilinear with
+    antialiasing, on the float image: see :func:`model_input`), prompts scaled per axis as
+    ``SAM2Transforms.transform_coords`` does (``x / W * S``, ``y / H * S``)."""
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = int(target_length)
+        self.interpolation = "square"
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("SAM 2 resizes the float image: use model_input")
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        coords = np.array(coords, dtype=float, copy=True)
+        if coords.ndim == 0 or coords.shape[-1] != 2:
+            raise ValueError(f"coords must have shape (..., 2) (x, y), got {coords.shape}")
+        h, w = int(original_size[0]), int(original_size[1])
+        coords[..., 0] = coords[..., 0] / w * self.target_length
+        coords[..., 1] = coords[..., 1] / h * self.target_length
+        return coords
+
+    def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
+        h, w = int(original_size[0]), int(original_size[1])
+        coords = coords.detach().clone().to(torch.float)
+        coords[..., 0] = coords[..., 0] / w * self.target_length
+        coords[..., 1] = coords[..., 1] / h * self.target_length
+        return coords
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        return int(long_side_length), int(long_side_length)
+
+
+def make_transform(model) -> ResizeLongestSide:
+    """The prompt/image transform of ``model``'s input (``model.preprocessing.resize``): SAM's
+    longest side (PIL bilinear, or LiteMedSAM's area), or SAM 2's square stretch."""
+    resize = getattr(getattr(model, "preprocessing", None), "resize", "bilinear")
+    side = int(getattr(model, "img_size", None) or model.image_encoder.img_size)
+    return SquareResize(side) if resize == "square" else ResizeLongestSide(side, interpolation=resize)
+
+
 def model_input(
     image: np.ndarray, model, transform, device, image_format: str = "RGB", contrast_limits=None, native: bool = False
 ):
     """``image`` -> a SAM encoder's input ``(1, 3, S, S)`` on ``device`` (``to_sam_image``,
     channels flipped when ``image_format`` differs from the model's, resized with ``transform``
     unless ``native``, normalised as ``model.preprocessing.normalize`` says: SAM's pixel mean and
-    std, or LiteMedSAM's min-max to [0, 1]; zero-padded), with its original ``(H, W)`` and its
+    std, or LiteMedSAM's min-max to [0, 1]; zero-padded; SAM 2 (a :class:`SquareResize`): scaled to
+    [0, 1], stretched to the square input, then mean/std), with its original ``(H, W)`` and its
     ``(h, w)`` before padding."""
     img = to_sam_image(image, contrast_limits=contrast_limits)
     if image_format != getattr(model, "image_format", "RGB"):
@@ -192,10 +234,16 @@ def model_input(
     side = transform.target_length
     if native and max(img.shape[:2]) > side:
         raise ValueError(f"native=True needs an image of at most {side} px a side, got {img.shape[:2]}")
-    resized = np.ascontiguousarray(img) if native else transform.apply_image(img)
+    square = isinstance(transform, SquareResize)
+    resized = np.ascontiguousarray(img) if native or square else transform.apply_image(img)
     x = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None]
     with torch.inference_mode():
-        if getattr(getattr(model, "preprocessing", None), "normalize", "mean_std") == "min_max":
+        if square:  # SAM 2: to [0, 1], stretched (antialiased bilinear, as torchvision's Resize), normalised
+            x = x.float() / 255
+            if not native:
+                x = F.interpolate(x, (side, side), mode="bilinear", align_corners=False, antialias=True)
+            x = (x - model.pixel_mean / 255) / (model.pixel_std / 255)
+        elif getattr(getattr(model, "preprocessing", None), "normalize", "mean_std") == "min_max":
             x = x.float()
             lo, hi = x.min(), x.max()
             x = (x - lo) / (hi - lo).clamp(min=1e-8)

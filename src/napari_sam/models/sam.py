@@ -57,6 +57,9 @@ class Sam(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    #: channels of the high-resolution feature maps an embedding carries besides ``(C, h, w)``
+    #: (SAM 2: ``(32, 64)`` at 4x and 2x the grid; SAM: none), see ``ImageEmbedding.packed``
+    high_res_channels: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -105,6 +108,27 @@ class Sam(nn.Module):
             x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
         return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Encoder input ``(B, 3, S, S)`` -> ``(features (B, C, h, w), None)``: what an image's
+        embedding holds (SAM 2 adds its high-resolution features in place of None)."""
+        return self.image_encoder(x), None
+
+    def decode(
+        self,
+        features: torch.Tensor,
+        image_pe: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        multimask_output: bool,
+        high_res: tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in model-input pixels -> low-res logits ``(B, C, 4h, 4w)`` and predicted IoUs
+        ``(B, C)``: the prompt encoder, then the mask decoder (``features (1 | B, C, h, w)``;
+        ``high_res`` is unused by SAM)."""
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return self.mask_decoder(features, image_pe, sparse, dense, multimask_output)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_sam.engine.embedding import ImageEmbedding, unpack
 from napari_sam.engine.images import PERCENTILES, to_sam_image
-from napari_sam.engine.predictor import ImageEmbedding
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
 from napari_sam.errors import SamUserError
 from napari_sam.volume.zarr_cache import (
@@ -148,6 +148,9 @@ class EmbeddingStore:
         self.batch_size = 8 if torch.device(predictor.device).type == "cuda" else 1
         self.stats = {"computed": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt": 0}
         c = int(model.prompt_encoder.embed_dim) if hasattr(model, "prompt_encoder") else 256
+        # (fp16; SAM 2's high-resolution maps as 16 and 4 times their channels on the same grid)
+        self._high_res = list(getattr(model, "high_res_channels", ()))
+        c += sum(ch * 4 ** (len(self._high_res) - i) for i, ch in enumerate(self._high_res))
         self.slice_nbytes = 2 * c * int(np.prod(predictor.embedding_size))
         self.path = None if cache_dir is None else Path(cache_dir) / f"{self.key}.zarr"
         self._disk: ZarrSliceCache | None = None
@@ -204,7 +207,7 @@ class EmbeddingStore:
             self._sizes = (tuple(embs[0].original_size), tuple(embs[0].input_size))
             self.stats["computed"] += len(embs)
         return [
-            (emb.features.detach().to("cpu", torch.float16).contiguous(), slice_digest(img))
+            (emb.packed().detach().to("cpu", torch.float16).contiguous(), slice_digest(img))
             for emb, img in zip(embs, images, strict=True)
         ]
 
@@ -282,7 +285,9 @@ class EmbeddingStore:
         """The embedding of slice ``index`` (features float32 on the predictor's device)."""
         feats = self._fetch(self._check(index))
         original_size, input_size = self._sizes
-        return ImageEmbedding(feats.to(self.predictor.device, torch.float32), original_size, input_size)
+        # SAM 2's high-resolution maps travel folded into channels (ImageEmbedding.packed)
+        parts = unpack(feats.to(self.predictor.device, torch.float32), self._high_res)
+        return ImageEmbedding(original_size=original_size, input_size=input_size, **parts)
 
     def prefetch(self, index: int, radius: int = 2, cancel: Cancel = None) -> int:
         """Make slice ``index`` and then its neighbours (index+1, index-1, ... up to ``radius``) ready.

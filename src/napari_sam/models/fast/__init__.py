@@ -29,7 +29,7 @@ def resolve_decoder_path(decoder: str, device: torch.device, module: torch.nn.Mo
     :class:`MaskDecoder` (``module``, when given): any other decoder module runs plain."""
     if decoder not in DECODER_PATHS:
         raise ValueError(f"decoder must be one of {DECODER_PATHS}, got {decoder!r}")
-    sam_decoder = module is None or isinstance(module, MaskDecoder)
+    sam_decoder = module is None or type(module) is MaskDecoder  # (not SAM 2's, whatever it derives from)
     if decoder == "fast" and not sam_decoder:
         raise ValueError(f"decoder='fast' needs SAM's MaskDecoder, not {type(module).__name__}: use 'plain'")
     if decoder == "auto":
