@@ -31,7 +31,8 @@ class Preprocessing:
     encoder (after the conversion to uint8 RGB, before zero-padding to ``img_size``).
 
     ``resize``: the longest side to ``img_size`` with ``"bilinear"`` (PIL, SAM's) or ``"area"``
-    (OpenCV's ``INTER_AREA``, LiteMedSAM's). ``normalize``: ``"mean_std"``, ``(x - pixel_mean) / pixel_std``
+    (OpenCV's ``INTER_AREA``, LiteMedSAM's); or ``"square"``: both sides to ``img_size``, bilinear
+    with antialiasing, no padding (SAM 2's: torchvision's ``Resize`` of the float image). ``normalize``: ``"mean_std"``, ``(x - pixel_mean) / pixel_std``
     (SAM's), or ``"min_max"``, ``(x - min) / (max - min)`` over the whole resized image, to [0, 1]
     (LiteMedSAM's).
     """
@@ -40,8 +41,8 @@ class Preprocessing:
     normalize: str = "mean_std"
 
     def __post_init__(self) -> None:
-        if self.resize not in ("bilinear", "area"):
-            raise ValueError(f"resize must be 'bilinear' or 'area', got {self.resize!r}")
+        if self.resize not in ("bilinear", "area", "square"):
+            raise ValueError(f"resize must be 'bilinear', 'area' or 'square', got {self.resize!r}")
         if self.normalize not in ("mean_std", "min_max"):
             raise ValueError(f"normalize must be 'mean_std' or 'min_max', got {self.normalize!r}")
 
@@ -95,6 +96,11 @@ class Sam(nn.Module):
     def embedding_size(self) -> tuple[int, int]:
         """``(h, w)`` of the image embedding grid."""
         return tuple(self.prompt_encoder.image_embedding_size)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """``x (B, 3, img_size, img_size)`` preprocessed -> ``(embedding (B, C, h, w), None)``: the
+        same call as SAM 2's ``Sam2.embed``, whose second item is its high-resolution features."""
+        return self.image_encoder(x), None
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``(3, H, W)`` or ``(B, 3, H, W)`` pixel values (as ``preprocessing.normalize``
@@ -312,6 +318,12 @@ def infer_arch(state_dict: Mapping[str, Any]) -> str:
     if w is not None:
         found.append(
             f"ViT patch embedding {tuple(w.shape)} with {_count_blocks(state_dict, 'image_encoder.blocks.')} blocks"
+        )
+    h = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
+    if h is not None:
+        found.append(
+            f"Hiera trunk patch embedding {tuple(h.shape)} with "
+            f"{_count_blocks(state_dict, 'image_encoder.trunk.blocks.')} blocks"
         )
     enc = sorted({k.split(".")[1] for k in keys if k.startswith("image_encoder.") and k.count(".") > 1})
     found.append(f"image_encoder parts {enc[:8]}" if enc else f"first keys {keys[:5]}")
