@@ -162,7 +162,8 @@ def prepare_memory_conditioned_features(
         for t_pos, prev in t_pos_and_prevs:
             if prev is None:
                 continue
-            mems.append(prev["maskmem_features"].to(device).flatten(2).permute(2, 0, 1))
+            # (kept in bfloat16; as float, as torch.cat would promote it next to the pointers)
+            mems.append(prev["maskmem_features"].to(device, feats.dtype).flatten(2).permute(2, 0, 1))
             enc = prev["maskmem_pos_enc"][-1].to(device).flatten(2).permute(2, 0, 1)
             mem_pos.append(enc + model.maskmem_tpos_enc[model.num_maskmem - t_pos - 1])
         if model.use_obj_ptrs_in_encoder:
