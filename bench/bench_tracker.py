@@ -13,6 +13,7 @@ propagation (sampled every 20 ms, above the level before it), and the tensors ea
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import threading
@@ -79,10 +80,12 @@ def main() -> None:
     ap.add_argument("--which", default="ours,meta")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    import sam2.sam2_video_predictor as svp
-    from _sam2_reference import build_reference
+    from _sam2_reference import build_reference, sam2_package
 
     from napari_sam.volume.tracker import VolumeTracker
+
+    sam2_package()  # makes `import sam2` work
+    svp = importlib.import_module("sam2.sam2_video_predictor")
 
     model = build_reference("sam2.1_hiera_tiny", seed=0, video=True)
     model.fill_hole_area = 0

@@ -106,6 +106,7 @@ def test_parity_with_sam2_video_predictor(monkeypatch):
         ref_masks = meta_propagate(model, state)
     tracker.propagate("both")
     agree, dscore = compare(tracker, ref_masks, meta_scores(model, state), 8)
+    print(f"\nparity, first propagation: worst slice agreement {agree:.6f}, worst object score diff {dscore:.2e}")
     assert agree >= 0.999 and dscore <= 1e-3, (agree, dscore)
 
     with torch.inference_mode():  # a correction click on a tracked slice, then propagate again
@@ -118,6 +119,7 @@ def test_parity_with_sam2_video_predictor(monkeypatch):
         ref_masks = meta_propagate(model, state)
     tracker.propagate("both")
     agree, dscore = compare(tracker, ref_masks, meta_scores(model, state), 8)
+    print(f"parity, after the correction: worst slice agreement {agree:.6f}, worst object score diff {dscore:.2e}")
     assert agree >= 0.999 and dscore <= 1e-3, (agree, dscore)
     for oid in (1, 2):
         assert tracker.found(oid) == sorted(z for z, s in meta_scores(model, state)[oid].items() if s > 0)
@@ -167,6 +169,7 @@ def test_parity_small_mask_prompt_two_slices(small_model, monkeypatch):
     tracker.add_prompt(5, 2, points=[[40.0, 33.0], [10.0, 10.0]], labels=[1, 0])
     tracker.propagate("both")
     agree, dscore = compare(tracker, ref_masks, meta_scores(small_model, state), 7)
+    print(f"\nparity (256 px, mask prompt): worst slice agreement {agree:.6f}, worst score diff {dscore:.2e}")
     assert agree >= 0.999 and dscore <= 1e-3, (agree, dscore)
 
 
