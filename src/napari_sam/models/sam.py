@@ -115,11 +115,6 @@ class Sam(nn.Module):
         h, w = x.shape[-2:]
         return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """Encoder input ``(B, 3, S, S)`` -> ``(features (B, C, h, w), None)``: what an image's
-        embedding holds (SAM 2 adds its high-resolution features in place of None)."""
-        return self.image_encoder(x), None
-
     def decode(
         self,
         features: torch.Tensor,

@@ -17,6 +17,10 @@ per object and predicts the object on every other slice, walking away from each 
 4. between two keyframes of one object both sweeps run; each slice takes the mask carried from the
    nearer keyframe (ties: the higher predicted IoU), or the one that reached it if the other stopped.
 
+With a SAM 2 model the objects are carried by SAM 2's memory instead (``volume.tracker``: the
+keyframes prompt it, it propagates both ways from the first of them, its object score ends an
+object); the per-slice options above then do not apply.
+
 Cancel (a callable or ``threading.Event``) is checked between slices; the result then holds only
 whole slices: those every planned step has passed. Coordinates: prompts are SAM's (x, y) points and
 (x0, y0, x1, y1) boxes in pixels of a slice; slice indices count along ``axis``. For (T, Z, Y, X) pass
@@ -34,6 +38,7 @@ from napari_sam.engine.progress import Cancel, Progress, is_cancelled
 from napari_sam.errors import SamUserError
 from napari_sam.volume.result import Prompt, VolumeResult, mask_box, mask_point, seeds_from_labels
 from napari_sam.volume.store import EmbeddingStore
+from napari_sam.volume.tracker import is_sam2, track_keyframes
 
 __all__ = ["segment_volume", "seeds_from_labels", "Prompt", "VolumeResult"]
 
@@ -160,6 +165,8 @@ def segment_volume(
             {store._check(z): Prompt.coerce(p, hw) for z, p in frames.items()}
         )
     keyframes = {oid: fr for oid, fr in keyframes.items() if fr}
+    if is_sam2(predictor.model):  # SAM 2: its memory carries the objects (volume.tracker), no heuristics
+        return track_keyframes(store, keyframes, progress=progress, cancel=cancel)
 
     tracks: list[_Track] = []
     for oid, frames in keyframes.items():

@@ -369,3 +369,20 @@ class VolumeTracker:
                 if progress is not None:
                     progress(done, total)
         return self.result
+
+
+def is_sam2(model: Any) -> bool:
+    """Whether ``model`` has SAM 2's memory (so :class:`VolumeTracker` can carry its objects)."""
+    return all(hasattr(model, a) for a in ("forward_image", "sam_mask_decoder", "memory_encoder"))
+
+
+def track_keyframes(
+    store: Any, keyframes: Mapping[int, Mapping[int, Prompt]], progress: Progress = None, cancel: Cancel = None
+) -> VolumeResult:
+    """``segment_volume`` with a SAM 2 model: the objects of ``keyframes`` ({id: {slice: Prompt}})
+    through the stack of ``store`` (an ``EmbeddingStore``: its volume, axis, contrast limits and
+    predictor's model), propagated both ways from the first prompted slice by SAM 2's memory."""
+    model = store.predictor.model
+    tracker = VolumeTracker(model, store.volume, store.axis, contrast_limits=store.contrast_limits, rgb=store.rgb)
+    tracker.add_prompts(keyframes)
+    return tracker.propagate("both", progress=progress, cancel=cancel)

@@ -85,6 +85,8 @@ def test_keeps_every_setting_of_sam2base(meta, ours) -> None:
     settings = {k: v for k, v in vars(meta).items()
                 if not k.startswith("_") and isinstance(v, (bool, int, float, str, dict, type(None)))}
     assert len(settings) > 30
+    # Meta's video builder's setting, ours for images and stacks alike (only the tracking step reads it)
+    assert settings.pop("binarize_mask_from_pts_for_mem_enc") is False and ours.binarize_mask_from_pts_for_mem_enc
     for name, value in settings.items():
         assert getattr(ours, name) == value, name
     decoder_settings = {k: v for k, v in vars(meta.sam_mask_decoder).items()

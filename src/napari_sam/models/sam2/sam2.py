@@ -45,6 +45,8 @@ class Sam2Config:
     sigmoid_scale_for_mem_enc: float = 20.0
     sigmoid_bias_for_mem_enc: float = -10.0
     use_mask_input_as_output_without_sam: bool = True
+    # Meta's video builder sets this (memories of clicked frames from binarised masks); only tracking reads it
+    binarize_mask_from_pts_for_mem_enc: bool = True
     directly_add_no_mem_embed: bool = True
     no_obj_embed_spatial: bool = True
     use_high_res_features_in_sam: bool = True
@@ -330,6 +332,47 @@ class Sam2(nn.Module):
             image_embed = image_embed + self.no_mem_embed.view(1, -1, 1, 1)
         high_res = (fpn[0], fpn[1]) if self.use_high_res_features_in_sam else None
         return image_embed, high_res
+
+    #: SAM2ImagePredictor clamps the low-res logits it returns (after upsampling the masks)
+    low_res_limit: float = 32.0
+
+    @property
+    def high_res_channels(self) -> tuple[int, ...]:
+        """Channels of the high-resolution maps of :meth:`embed` (``(32, 64)``; none without them)."""
+        if not self.use_high_res_features_in_sam:
+            return ()
+        d = self.sam_mask_decoder
+        return (int(d.conv_s0.out_channels), int(d.conv_s1.out_channels))
+
+    def decode(
+        self,
+        features: torch.Tensor,
+        image_pe: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        multimask_output: bool,
+        high_res: tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in model-input pixels -> low-res logits ``(B, C, 4h, 4w)`` and IoUs ``(B, C)``, as
+        ``SAM2ImagePredictor._predict``: boxes ``(B, 4)`` become two corner points labelled 2 and 3
+        ahead of the clicks, the prompt encoder runs with ``boxes=None`` (so a padding point is
+        added), and the decoder sees one image for all ``B`` prompts."""
+        if boxes is not None:
+            corners = boxes.reshape(-1, 2, 2)
+            corner_labels = torch.tensor([2, 3], dtype=torch.int, device=boxes.device).expand(len(corners), 2)
+            if points is None:
+                points = (corners, corner_labels)
+            else:
+                points = (torch.cat([corners, points[0]], 1), torch.cat([corner_labels, points[1].to(torch.int)], 1))
+        sparse, dense = self.sam_prompt_encoder(points=points, boxes=None, masks=masks)
+        batched = sparse.shape[0] > 1
+        low_res, iou, _, _ = self.sam_mask_decoder(
+            image_embeddings=features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=multimask_output, repeat_image=batched,
+            high_res_features=None if high_res is None else list(high_res),
+        )
+        return low_res, iou
 
 
 def build_sam2(arch: str = "sam2.1_hiera_large", **overrides: Any) -> Sam2:
