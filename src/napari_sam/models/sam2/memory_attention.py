@@ -5,9 +5,9 @@ encodings (RoPE). Shaped like ``sam2/modeling/memory_attention.py`` and ``RoPEAt
 sequence-first interface).
 
 One propagation step at 1024 px: 64x64 = 4096 current tokens (256 channels) attend to up to seven
-64x64 memories (64 channels) and up to 16 pointer tokens per earlier frame. The rotations are kept
-as real cos/sin tables per grid (computed once, not per call) and applied without complex numbers;
-the keys of several memory frames share one table by broadcasting, not by a repeated copy.
+64x64 memories (64 channels) and up to 16 pointer tokens per earlier frame. The rotation table of a
+grid is computed once (not per call), queries and keys are rotated in place, and the keys of
+several memory frames share the table by broadcasting, not by a repeated copy.
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ def check_arch(arch: str | None) -> None:
         raise KeyError(f"unknown SAM 2.1 architecture {arch!r}; known: {', '.join(SAM21_ARCHS)}")
 
 
-def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate each channel pair ``(x[2i], x[2i+1])`` of ``x (..., N, D)`` by the angles whose
-    ``cos``/``sin`` are given, each ``(N, D)`` with every value twice (sin signed ``-, +``): the same
-    as multiplying by ``cos + i sin`` as complex numbers. Computed in float32, returned in ``x``'s dtype."""
-    xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
-    return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)
+def rotate_(x: Tensor, cis: Tensor) -> Tensor:
+    """Rotate, in place, each channel pair ``(x[2i], x[2i+1])`` of ``x (..., N, D)``, taken as a
+    complex number, by ``cis (N, D // 2)`` (complex, unit modulus; broadcast over the leading axes).
+    The product is computed in float32 (as Meta's ``apply_rotary_enc``) and written back; returns ``x``."""
+    if x.dtype == torch.float32:
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis)
+    else:
+        x.copy_(torch.view_as_real(torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * cis).flatten(-2))
+    return x
 
 
 class RoPEAttention(Attention):
@@ -64,11 +66,11 @@ class RoPEAttention(Attention):
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.feat_sizes = (int(feat_sizes[0]), int(feat_sizes[1]))
-        self._tables: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._tables: dict[tuple, Tensor] = {}
 
-    def rope_tables(self, num_tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """``(cos, sin)``, each ``(num_tokens, head_dim)`` float32 (see :func:`rotate`), for the
-        ``feat_sizes`` grid, or a square grid of ``num_tokens`` when that differs; cached."""
+    def rope_table(self, num_tokens: int, device: torch.device) -> Tensor:
+        """The rotations (complex ``(num_tokens, head_dim // 2)``) of the ``feat_sizes`` grid, or of
+        a square grid of ``num_tokens`` when that differs; computed once per grid and device."""
         end_x, end_y = self.feat_sizes
         if end_x * end_y != num_tokens:
             end_x = end_y = math.isqrt(num_tokens)
@@ -76,10 +78,8 @@ class RoPEAttention(Attention):
                 raise ValueError(f"RoPE needs a square grid of query tokens, got {num_tokens}")
         key = (end_x, end_y, device)
         if key not in self._tables:
-            cis = compute_axial_cis(self.internal_dim // self.num_heads, end_x, end_y, self.rope_theta)
-            cos = cis.real.repeat_interleave(2, dim=-1)
-            sin = torch.stack((-cis.imag, cis.imag), dim=-1).flatten(-2)
-            self._tables[key] = (cos.to(device), sin.to(device))
+            dim = self.internal_dim // self.num_heads
+            self._tables[key] = compute_axial_cis(dim, end_x, end_y, self.rope_theta).to(device)
         return self._tables[key]
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0) -> Tensor:
@@ -89,17 +89,17 @@ class RoPEAttention(Attention):
         k = self.separate_heads(self.k_proj(k))
         v = self.separate_heads(self.v_proj(v))
 
+        # q and k are fresh projections: rotated in place (autograd records it)
         n = q.shape[-2]
-        cos, sin = self.rope_tables(n, q.device)
-        q = rotate(q, cos, sin)
+        cis = self.rope_table(n, q.device)
+        rotate_(q, cis)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         if k.shape[-2] != n and not self.rope_k_repeat:
             raise ValueError(f"{k.shape[-2]} keys for {n} queries need rope_k_repeat")
         if num_k_rope > 0:
             if num_k_rope % n:
                 raise ValueError(f"{num_k_rope} rotated keys are not whole frames of {n} tokens")
-            k_rope = rotate(k[:, :, :num_k_rope].unflatten(2, (-1, n)), cos, sin).flatten(2, 3)
-            k = torch.cat((k_rope, k[:, :, num_k_rope:]), dim=2) if num_k_exclude_rope else k_rope
+            rotate_(k[:, :, :num_k_rope].unflatten(2, (-1, n)), cis)  # (B, heads, frames, n, d)
 
         dropout_p = self.dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
