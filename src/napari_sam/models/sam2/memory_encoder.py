@@ -17,16 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import LayerNorm2d
+from ..common import LayerNorm2d, act_inplace
 from .position_encoding import PositionEmbeddingSine
-
-
-def channels_last_norm(norm: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``norm`` (a channels-first :class:`LayerNorm2d`) applied to ``x (B, C, H, W)``, returned
-    channels-last ``(B, H, W, C)``: one fused ``layer_norm`` instead of LayerNorm2d's chain of
-    element-wise passes (same statistics, same ``eps``; differs by float rounding only)."""
-    x = x.permute(0, 2, 3, 1)
-    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
 
 
 class MaskDownSampler(nn.Module):
@@ -66,10 +58,7 @@ class MaskDownSampler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W) -> (B, embed_dim, H / total_stride, W / total_stride)``."""
-        *steps, proj = self.encoder
-        for conv, norm, act in zip(steps[0::3], steps[1::3], steps[2::3], strict=True):
-            x = act(channels_last_norm(norm, conv(x))).permute(0, 3, 1, 2)
-        return proj(x)
+        return self.encoder(x)
 
 
 class CXBlock(nn.Module):
@@ -103,16 +92,20 @@ class CXBlock(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, dim, H, W) -> (B, dim, H, W)``."""
-        y = channels_last_norm(self.norm, self.dwconv(x))  # (B, H, W, dim)
-        y = self.pwconv2(self.act(self.pwconv1(y)))
-        if self.gamma is not None:
-            y = y * self.gamma
-        y = y.permute(0, 3, 1, 2)
+        """``(B, dim, H, W) -> (B, dim, H, W)``, in ``x``'s memory format.
+
+        The depthwise conv runs channels-last, so its output permuted to ``(B, H, W, dim)`` is
+        already contiguous for the LayerNorm (fused, over the last axis) and the pointwise layers;
+        GELU in place outside autograd; the layer scale and residual in one ``addcmul``."""
+        y = self.dwconv(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
+        y = F.layer_norm(y, (y.shape[-1],), self.norm.weight, self.norm.bias, self.norm.eps)
+        y = self.pwconv2(act_inplace(self.act, self.pwconv1(y))).permute(0, 3, 1, 2)
         if self.training and self.drop_path > 0.0:
             keep = 1.0 - self.drop_path
             y = y * x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep).div_(keep)
-        return x + y
+        if self.gamma is None:
+            return x + y
+        return torch.addcmul(x, y, self.gamma[:, None, None])
 
 
 class Fuser(nn.Module):
@@ -180,7 +173,9 @@ class MemoryEncoder(nn.Module):
             masks = torch.sigmoid(masks)
         masks = self.mask_downsampler(masks)
         x = self.pix_feat_proj(pix_feat.to(masks.device)) + masks
-        x = self.out_proj(self.fuser(x))
+        # the fuser's ConvNeXt blocks run channels-last (see CXBlock); the memory is returned contiguous
+        x = self.fuser(x.contiguous(memory_format=torch.channels_last))
+        x = self.out_proj(x).contiguous()
         pos = self.position_encoding(x).to(x.dtype)
         return {"vision_features": x, "vision_pos_enc": [pos]}
 
