@@ -286,3 +286,27 @@ def test_bad_input(small_model, one_backbone):
         VolumeTracker(small_model, vol, axis=3)
     with pytest.raises(SamUserError, match="unknown prompt keys"):
         t.add_prompts({1: {0: {"point": [1, 2]}}})
+
+
+def test_our_networks_track_as_meta_model(small_model):
+    """Our own SAM 2.1 networks (``build_model``, Meta's weights loaded strictly) carry objects through
+    the stack exactly as Meta's modules do under the same tracker (which matches SAM2VideoPredictor)."""
+    from napari_sam.models.sam import build_model
+
+    ours = build_model(ARCH, image_size=256)
+    ours.load_state_dict(small_model.state_dict(), strict=True)
+    vol = structured_stack(6, 48, 64, seed=5)
+    runs = []
+    for model in (small_model, ours.eval()):
+        tracker = VolumeTracker(model, vol)
+        tracker.add_prompt(2, 1, points=[[20.0, 20.0]])
+        tracker.add_prompt(2, 2, box=[30.0, 10.0, 60.0, 40.0])
+        runs.append(tracker.propagate("both"))
+    a, b = runs
+    assert a.slices == b.slices and a.ids == b.ids
+    for z in a.slices:
+        for oid in a.ids:
+            ma, mb = a.object_masks(oid).get(z), b.object_masks(oid).get(z)
+            assert (ma is None) == (mb is None)
+            if ma is not None:
+                assert (ma == mb).mean() >= 0.999

@@ -381,8 +381,14 @@ def track_keyframes(
 ) -> VolumeResult:
     """``segment_volume`` with a SAM 2 model: the objects of ``keyframes`` ({id: {slice: Prompt}})
     through the stack of ``store`` (an ``EmbeddingStore``: its volume, axis, contrast limits and
-    predictor's model), propagated both ways from the first prompted slice by SAM 2's memory."""
+    predictor's model), propagated both ways from the first prompted slice by SAM 2's memory. A
+    keyframe's mask, when it has one, stands for its points and box."""
     model = store.predictor.model
     tracker = VolumeTracker(model, store.volume, store.axis, contrast_limits=store.contrast_limits, rgb=store.rgb)
-    tracker.add_prompts(keyframes)
+    # a keyframe with a mask (the widget's preview: the candidate the user chose) is that mask; SAM 2
+    # takes a slice's mask or its clicks, not both
+    tracker.add_prompts({
+        oid: {z: Prompt(mask=p.mask) if p.mask is not None else p for z, p in frames.items()}
+        for oid, frames in keyframes.items()
+    })
     return tracker.propagate("both", progress=progress, cancel=cancel)
