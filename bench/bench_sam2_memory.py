@@ -20,7 +20,7 @@ import time
 
 import _sam2_reference as ref
 import torch
-from test_memory import memory_inputs, meta_part, ours_like
+from test_memory_modules import memory_inputs, meta_part, ours_like
 
 from napari_sam.models.sam2.memory_attention import rotate_
 
