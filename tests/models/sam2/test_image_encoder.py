@@ -103,6 +103,12 @@ def test_banded_blocks_equal_whole(monkeypatch: pytest.MonkeyPatch) -> None:
         banded = block(x)
     assert banded.shape == whole.shape == (2, 10, 12, 64)
     torch.testing.assert_close(banded, whole, atol=1e-6, rtol=1e-6)
+    grads = []  # and under autograd, the same gradients
+    for forward in (block._forward, block):
+        block.zero_grad()
+        forward(x).square().sum().backward()
+        grads.append(block.attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
 
 
 def test_pos_embed_cache_follows_weights() -> None:
