@@ -51,8 +51,8 @@ def compare(ours: torch.nn.Module, meta: torch.nn.Module, x: torch.Tensor) -> tu
         diff = (p - q).abs().max().item()
         worst_abs = max(worst_abs, diff)
         worst_rel = max(worst_rel, diff / q.abs().max().item())
+        torch.testing.assert_close(p, q, atol=TOL, rtol=TOL)  # (fp32 rounding: the outputs reach ~10)
     print(f"max abs diff {worst_abs:.2e}, max rel diff {worst_rel:.2e}")
-    assert worst_abs < TOL, worst_abs
     return worst_abs, worst_rel
 
 
@@ -103,6 +103,12 @@ def test_banded_blocks_equal_whole(monkeypatch: pytest.MonkeyPatch) -> None:
         banded = block(x)
     assert banded.shape == whole.shape == (2, 10, 12, 64)
     torch.testing.assert_close(banded, whole, atol=1e-6, rtol=1e-6)
+    grads = []  # and under autograd, the same gradients
+    for forward in (block._forward, block):
+        block.zero_grad()
+        forward(x).square().sum().backward()
+        grads.append(block.attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
 
 
 def test_pos_embed_cache_follows_weights() -> None:
