@@ -19,8 +19,8 @@ JSON: ``{image: [object, ...]}``, each object ``{"points": [[row, col], ...], "l
 
     {"a.png": [{"points": [[120, 88], [130, 95]], "labels": [1, 0]}, {"box": [10, 20, 40, 60]}]}
 
-The ``image`` key is matched against an input's file name (``a.png``), then its name without the
-suffix (``a``), then its path as given.
+The ``image`` key is an input's file name (``a.png``), its name without the suffix (``a``) or its path as
+given on the command line; rows under any of these belong to that input.
 """
 
 from __future__ import annotations
@@ -99,14 +99,14 @@ def read_prompts(path: str | Path) -> dict[str, list[ObjectPrompt]]:
     raise SamUserError(f"{path}: prompts must be a .csv or .json file")
 
 
-def prompts_for(prompts: dict[str, list[ObjectPrompt]], path: Path, given: str | None = None) -> list[ObjectPrompt] | None:
-    """The objects of input ``path`` in ``prompts`` (file name, then stem, then the path as given)."""
+def prompts_for(prompts: dict[str, list[ObjectPrompt]], path: Path) -> list[ObjectPrompt] | None:
+    """The objects of input ``path`` in ``prompts``: those under its file name, its stem or its path (all
+    that match, in the order the keys first appear in the file); None when no key matches."""
     from napari_sam.batch.inputs import stem
 
-    for key in (path.name, stem(path), given, str(path)):
-        if key is not None and key in prompts:
-            return prompts[key]
-    return None
+    keys = {path.name, stem(path), str(path)}
+    found = [objs for key, objs in prompts.items() if key in keys]
+    return [o for objs in found for o in objs] if found else None
 
 
 def segment_prompts(model: Any, image: np.ndarray, objects: list[ObjectPrompt]) -> np.ndarray:

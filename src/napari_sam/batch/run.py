@@ -34,6 +34,7 @@ class BatchReport:
     records: list[dict[str, Any]]
     summary: Path
     dashboard: str | None = None
+    #: ``model_loads``: {process id: models loaded there} over the processes that ran tasks
     extra: dict[str, Any] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
@@ -166,19 +167,19 @@ def segment_batch(
         raise SamUserError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     in_process = workers == 0 and not scheduler
     spec = _model_spec(model, in_process)
+    from napari_sam.batch.prompts import prompts_for, read_prompts
+
+    if mode == "prompts" and prompts is None:
+        raise SamUserError("--mode prompts needs a prompts file (--prompts FILE.csv|.json)")
+    table = read_prompts(prompts) if mode == "prompts" else None
+    if mode == "volume" and seeds is None:
+        raise SamUserError("--mode volume needs seeds (--seeds LABELS, a file or a folder of <name>_seeds files)")
+
     out = Path(output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     clean_partials(out)
     summary = out / "summary.csv"
     previous = read_summary(summary)
-    from napari_sam.batch.prompts import prompts_for, read_prompts
-
-    table = read_prompts(prompts) if mode == "prompts" else None
-    if mode == "prompts" and prompts is None:
-        raise SamUserError("--mode prompts needs a prompts file (--prompts FILE.csv|.json)")
-    if mode == "volume" and seeds is None:
-        raise SamUserError("--mode volume needs seeds (--seeds LABELS, a file or a folder of <name>_seeds files)")
-
     records: list[dict[str, Any]] = []
     tasks: list[Task] = []
     stacks: dict[str, tuple[dict, tuple[int, ...], Any]] = {}
@@ -225,8 +226,12 @@ def segment_batch(
     open_stacks: dict[str, _Stack] = {}
     done = [0]
 
+    loads: dict[int, int] = {}  # process id -> models it had loaded (1 per model: loaded once per worker)
+
     def on_record(rec: dict[str, Any]) -> None:
         done[0] += 1
+        if "pid" in rec:
+            loads[rec["pid"]] = max(loads.get(rec["pid"], 0), int(rec.get("model_loads") or 0))
         if "z" in rec:
             stack = open_stacks.get(rec["input"])
             if stack is None and rec["input"] in stacks:
@@ -262,4 +267,4 @@ def segment_batch(
         if not rec["status"]:
             rec.update(status="failed", message="cancelled before it finished")
     write_summary(records, summary)
-    return BatchReport(records, summary, dashboard)
+    return BatchReport(records, summary, dashboard, {"model_loads": loads})
