@@ -8,6 +8,7 @@ loaded once per worker, by :class:`PreloadModel` when the worker starts (and by 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,10 @@ def _cluster(workers: int | None, threads_per_worker: int, scheduler: str | None
     kwargs: dict[str, Any] = {}
     if workers is not None:
         kwargs["n_workers"] = int(workers)
+        # dask starts workers with OMP_NUM_THREADS=1; share the machine's cores among the tasks that run
+        # at once instead, so that one worker uses the cores a plain process would
+        cores = max(1, (os.cpu_count() or 1) // max(1, int(workers) * int(threads_per_worker)))
+        kwargs["env"] = {"OMP_NUM_THREADS": str(cores), "MKL_NUM_THREADS": str(cores)}
     cluster = LocalCluster(
         threads_per_worker=int(threads_per_worker), processes=True, dashboard_address=":0",
         silence_logs=logging.ERROR, **kwargs,
