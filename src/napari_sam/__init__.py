@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "segment_volume": "napari_sam.volume.propagate",
     "AutomaticMaskGenerator": "napari_sam.automatic.generator",
     "SegmentAnything": "napari_sam.viewer.segment_anything",
+    "segment_batch": "napari_sam.batch.run",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,4 +1,4 @@
-"""Command line: ``napari-sam gui | models | fetch NAME | auto IMAGE -o LABELS``.
+"""Command line: ``napari-sam gui | models | fetch NAME | auto IMAGE -o LABELS | batch INPUT... --output DIR``.
 
 Batch use from a shell; the GUI subcommand opens napari with the plugin docked.
 """
@@ -98,6 +98,32 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bar(done: int, total: int) -> None:
+    width = 30
+    fill = width * done // total if total else width
+    end = "\n" if done >= total else ""
+    print(f"\rbatch [{'#' * fill}{'.' * (width - fill)}] {done}/{total} tasks", end=end, file=sys.stderr, flush=True)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from napari_sam.batch.run import segment_batch
+
+    params = {"points_per_side": args.points_per_side} if args.mode != "volume" else {}
+    for key in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
+        if getattr(args, key) is not None and args.mode != "volume":
+            params[key] = getattr(args, key)
+    if args.min_area and args.mode != "volume":
+        params["min_mask_region_area"] = args.min_area
+    report = segment_batch(
+        args.inputs, args.output, mode=args.mode, model=args.model, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, scheduler=args.scheduler, overwrite=args.overwrite,
+        progress=None if args.quiet else _bar, prompts=args.prompts, seeds=args.seeds, device=args.device,
+        params=params, on_start=lambda link: print(f"dask dashboard: {link}", file=sys.stderr),
+    )
+    print(report.describe())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +155,34 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--tiles", action="store_true",
                       help="an image larger than the model's input in tiles at full resolution (docs/tiling.md)")
     auto.set_defaults(func=_cmd_auto)
+
+    batch = sub.add_parser(
+        "batch", help="segment many images, stacks or volumes (one labels file each, summary.csv); docs/batch.md",
+        description="Exit status: 0 when every input is done or skipped, 1 when any failed (after all the others "
+                    "finished), 2 for a usage error.",
+    )
+    batch.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns, list files")
+    batch.add_argument("--output", "-o", required=True, metavar="DIR",
+                       help="folder for <name>_labels.tif (2D) / .zarr (stacks, volumes) and summary.csv")
+    batch.add_argument("--mode", choices=("everything", "prompts", "volume"), default="everything")
+    batch.add_argument("--model", default=None, help="registry name or checkpoint path (default: packaged)")
+    batch.add_argument("--workers", type=int, default=None,
+                       help="LocalCluster worker processes (default: dask's choice); 0: this process, no cluster")
+    batch.add_argument("--threads-per-worker", type=int, default=1, metavar="M")
+    batch.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="an existing dask scheduler (tcp://host:8786) instead of a LocalCluster")
+    batch.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
+    batch.add_argument("--prompts", default=None, metavar="FILE", help="--mode prompts: points/boxes, .csv or .json")
+    batch.add_argument("--seeds", default=None, metavar="LABELS",
+                       help="--mode volume: a seeds labels file, or a folder of <name>_seeds.tif|.zarr")
+    batch.add_argument("--device", default=None)
+    batch.add_argument("--points-per-side", type=int, default=32)
+    batch.add_argument("--pred-iou-thresh", type=float, default=None, help=f"{thr}")
+    batch.add_argument("--stability-score-thresh", type=float, default=None)
+    batch.add_argument("--box-nms-thresh", type=float, default=None)
+    batch.add_argument("--min-area", type=int, default=0)
+    batch.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    batch.set_defaults(func=_cmd_batch)
     return parser
 
 

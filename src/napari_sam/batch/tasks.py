@@ -1,0 +1,135 @@
+"""One unit of batch work (an image, a stack slice, a volume) and the per-process model cache.
+
+A task names its model (a registry name or a checkpoint path), never carries it: :func:`get_model` loads
+it once per process (a dask worker, or the calling process with ``workers=0``) and keeps it for every
+later task, also across the threads of one worker. The segmentation is the engine's own
+(``AutomaticMaskGenerator.generate_labels``, ``SamPredictor.predict``, ``segment_volume``), the same
+calls the widget and the Python API make. A task never raises: a failure is returned as a record with
+``status='failed'`` and the reason, so one bad input does not stop the batch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Task", "get_model", "model_loads", "run_task"]
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_LOCK = threading.Lock()
+_LOADS = {"count": 0}
+
+
+def get_model(spec: Any, device: str | None = None) -> Any:
+    """The model ``spec`` names (registry name, checkpoint path, None: the default), loaded once per process.
+
+    A model object is returned as it is (``workers=0`` with a model already in memory)."""
+    if spec is not None and not isinstance(spec, str | os.PathLike):
+        return spec
+    key = (str(spec), str(device))
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            from napari_sam.weights.loading import load_model
+
+            model = _MODELS[key] = load_model(spec, device=device)
+            _LOADS["count"] += 1
+        return model
+
+
+def model_loads() -> int:
+    """How many models this process has loaded (a worker loads each model once)."""
+    return _LOADS["count"]
+
+
+@dataclass
+class Task:
+    """What to do with one input (or one slice ``z`` of it, ``kind='slice'``).
+
+    kind: ``'image'`` (2D, everything or prompts), ``'slice'`` (one slice of a stack, everything; the
+    labels come back to be linked), ``'volume'`` (seeds carried through a volume).
+    """
+
+    input: str
+    output: str
+    kind: str
+    mode: str
+    model: Any = None
+    device: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    prompts: list | None = None
+    z: int | None = None
+    seeds: str | None = None
+    scale: list | None = None
+
+
+def _generator(task: Task, model: Any) -> Any:
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.weights.registry import DEFAULT_MODEL, automatic_params
+
+    params = dict(task.params)
+    name = task.model if isinstance(task.model, str) else getattr(model, "model_name", None)
+    thresholds = automatic_params(
+        name or DEFAULT_MODEL, **{k: params.pop(k, None) for k in
+                                  ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")},
+    )
+    return AutomaticMaskGenerator(model, **thresholds, **params)
+
+
+def _slice(data: Any, z: int) -> np.ndarray:
+    return np.asarray(data[z])
+
+
+def _image(task: Task, model: Any) -> tuple[np.ndarray | None, int]:
+    from napari_sam.batch.inputs import read_image
+    from napari_sam.batch.writing import write_labels_tif
+
+    image = read_image(Path(task.input))
+    if task.kind == "slice":
+        image = _slice(image, int(task.z))
+    if task.mode == "prompts":
+        from napari_sam.batch.prompts import segment_prompts
+
+        labels = segment_prompts(model, np.asarray(image), task.prompts or [])
+    else:
+        labels = _generator(task, model).generate_labels(np.asarray(image))
+    if task.kind == "slice":
+        return labels, int(labels.max(initial=0))
+    write_labels_tif(labels, Path(task.output))
+    return None, int(labels.max(initial=0))
+
+
+def run_task(task: Task) -> dict[str, Any]:
+    """Run ``task``; returns its record: input, output, status (``done``/``failed``), objects, seconds,
+    message, and for slices ``z`` and ``labels`` (the slice's unlinked labels)."""
+    import warnings
+
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"input": task.input, "output": task.output, "pid": os.getpid()}
+    if task.z is not None:
+        record["z"] = task.z
+    try:
+        model = get_model(task.model, task.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no mask passed the thresholds": an empty result, not an error
+            if task.kind == "volume":
+                from napari_sam.batch.volume import segment_volume_task
+
+                objects = segment_volume_task(task, model)
+            else:
+                labels, objects = _image(task, model)
+                if labels is not None:
+                    record["labels"] = labels
+        record.update(status="done", objects=objects, message="")
+    except Exception as exc:  # reported in the summary; the batch goes on
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        record.update(status="failed", objects="", message=f"{type(exc).__name__}: {reason}"[:500])
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    record["model_loads"] = model_loads()
+    return record

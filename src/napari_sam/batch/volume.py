@@ -1,0 +1,78 @@
+"""``--mode volume``: objects of a seeds Labels file carried through each volume with ``segment_volume``.
+
+Seeds (``--seeds``): a labels file (tif or zarr, shaped like the volume without its colour axis; every
+labelled slice of an object is a keyframe, as the widget's "extend labels"), or a folder holding one per
+volume, named ``<name>_seeds.tif`` / ``.zarr`` (or ``<name>_labels.*``, ``<name>.*``) for a volume ``<name>.*``.
+The volume and the seeds are read slice by slice (a zarr volume is never loaded whole: the embedding
+store reads the slices it encodes) and the labels are written slice by slice into the output OME-Zarr.
+Object ids are the seeds' ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sam.errors import SamUserError
+
+__all__ = ["read_seeds", "seeds_for", "segment_volume_task"]
+
+_SEED_NAMES = ("{}_seeds", "{}_labels", "{}")
+_SEED_SUFFIXES = (".tif", ".tiff", ".zarr", ".ome.zarr")
+
+
+def seeds_for(seeds: str | Path, volume: Path) -> str | None:
+    """The seeds file of ``volume``: ``seeds`` itself when it is a file, else a match in the folder."""
+    from napari_sam.batch.inputs import stem
+
+    seeds = Path(seeds).expanduser()
+    if not seeds.is_dir() or seeds.suffix.lower() == ".zarr":
+        return str(seeds)
+    for pattern in _SEED_NAMES:
+        for suffix in _SEED_SUFFIXES:
+            cand = seeds / (pattern.format(stem(volume)) + suffix)
+            if cand.exists() and cand.resolve() != volume.resolve():
+                return str(cand)
+    return None
+
+
+def read_seeds(path: Path, n: int) -> dict[int, dict[int, Any]]:
+    """{object id: {slice: Prompt(mask)}} from a (n, H, W) labels file, one slice at a time."""
+    from napari_sam.batch.inputs import read_image
+    from napari_sam.volume.result import seeds_from_labels
+
+    labels = read_image(path)
+    if len(labels.shape) != 3 or int(labels.shape[0]) != n:
+        raise SamUserError(f"seeds {path} have shape {tuple(labels.shape)}, expected ({n}, H, W) like the volume")
+    seeds: dict[int, dict[int, Any]] = {}
+    for z in range(n):
+        sl = np.asarray(labels[z])
+        if sl.any():
+            for oid, frames in seeds_from_labels(sl[None]).items():
+                seeds.setdefault(oid, {})[z] = frames[0]
+    return seeds
+
+
+def segment_volume_task(task: Any, model: Any) -> int:
+    """Carry the seeds through the volume of ``task`` and write its labels; returns the number of objects."""
+    from napari_sam.batch.inputs import read_image
+    from napari_sam.batch.writing import VolumeWriter
+    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.volume.propagate import segment_volume
+
+    if task.seeds is None:
+        raise SamUserError(f"no seeds for {Path(task.input).name}: expected <name>_seeds.tif or .zarr in the seeds folder")
+    volume = read_image(Path(task.input))
+    shape = tuple(int(s) for s in volume.shape)
+    if len(shape) not in (3, 4):
+        raise SamUserError(f"{task.input}: volume mode takes (n, H, W) or (n, H, W, 3|4) data, got {shape}")
+    seeds = read_seeds(Path(task.seeds), shape[0])
+    if not seeds:
+        raise SamUserError(f"seeds {task.seeds} hold no object (all zero)")
+    result = segment_volume(SamPredictor(model), volume, seeds=seeds, **task.params)
+    with VolumeWriter(Path(task.output), shape[:3], task.scale) as writer:
+        for z in range(shape[0]):
+            writer[z] = result.label_slice(z)
+    return len(result.ids)

@@ -1,0 +1,46 @@
+"""``napari-sam batch``: the command-line contract scripts rely on (names, summary, exit status)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import tifffile
+
+from napari_sam import cli
+from napari_sam.viewer.sample_data import synthetic_nuclei
+
+BASE = ["--workers", "0", "--model", "nano_nuclei", "--points-per-side", "4", "-q"]
+
+
+def test_outputs_summary_and_exit_status(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", synthetic_nuclei((96, 128), n=8))
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(tmp_path / "a.tif"), "--output", str(out), *BASE]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "summary.csv"]
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["input", "output", "status", "objects", "seconds", "message"]
+    assert rows[0]["status"] == "done" and rows[0]["output"] == str(out / "a_labels.tif")
+    assert "1 done" in capsys.readouterr().out
+
+    # a missing input fails after the others finished: exit status 1
+    args = ["batch", str(tmp_path / "a.tif"), str(tmp_path / "gone.png"), "-o", str(out), *BASE]
+    assert cli.main(args) == 1
+    report = capsys.readouterr().out
+    assert "1 skipped" in report and "1 failed" in report and "gone.png" in report
+    assert cli.main(args + ["--overwrite"]) == 1
+    assert "1 done" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", synthetic_nuclei((96, 128), n=8))
+    assert cli.main(["batch", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"), "--mode", "prompts", *BASE]) == 2
+    assert "--prompts" in capsys.readouterr().err
+    assert cli.main(["batch", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"), "--model", "no_such_model",
+                     "--workers", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["batch", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"), "--mode", "sideways"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        cli.main(["batch", str(tmp_path / "a.tif")])  # --output is required

@@ -1,0 +1,50 @@
+"""A LocalCluster of 2 workers gives the labels of the single-process run (DSB2018 images, a stack, a bad file)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_sam.batch import segment_batch
+from napari_sam.viewer.sample_data import synthetic_nuclei
+
+pytest.importorskip("distributed")
+
+IDS = [  # three 256 x 256 fluorescence images and a 256 x 320 RGB(A) stained one
+    "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552",
+    "003cee89357d9fe13516167fd67b609a164651b21934585648c740d2c3d86dc1",
+    "0280fa8f60f6bcae0f97d93c28f60be194f9309ff610dc5845e60455b0f87c21",
+    "00ae65c1c6631ae6f2be1a449902976e6eb8483bf6b0740d00530220832c6d3e",
+]
+PARAMS = {"points_per_side": 6}
+
+
+def _read(path):
+    return zarr.open_group(str(path), mode="r")["0"][:] if path.suffix == ".zarr" else tifffile.imread(path)
+
+
+def test_local_cluster_matches_one_process(shared_data, tmp_path) -> None:
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{shared_data / 'dsb2018' / 'images' / i}.png\n" for i in IDS))
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    tifffile.imwrite(extra / "stack.tif", np.stack([synthetic_nuclei((96, 96), n=6, seed=s) for s in (1, 1, 2)]))
+    (extra / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
+    links: list[str] = []
+    cluster = segment_batch([listing, extra], tmp_path / "cluster", model="nano_nuclei", workers=2,
+                            params=PARAMS, on_start=links.append)
+    single = segment_batch([listing, extra], tmp_path / "single", model="nano_nuclei", workers=0, params=PARAMS)
+    print(cluster.describe(), cluster.extra, sep="\n")
+    assert links and links[0].startswith("http")
+    assert [r["status"] for r in cluster.records] == ["done"] * 4 + ["failed", "done"]
+    assert "corrupt.png" in cluster.records[4]["input"] and not cluster.ok
+    assert len(cluster.extra["model_loads"]) == 2 and set(cluster.extra["model_loads"].values()) == {1}
+    for a, b in zip(cluster.records, single.records, strict=True):
+        assert (a["status"], a["objects"]) == (b["status"], b["objects"])
+        if a["status"] == "done":
+            from pathlib import Path
+
+            np.testing.assert_array_equal(_read(Path(a["output"])), _read(Path(b["output"])))
+    assert int(cluster.records[0]["objects"]) > 0
