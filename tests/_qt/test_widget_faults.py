@@ -1,12 +1,22 @@
 """Faults met through the widget, driven as a user would (issue 23): a Labels layer at the top of its
 dtype, a multiscale image, the image or the Labels layer removed during "Segment everything", a
-switch from a 2D to a 3D image. Each ends with a notification and the Labels data as expected."""
+switch from a 2D to a 3D image; the viewer closed while encoding (from a script) or during a job, the
+model changed mid-encode or mid-job, a second job started while one runs. Each ends with a
+notification or a clean cancel, no traceback, and the Labels data as expected."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+
 import numpy as np
+from _synthetic import ellipsoid_volume, make_tiny_sam
 from conftest import direct, image2d, wait_encoded
 from qtpy.QtCore import Qt
+
+from napari_sam._qt._threads import wait_for_workers
 
 
 def _everything(widget, qtbot, on_progress=None):
@@ -114,3 +124,156 @@ def test_switch_from_2d_to_3d_image_gets_a_fitting_labels_layer(sam_widget, qtbo
     assert new is not old and new.data.shape == vol.shape
     assert new.data[1].any() and not new.data[[0, 2]].any()
     np.testing.assert_array_equal(old.data, before)
+
+
+# ---------------------------------------------------------------- closing, model changes, two jobs (issue 23)
+CLOSE_SCRIPT = """
+import numpy as np, napari
+from napari_sam._qt.widget import SamWidget
+viewer = napari.Viewer(show=False)
+widget = SamWidget(viewer, load_default=False)
+viewer.window.add_dock_widget(widget)
+widget.sam.set_model("nano_nuclei", device="cpu")
+viewer.add_image(np.random.default_rng(0).integers(0, 255, (3, 2000, 2000), dtype=np.uint8), name="stack")
+assert widget.encoder.busy
+viewer.close()
+print("closed while encoding")
+"""
+
+
+def test_script_closes_viewer_while_encoding(tmp_path):
+    """The process used to abort ("wrapped C/C++ object of type WorkerBaseSignals has been deleted")
+    when a script closed the viewer (and ended) while a slice was still being encoded."""
+    script = tmp_path / "close_mid_encode.py"
+    script.write_text(CLOSE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "closed while encoding" in out.stdout
+    assert "Traceback" not in out.stderr and "has been deleted" not in out.stderr
+
+
+def _hold_jobs(widget, after=1):
+    """Park the running job's worker thread at its ``after``-th progress report until ``gate`` is set."""
+    reached, gate = threading.Event(), threading.Event()
+
+    def hold(done, total):  # worker thread (direct connection)
+        if done >= after and not gate.is_set():
+            reached.set()
+            gate.wait(30)
+
+    widget.jobs.progressed.connect(hold, type=Qt.ConnectionType.DirectConnection)
+    return reached, gate
+
+
+def _prompted_stack(viewer, widget, qtbot):
+    img, _, info = ellipsoid_volume((8, 48, 48), n_objects=2, seed=1)
+    viewer.add_image(img, name="stack")
+    c = info[0]["center"]
+    z = int(round(c[0]))
+    viewer.dims.set_current_step(0, z)
+    wait_encoded(qtbot, widget, (z,))
+    widget.sam.points_layer.add([z, c[1], c[2]])
+    qtbot.waitUntil(lambda: widget.sam.objects is not None, timeout=30000)
+    for box in (widget.volume_panel.iou_spin, widget.volume_panel.overlap_spin, widget.volume_panel.stability_spin):
+        box.setValue(0)
+    return img
+
+
+def _close_mid_job(viewer, widget, qtbot, button, notes):
+    labels = widget.sam.labels_layer
+    before = labels.data.copy()
+    reached, gate = _hold_jobs(widget)
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(reached.is_set, timeout=30000)
+    viewer.close()  # deletes the widget's Qt objects: the job's result has nowhere to go
+    assert widget.jobs.closed and widget.jobs.cancel_event.is_set()
+    gate.set()
+    assert wait_for_workers(30000)  # the job stops at its next cancel check
+    qtbot.wait(50)  # queued results, if any, run now
+    np.testing.assert_array_equal(labels.data, before)
+    assert not labels._undo_history
+    assert not [t for k, t in notes if k == "show_error"], notes
+
+
+def test_viewer_closed_during_3d_propagation(sam_widget, qtbot, notes):
+    viewer, widget = sam_widget
+    _prompted_stack(viewer, widget, qtbot)
+    _close_mid_job(viewer, widget, qtbot, widget.volume_panel.segment_button, notes)
+
+
+def test_viewer_closed_during_segment_everything(sam_widget, qtbot, notes):
+    viewer, widget = sam_widget
+    viewer.add_image(np.stack([image2d(seed=s) for s in range(3)]), name="stack")
+    wait_encoded(qtbot, widget)
+    panel = widget.everything_panel
+    panel.points_spin.setValue(4)
+    panel.stack_check.setChecked(True)
+    _close_mid_job(viewer, widget, qtbot, panel.run_button, notes)
+    assert not [t for _, t in notes if "wrote nothing" in t]  # a clean cancel: the result is dropped
+
+
+def test_model_changed_mid_encode(sam_widget, qtbot, tiny_sam, notes):
+    viewer, widget = sam_widget
+    sam = widget.sam
+    old = sam.predictor
+    started, gate = threading.Event(), threading.Event()
+    encode = old.compute_embedding
+
+    def slow(image):  # worker thread: the old model's encode is still running when the model changes
+        started.set()
+        gate.wait(30)
+        return encode(image)
+
+    old.compute_embedding = slow
+    img = image2d()
+    viewer.add_image(img, name="blobs")
+    qtbot.waitUntil(started.is_set, timeout=30000)
+    other = make_tiny_sam(seed=7)
+    sam.set_model(other, device="cpu")
+    gate.set()
+    wait_encoded(qtbot, widget)
+    assert len(sam.cache) == 1  # the new model's embedding; the old model's result was dropped
+    sam.points_layer.add([40, 60])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, direct(other, img, [[60, 40]])[0])
+    assert not [t for k, t in notes if k == "show_error"]
+
+
+def test_model_changed_during_a_job_cancels_it(sam_widget, qtbot, tiny_sam, notes):
+    viewer, widget = sam_widget
+    viewer.add_image(np.stack([image2d(seed=s) for s in range(3)]), name="stack")
+    wait_encoded(qtbot, widget)
+    labels = widget.sam.labels_layer
+    before = labels.data.copy()
+    panel = widget.everything_panel
+    panel.points_spin.setValue(4)
+    panel.stack_check.setChecked(True)
+    reached, gate = _hold_jobs(widget)
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000) as sig:
+        qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(reached.is_set, timeout=30000)
+        widget.sam.set_model(tiny_sam, device="cpu")
+        gate.set()
+    assert sig.args[1] in (None, [])
+    np.testing.assert_array_equal(labels.data, before)
+    assert [t for k, t in notes if "model changed while 'segment everything' ran" in t]
+    assert not [t for k, t in notes if k == "show_error"]
+
+
+def test_second_job_while_one_runs(sam_widget, qtbot, tiny_sam, notes):
+    viewer, widget = sam_widget
+    _prompted_stack(viewer, widget, qtbot)
+    vol, every = widget.volume_panel, widget.everything_panel
+    reached, gate = _hold_jobs(widget)
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000) as sig:
+        qtbot.mouseClick(vol.segment_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(reached.is_set, timeout=30000)
+        assert not every.run_button.isEnabled() and not vol.extend_button.isEnabled()
+        qtbot.mouseClick(every.run_button, Qt.MouseButton.LeftButton)  # disabled: nothing happens
+        assert every.run() is False and vol.precompute() is False  # from a script: refused with a warning
+        assert [t for k, t in notes if k == "show_warning" and "wait for '3D propagation' to finish" in t]
+        gate.set()
+    assert sig.args[0] == "3D propagation" and sig.args[1] == [1]
+    assert np.unique(widget.sam.labels_layer.data).tolist() == [0, 1]  # the 3D object only
+    assert every.run_button.isEnabled() and not every.status_label.text()
+    assert not [t for k, t in notes if k == "show_error"]

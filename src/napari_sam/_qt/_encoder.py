@@ -13,6 +13,7 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
+from napari_sam._qt._threads import start as start_worker
 from napari_sam.errors import SamUserError
 
 
@@ -76,7 +77,7 @@ class EncodeRunner:
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        worker.start()
+        start_worker(worker)
 
     def _on_returned(self, key: tuple, embedding: Any) -> None:
         if self.closed:

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sam._qt._threads import start as start_worker
 from napari_sam.errors import SamUserError
 
 
@@ -71,7 +72,7 @@ class JobRunner(QObject):
         worker.errored.connect(lambda exc: self._on_errored(name, exc))
         worker.finished.connect(self._on_finished)
         self.running.emit(True)
-        worker.start()
+        start_worker(worker)
         return True
 
     def cancel(self) -> None:

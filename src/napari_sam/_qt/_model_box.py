@@ -9,6 +9,8 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QWidget
 
+from napari_sam._qt._threads import start as start_worker
+
 LOAD_FILE = "Load checkpoint file..."
 
 
@@ -40,6 +42,7 @@ class ModelBox(QWidget):
         super().__init__(parent)
         self.sam, self.on_loaded = sam, on_loaded
         self.worker: Any = None
+        self.closed = False  # the viewer closed: a load still running is dropped
         self.model_combo = QComboBox()
         self.device_combo = QComboBox()
         self.device_combo.addItems(devices())
@@ -126,9 +129,15 @@ class ModelBox(QWidget):
         worker.errored.connect(lambda exc: self._on_errored(name, exc))
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        worker.start()
+        start_worker(worker)
+
+    def close_worker(self) -> None:
+        """Drop the result of a load still running (the viewer closed)."""
+        self.closed = True
 
     def _on_returned(self, name: str, model: Any) -> None:
+        if self.closed:
+            return
         try:
             model.model_name = getattr(model, "model_name", None) or name
             self.sam.set_model(model, device=self.device())
@@ -138,6 +147,8 @@ class ModelBox(QWidget):
             self._on_errored(name, exc)
 
     def _on_errored(self, name: str, exc: BaseException) -> None:
+        if self.closed:
+            return
         show_error(f"napari-sam: could not load model {name!r}: {exc}")
         try:
             self.message.setText(f"could not load {name!r}: {exc}")

@@ -7,11 +7,12 @@ Shift+click or right click = negative point. Draw rectangles in "SAM boxes" for 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -72,6 +73,8 @@ class SamWidget(QWidget):
         self.sam.events.embedding.connect(self._on_status)
         self.sam.events.model.connect(self._on_model_loaded)
         self._bound: list[Any] = []
+        self._watched: Any = None  # weakref to the window whose closing shuts the workers down
+        self.jobs.running.connect(self._watch_window)
         self._on_image_combo()
 
     # ------------------------------------------------------------------ layout
@@ -170,6 +173,11 @@ class SamWidget(QWidget):
 
     # ------------------------------------------------------------------ event handlers
     def _on_model_loaded(self, event: Any = None) -> None:
+        jobs = getattr(self, "jobs", None)
+        if jobs is not None and jobs.busy and not jobs.cancel_event.is_set():
+            jobs.cancel()  # its result was made with the previous model
+            show_warning(f"SAM: the model changed while {jobs.name!r} ran: it is cancelled (a 3D run keeps the "
+                         "whole slices already finished, other jobs write nothing); run it again with the new model")
         self.everything_panel.use_model_thresholds()
         self.encoder.request()
         self._on_status()
@@ -186,6 +194,7 @@ class SamWidget(QWidget):
             self.volume_box.setEnabled(layer is not None and layer.ndim - int(layer.rgb) >= 3)
         if layer is not None:
             self._bind_keys()
+            self._watch_window()
             self.encoder.request()
             # napari makes a newly added layer active after its `inserted` event: take it back after
             QTimer.singleShot(0, self._activate_points)
@@ -273,7 +282,32 @@ class SamWidget(QWidget):
         except RuntimeError:
             pass
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
+    # ------------------------------------------------------------------ closing
+    def _watch_window(self, *_: Any) -> None:
+        """Watch the window the widget sits in (napari's main window once docked): when it closes, so
+        do the workers. Called whenever work starts, since docking happens after construction."""
+        top = self.window()
+        old = self._watched() if self._watched is not None else None
+        if top is self or top is old:
+            return
+        if old is not None:
+            old.removeEventFilter(self)
+        top.installEventFilter(self)
+        self._watched = weakref.ref(top)  # no strong reference: the viewer must stay collectable
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt)
+        if event.type() == QEvent.Type.Close and self._watched is not None and obj is self._watched():
+            self.shutdown()
+        return False
+
+    def shutdown(self) -> None:
+        """The viewer closes: cancel the running job, stop encoding and drop every result still to
+        come (no layer is written, no notification shown). Never waits: the threads end on their
+        own, and before the interpreter does (``_threads``)."""
         self.encoder.close()
         self.jobs.close()
+        self.model_box.close_worker()
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
+        self.shutdown()
         super().closeEvent(event)
