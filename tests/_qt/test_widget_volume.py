@@ -7,13 +7,17 @@ Random weights give arbitrary masks, so the widget's result is compared with the
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
+import pytest
 from _synthetic import ellipsoid_volume
 from conftest import wait_encoded
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QLabel
 
 from napari_sam.engine.predictor import SamPredictor
+from napari_sam.viewer.volume import VOLUME_DEFAULTS
 from napari_sam.volume.propagate import Prompt, segment_volume
 from napari_sam.volume.store import EmbeddingStore
 
@@ -151,3 +155,21 @@ def test_extend_labels_button_keeps_ids(sam_widget, qtbot, tiny_sam):
     np.testing.assert_array_equal(layer.data[[1, 4]], lab[[1, 4]])  # labelled slices keep their masks
     layer.undo()
     np.testing.assert_array_equal(layer.data, lab)
+
+
+def test_one_min_iou_field_and_documented_3d_defaults(sam_widget):
+    """The Volume panel's IoU stops a run ("stop below IoU", default segment_volume's), the Segment
+    everything panel's keeps masks ("min IoU", the model's): two names for two different defaults,
+    and docs/widget.md states the 3D ones the code uses."""
+    _, widget = sam_widget
+    texts = [lab.text() for lab in widget.findChildren(QLabel)]
+    assert texts.count("min IoU") == 1 and texts.count("stop below IoU") == 1
+    vol = widget.volume_panel
+    assert vol.iou_spin.value() == pytest.approx(VOLUME_DEFAULTS["iou_threshold"])
+    assert vol.overlap_spin.value() == pytest.approx(VOLUME_DEFAULTS["overlap_threshold"])
+    assert vol.stability_spin.value() == pytest.approx(VOLUME_DEFAULTS["stability_threshold"])
+    doc = (Path(__file__).parents[2] / "docs" / "widget.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| 3D stop criteria"))
+    assert f"stop below IoU {VOLUME_DEFAULTS['iou_threshold']:g}," in row
+    assert f"stop below overlap {VOLUME_DEFAULTS['overlap_threshold']:g}," in row
+    assert f"stop below stability {VOLUME_DEFAULTS['stability_threshold']:g}," in row

@@ -10,7 +10,7 @@ import pytest
 
 import napari_sam.viewer.label_writer as lw
 import napari_sam.viewer.segment_anything as sa
-from napari_sam.errors import SamUserError
+from napari_sam.errors import SamTypeError, SamUserError
 from napari_sam.viewer.image_source import ImageSource
 from napari_sam.viewer.label_writer import LabelWriter, promoted_dtype
 from napari_sam.viewer.segment_anything import SegmentAnything
@@ -110,7 +110,7 @@ def test_negative_and_out_of_range_slice_indices_are_refused(make_napari_viewer,
     with pytest.raises(SamUserError, match="outside the image"):
         sam.precompute_embeddings(index=(12,))
     with pytest.raises(SamUserError, match="outside the stack"):
-        sam.segment_volume(seeds={1: {-3: {"points": [[25, 20]], "labels": [1]}}})
+        sam.segment_volume(seeds_xy={1: {-3: {"points": [[25, 20]], "labels": [1]}}})
     assert not sam.labels_layer.data.any() and not sam.cache._items
 
 
@@ -181,3 +181,48 @@ def test_switching_to_a_3d_image_lets_the_2d_labels_go(make_napari_viewer, tiny_
     # a fitting layer is kept as it is
     sam.set_image_layer(viewer.add_image(rng.integers(0, 255, (4, 40, 50), dtype=np.uint8), name="3d-b"))
     assert sam.existing_labels_layer is new
+
+
+def test_four_boxes_as_a_list_of_tuples(make_napari_viewer, tiny_sam):
+    """A box list is N x 4: exactly four boxes as 4-tuples are four objects, not "ambiguous"."""
+    viewer = make_napari_viewer()
+    sam = SegmentAnything(viewer)
+    sam.set_model(tiny_sam, device="cpu")
+    sam.set_image_layer(viewer.add_image(np.random.default_rng(0).integers(0, 255, (60, 80), np.uint8)))
+    boxes = [(2, 3, 20, 30), (25, 30, 50, 70), (5, 40, 30, 75), (35, 2, 58, 25)]
+    masks = sam.segment(box=boxes)
+    assert masks.shape == (4, 60, 80)
+    np.testing.assert_array_equal(masks, sam.segment(box=[list(b) for b in boxes]))
+    np.testing.assert_array_equal(masks[:3], sam.segment(box=boxes[:3]))  # one batched call, same per box
+    with pytest.raises(SamUserError, match=r"ambiguous \(4, 4\) box array.*list of 4-tuples.*\[corners\]"):
+        sam.segment(box=np.array(boxes))
+    with pytest.raises(SamTypeError, match=r"box must be numbers in napari \(row, col\) order"):
+        sam.segment(box=["a", "b", "c", "d"])
+    assert sam.existing_labels_layer is None
+
+
+def test_segment_volume_seeds_name_says_xy(make_napari_viewer, tiny_sam):
+    """``segment`` takes napari (row, col), ``segment_volume``'s seeds SAM (x, y): the argument is
+    ``seeds_xy``; the old ``seeds=`` still works, with a FutureWarning; (z, y, x) rows are refused
+    before any work starts."""
+    viewer = make_napari_viewer()
+    vol = np.random.default_rng(1).integers(0, 255, (4, 40, 50), np.uint8)
+    sam = SegmentAnything(viewer)
+    sam.set_model(tiny_sam, device="cpu")
+    sam.set_image_layer(viewer.add_image(vol))
+    seeds = {1: {2: {"points": [[30, 10]]}}}  # x = 30 (column), y = 10 (row)
+    stop = {"iou_threshold": float("-inf"), "overlap_threshold": 0, "min_area": 0}
+    ids = sam.segment_volume(seeds_xy=seeds, **stop)
+    new = sam.labels_layer.data.copy()
+    sam.labels_layer.undo()
+    with pytest.warns(FutureWarning, match=r"renamed seeds_xy=.*SAM \(x, y\).*not napari \(row, col\)"):
+        assert sam.segment_volume(seeds=seeds, **stop) == ids
+    np.testing.assert_array_equal(sam.labels_layer.data, new)
+    with pytest.raises(SamTypeError, match="not both"):
+        sam.segment_volume(seeds_xy=seeds, seeds=seeds)
+    before = sam.labels_layer.data.copy()
+    with pytest.raises(SamUserError, match=r"napari \(z, y, x\) rows"):
+        sam.volume_job(seeds_xy={1: {2: {"points": [[2, 10, 30]]}}})  # refused on the calling thread
+    with pytest.raises(SamTypeError, match=r"seeds_xy must be \{object id: \{slice: Prompt or dict\}\}"):
+        sam.segment_volume(seeds_xy={1: [[30, 10]]})
+    np.testing.assert_array_equal(sam.labels_layer.data, before)

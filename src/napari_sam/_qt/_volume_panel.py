@@ -34,8 +34,10 @@ class VolumePanel(JobPanel):
         self.distance_spin.setSpecialValueText("no limit")
         self.distance_spin.setValue(p["max_distance"] or 0)
         self.distance_spin.setToolTip("stop this many slices away from a prompted slice (0: no limit)")
-        grid = labelled_grid((("min IoU", self.iou_spin), ("min overlap", self.overlap_spin),
-                              ("min stability", self.stability_spin), ("max slices", self.distance_spin)))
+        # "stop below ...": these end an object's run, unlike the Segment everything panel's "min IoU"
+        # (which masks to keep); the two have different defaults, so they must not share a name
+        grid = labelled_grid((("stop below IoU", self.iou_spin), ("stop below overlap", self.overlap_spin),
+                              ("stop below stability", self.stability_spin), ("max slices", self.distance_spin)))
         self.segment_button = QPushButton("Segment object in 3D")
         self.segment_button.setToolTip(HELP)
         self.extend_button = QPushButton("Extend labels in 3D")

@@ -39,7 +39,7 @@ from napari_sam.viewer.preview import Preview
 from napari_sam.viewer.prompts import PromptLayers
 from napari_sam.viewer.slicing import check_multiscale, spatial_shape
 from napari_sam.viewer.stores import StackStores
-from napari_sam.viewer.volume import VolumeActions
+from napari_sam.viewer.volume import VolumeActions, renamed_seeds
 
 __all__ = ["SegmentAnything", "SamUserError"]
 
@@ -290,21 +290,24 @@ class SegmentAnything:
         return self.volume.precompute_job(index)(progress, cancel)
 
     def volume_job(
-        self, index: tuple[int, ...] | None = None, seeds: dict | None = None,
+        self, index: tuple[int, ...] | None = None, seeds_xy: dict | None = None,
         extend_labels: bool = False, ids: list[int] | None = None, **params: Any,
     ) -> tuple[Any, Any]:
         """(job(progress, cancel) -> VolumeResult, apply(result) -> ids written); see :meth:`segment_volume`."""
-        return self.volume.job(index, seeds, extend_labels=extend_labels, ids=ids, **params)
+        seeds_xy = renamed_seeds(seeds_xy, params)
+        return self.volume.job(index, seeds_xy, extend_labels=extend_labels, ids=ids, **params)
 
     def segment_volume(
-        self, index: tuple[int, ...] | None = None, seeds: dict | None = None,
+        self, index: tuple[int, ...] | None = None, seeds_xy: dict | None = None,
         progress: Any = None, cancel: Any = None, **params: Any,
     ) -> list[int]:
         """Carry the prompted object(s) through the stack and write them as new ids, one undo step.
 
         Args:
             index: a slice of the stack (default: on screen); prompts on any slice of it are seeds.
-            seeds: {object: {slice: Prompt or dict}} in SAM (x, y) instead of the prompt layers.
+            seeds_xy: {object: {slice: Prompt or dict}} instead of the prompt layers, in SAM (x, y)
+                pixels of the slice (unlike :meth:`segment`'s napari (row, col)); ``seeds=`` is its
+                deprecated old name.
             progress, cancel: ``progress(done, total)``; ``cancel`` (callable or Event) between slices.
                 Cancelled: the slices finished so far are written (whole slices only).
             params: ``napari_sam.segment_volume`` options over ``volume_params`` (e.g.
@@ -313,7 +316,7 @@ class SegmentAnything:
         Returns the new ids (existing objects kept unless ``overwrite``); ``last_volume`` holds the
         engine's ``VolumeResult`` (object k there = seed k).
         """
-        job, apply = self.volume.job(index, seeds, **params)
+        job, apply = self.volume_job(index, renamed_seeds(seeds_xy, params), **params)
         return apply(job(progress, cancel))
 
     def extend_labels(

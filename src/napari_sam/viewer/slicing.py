@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.errors import SamUserError
+from napari_sam.errors import SamTypeError, SamUserError
 
 
 # ---------------------------------------------------------------- napari (row, col) -> SAM (x, y)
@@ -36,17 +36,23 @@ def box_rc_to_xy(corners_rc: np.ndarray) -> np.ndarray:
 def box_arg_to_corners(box: Any) -> list[np.ndarray]:
     """``segment(box=...)`` -> list of (K, D) corner arrays in (.., row, col).
 
-    Accepts (row0, col0, row1, col1), (B, 4), napari rectangle corners (4, D) or a list of them.
+    The shape rule: one box is 4 numbers (row0, col0, row1, col1); a box list is N x 4, one row per
+    box (a list of 4-tuples or an (N, 4) array). Napari rectangles (``shapes.data[i]``, (4, D) corner
+    arrays) are one box each, or a list of them. The one clash: a (4, 4) numpy array is both 4 boxes and the
+    corners of one rectangle of a 4D image, so it is refused; a Python list of 4-tuples is always
+    4 boxes.
     """
     if isinstance(box, list | tuple) and len(box) and np.ndim(box[0]) == 2:
-        return [np.asarray(b, dtype=float) for b in box]
-    arr = np.asarray(box, dtype=float)
+        return [_numbers(b, "box corners") for b in box]
+    rows = isinstance(box, list | tuple) and len(box) and all(np.ndim(b) == 1 for b in box)
+    arr = _numbers(box, "box")
     if arr.ndim == 1 and arr.shape[0] == 4:
         return [arr.reshape(2, 2)]
-    if arr.ndim == 2 and arr.shape == (4, 4):
+    if arr.ndim == 2 and arr.shape == (4, 4) and not rows:
         raise SamUserError(
-            "ambiguous box array of shape (4, 4): pass a list of (4, D) corner arrays or (B, 4) rows "
-            "as a list of tuples"
+            "ambiguous (4, 4) box array: 4 boxes (row0, col0, row1, col1) or the corners of one 4D rectangle? "
+            "Pass 4 boxes as a list of 4-tuples ([tuple(b) for b in boxes]) and a rectangle's corners as a list "
+            "holding it ([corners])"
         )
     if arr.ndim == 2 and arr.shape[1] == 4:
         return [row.reshape(2, 2) for row in arr]
@@ -54,7 +60,19 @@ def box_arg_to_corners(box: Any) -> list[np.ndarray]:
         return [arr]
     if arr.ndim == 3:
         return list(arr)
-    raise SamUserError(f"box must be (row0, col0, row1, col1) or rectangle corners, got shape {arr.shape}")
+    raise SamUserError(
+        f"box must be (row0, col0, row1, col1), N x 4 rows of them, or napari rectangle corners (4, D); "
+        f"got shape {arr.shape}"
+    )
+
+
+def _numbers(a: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(a, dtype=float)
+    except (TypeError, ValueError):
+        raise SamTypeError(
+            f"{what} must be numbers in napari (row, col) order, got {a!r:.80}; e.g. box=(row0, col0, row1, col1)"
+        ) from None
 
 
 # ---------------------------------------------------------------- layers

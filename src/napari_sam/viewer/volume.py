@@ -11,12 +11,13 @@ no layer writes) and, for writes, ``apply(result)`` (GUI thread, one undo step t
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from napari_sam.errors import SamUserError
+from napari_sam.errors import SamTypeError, SamUserError
 from napari_sam.viewer.image_source import ImageSource
 from napari_sam.viewer.label_writer import LabelWriter
 from napari_sam.viewer.model_slot import ModelSlot
@@ -32,6 +33,21 @@ VOLUME_DEFAULTS: dict[str, Any] = {
     name: inspect.signature(segment_volume).parameters[name].default
     for name in ("prompt", "iou_threshold", "stability_threshold", "overlap_threshold", "min_area", "max_distance")
 }
+
+
+def renamed_seeds(seeds_xy: dict | None, params: dict[str, Any], stacklevel: int = 3) -> dict | None:
+    """``seeds_xy``, or the deprecated ``seeds=`` popped from ``params`` (with a ``FutureWarning``): the
+    old name did not say that its points are SAM (x, y) while ``segment``'s are napari (row, col)."""
+    if "seeds" not in params:
+        return seeds_xy
+    old = params.pop("seeds")
+    if seeds_xy is not None:
+        raise SamTypeError("give seeds_xy= only (seeds= is its deprecated old name), not both")
+    warnings.warn(
+        "segment_volume(seeds=...) is renamed seeds_xy=: its points are SAM (x, y) pixels of the slice, "
+        "not napari (row, col) like segment(points=...); pass seeds_xy=", FutureWarning, stacklevel=stacklevel,
+    )
+    return old
 
 
 class VolumeActions:
@@ -135,6 +151,11 @@ class VolumeActions:
             kw["labels"], seeds = sub, None
         else:
             if seeds is not None:
+                if not isinstance(seeds, dict) or not all(isinstance(v, dict) for v in seeds.values()):
+                    raise SamTypeError(
+                        f"seeds_xy must be {{object id: {{slice: Prompt or dict}}}}, e.g. {{1: {{5: {{'points': "
+                        f"[[x, y]]}}}}}}; got {seeds!r:.80}"
+                    )
                 for obj, per_slice in seeds.items():
                     bad = [z for z in per_slice if isinstance(z, bool) or not float(z).is_integer()
                            or not 0 <= int(z) < st.n]
@@ -143,10 +164,14 @@ class VolumeActions:
                             f"seeds of object {obj!r} are on slice(s) {bad} outside the stack: its slices "
                             f"are 0..{st.n - 1} (negative indices do not count from the end)"
                         )
+            given = seeds is not None
             seeds = self.seeds(index) if seeds is None else seeds
             if not seeds:
                 raise SamUserError("add a point or a box first (on this slice or on any slice of the stack)")
         store = self.stores.store(index)
+        if not extend_labels and given:  # checked here, on the calling thread, not in the job's worker
+            hw = tuple(store.slice_shape[:2])
+            seeds = {obj: {int(z): Prompt.coerce(p, hw) for z, p in per.items()} for obj, per in seeds.items()}
 
         def job(progress: Any = None, cancel: Any = None) -> Any:
             return segment_volume(store, seeds=seeds, progress=progress, cancel=cancel, **kw)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from napari_sam.errors import SamTypeError, SamUserError
+
 
 def mask_box(mask: np.ndarray, margin: float = 0.0, hw: tuple[int, int] | None = None) -> np.ndarray:
     """(4,) float32 (x0, y0, x1, y1) box of a (H, W) bool mask (inclusive max, like SAM's
@@ -55,30 +57,32 @@ class Prompt:
 
     @classmethod
     def coerce(cls, p: Prompt | Mapping, hw: tuple[int, int]) -> Prompt:
-        """A Prompt from a Prompt or a dict with keys points/labels/box/mask; validated against (H, W)."""
+        """A Prompt from a Prompt or a dict with keys points/labels/box/mask; validated against (H, W)
+        (``SamUserError``, ``SamTypeError`` for non-numbers, saying what was given and what is expected)."""
         if not isinstance(p, Prompt):
+            if not isinstance(p, Mapping):
+                raise SamTypeError(
+                    f"a seed must be a Prompt or a dict with keys points, labels, box, mask; got "
+                    f"{type(p).__name__} {p!r:.60}. Seeds are {{object id: {{slice: {{'points': [[x, y]]}}}}}}"
+                )
             unknown = set(p) - {"points", "labels", "box", "mask"}
             if unknown:
-                raise ValueError(f"unknown prompt keys {sorted(unknown)}; use points, labels, box, mask")
+                raise SamUserError(f"unknown prompt keys {sorted(unknown)}; use points, labels, box, mask")
             p = cls(**dict(p))
-        pts = None if p.points is None else np.asarray(p.points, np.float32).reshape(-1, 2)
+        pts = None if p.points is None else _seed_points(p.points)
         lab = None
         if pts is not None:
-            lab = (
-                np.ones(len(pts), np.int64)
-                if p.labels is None
-                else np.asarray(p.labels, np.int64).reshape(-1)
-            )
+            lab = np.ones(len(pts), np.int64) if p.labels is None else _seed_labels(p.labels)
             if len(lab) != len(pts):
-                raise ValueError(f"{len(pts)} points but {len(lab)} labels")
-        box = None if p.box is None else np.asarray(p.box, np.float32).reshape(4)
+                raise SamUserError(f"a seed has {len(pts)} point(s) but {len(lab)} label(s): give one label per point")
+        box = None if p.box is None else _seed_box(p.box)
         mask = None if p.mask is None else np.asarray(p.mask, bool)
         if mask is not None and mask.shape != tuple(hw):
-            raise ValueError(f"a seed mask must have the slice shape {tuple(hw)}, got {mask.shape}")
+            raise SamUserError(f"a seed mask must have the slice shape {tuple(hw)}, got {mask.shape}")
         if mask is not None and not mask.any():
             mask = None
         if pts is None and box is None and mask is None:
-            raise ValueError("a prompt needs points, a box or a non-empty mask")
+            raise SamUserError("a seed needs points, a box or a non-empty mask; got none of them")
         return cls(pts, lab, box, mask)
 
     def to_sam(self) -> dict:
@@ -171,3 +175,58 @@ class VolumeResult:
             write = new != 0 if overwrite else (new != 0) & (sl == 0)
             sl[write] = new[write]
         return self.slices
+
+
+_XY = (
+    "seed points are (x, y) pixels of their slice (x = column, y = row); the slice is the key of the "
+    "seeds dict: {object: {z: {'points': [[x, y]]}}}"
+)
+
+
+def _numbers(a: object, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(a, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise SamTypeError(f"seed {what} must be numbers, got {a!r:.60}") from None
+    if not np.isfinite(arr).all():
+        raise SamUserError(f"seed {what} must be finite numbers, got {arr.ravel().tolist()[:8]}: remove the NaN/inf")
+    return arr
+
+
+def _seed_points(points: object) -> np.ndarray:
+    """(N, 2) float32 (x, y), or ``SamUserError`` naming the shape given (and (z, y, x) rows for what they are)."""
+    pts = _numbers(points, "points")
+    if pts.ndim == 1 and pts.shape[0] == 2:
+        return pts[None]
+    if pts.ndim == 2 and pts.shape[1] == 2 and len(pts):
+        return pts
+    if pts.shape[-1:] == (3,) and pts.ndim <= 2:
+        z = pts.reshape(-1, 3)
+        raise SamUserError(
+            f"seed points have shape {pts.shape}: three values per point look like napari (z, y, x) rows "
+            f"(first {z[0].tolist()}), but {_XY}. Convert with points[:, [2, 1]] and use the z as the key, "
+            f"or SegmentAnything.segment_volume() with the prompt layers"
+        )
+    raise SamUserError(f"seed points must have shape (N, 2), got {pts.shape}: {_XY}")
+
+
+def _seed_labels(labels: object) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "biuf" or not np.isin(lab, (0, 1)).all():
+        raise SamUserError(f"seed labels must be 1 (positive) or 0 (negative), got {lab.ravel().tolist()[:8]}")
+    return lab.astype(np.int64).reshape(-1)
+
+
+def _seed_box(box: object) -> np.ndarray:
+    """(4,) float32 (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1."""
+    b = _numbers(box, "box")
+    if b.size != 4:
+        hint = " (a 3D box? boxes are 2D, per slice: one per slice key)" if b.size == 6 else ""
+        raise SamUserError(f"a seed box must be 4 numbers (x0, y0, x1, y1), got shape {b.shape}{hint}")
+    b = b.reshape(4)
+    if b[0] > b[2] or b[1] > b[3]:
+        raise SamUserError(
+            f"a seed box must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1, got {b.tolist()}: swap the "
+            f"corners; (row, col) boxes from napari are (y0, x0, y1, x1)"
+        )
+    return b
