@@ -8,8 +8,8 @@ import this one.
 from __future__ import annotations
 
 __all__ = [
-    "Cancelled", "CheckpointError", "ChecksumError", "ModelDownloadError", "SamInputWarning", "SamTypeError",
-    "SamUserError",
+    "Cancelled", "CheckpointError", "ChecksumError", "MissingDependencyError", "ModelDownloadError",
+    "SamInputWarning", "SamTypeError", "SamUserError", "TooMuchWorkError",
 ]
 
 
@@ -20,6 +20,20 @@ class SamUserError(ValueError):
 class SamTypeError(SamUserError, TypeError):
     """An argument of the wrong kind (a string where numbers are expected, None where a model is):
     both a ``ValueError`` (as every ``SamUserError``) and a ``TypeError``, so callers catching either keep working."""
+
+
+class TooMuchWorkError(SamUserError):
+    """A call would start far more work than is likely meant (thousands of tile encodings, a batch whose
+    masks do not fit in memory): refused before it starts. The message gives the count, an estimate
+    and how to go ahead; ``count`` and ``estimate`` (seconds or bytes, as the message says) hold them."""
+
+    def __init__(self, message: str, count: int = 0, estimate: float | None = None) -> None:
+        super().__init__(message)
+        self.count, self.estimate = count, estimate
+
+
+class MissingDependencyError(SamUserError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""
 
 
 class SamInputWarning(UserWarning):

@@ -10,7 +10,7 @@ import pytest
 
 import napari_sam.viewer.label_writer as lw
 import napari_sam.viewer.segment_anything as sa
-from napari_sam.errors import SamTypeError, SamUserError
+from napari_sam.errors import SamTypeError, SamUserError, TooMuchWorkError
 from napari_sam.viewer.image_source import ImageSource
 from napari_sam.viewer.label_writer import LabelWriter, promoted_dtype
 from napari_sam.viewer.segment_anything import SegmentAnything
@@ -226,3 +226,20 @@ def test_segment_volume_seeds_name_says_xy(make_napari_viewer, tiny_sam):
     with pytest.raises(SamTypeError, match=r"seeds_xy must be \{object id: \{slice: Prompt or dict\}\}"):
         sam.segment_volume(seeds_xy={1: [[30, 10]]})
     np.testing.assert_array_equal(sam.labels_layer.data, before)
+
+
+def test_tiles_on_a_huge_image_are_refused_until_allowed(make_napari_viewer, tiny_sam):
+    viewer = make_napari_viewer()
+    sam = SegmentAnything(viewer)
+    sam.set_model(tiny_sam, device="cpu")
+    sam.set_image_layer(viewer.add_image(np.zeros((6000, 6000), np.uint8), name="huge"))
+    sam.tiled = True
+    n = sam.predictor.encodings((6000, 6000))
+    with pytest.raises(TooMuchWorkError, match=rf"needs {n} encoder runs.*sam\.max_tile_encodings = {n}"):
+        sam.segment(points=[[100, 100]])
+    assert sam.existing_labels_layer is None and not sam.has_embedding()
+    sam.max_tile_encodings = n  # the way ahead the message names reaches the predictor in use
+    assert sam.predictor.max_encodings == n
+    sam.tiled = False
+    sam.tiled = True
+    assert sam.predictor.max_encodings == n

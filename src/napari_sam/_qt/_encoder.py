@@ -91,7 +91,11 @@ class EncodeRunner:
             self.sam.update_preview()
 
     def _on_errored(self, exc: BaseException) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        if isinstance(exc, SamUserError):  # e.g. too many tiles: the message says what to do
+            show_error(f"SAM: {exc}")
+        else:
             show_error(f"SAM: encoding failed: {type(exc).__name__}: {exc}")
 
     def _on_finished(self) -> None:

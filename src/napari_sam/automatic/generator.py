@@ -26,6 +26,7 @@ from napari_sam.automatic.utils import (
     check_grid,
     check_params,
     coco_encode_rle,
+    coco_mask_utils,
     fill_holes_with_outside,
     generate_crop_boxes,
     mask_to_rle,
@@ -104,6 +105,8 @@ class AutomaticMaskGenerator:
         )
         if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
             raise ValueError(f"unknown output_mode {output_mode!r}")
+        if output_mode == "coco_rle":
+            coco_mask_utils()  # before any work: MissingDependencyError says what to install
         if tile_size is not None and not 0 <= tile_overlap < tile_size:
             raise ValueError("tile_overlap must be in [0, tile_size)")
         if points_per_side is not None:

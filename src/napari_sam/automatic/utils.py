@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from napari_sam.engine.tiling import tile_origins
-from napari_sam.errors import SamUserError
+from napari_sam.errors import MissingDependencyError, SamUserError
 
 
 # ----------------------------------------------------------------------------- grids and crops
@@ -135,10 +135,22 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     return np.repeat(vals, rle["counts"]).reshape(w, h).T
 
 
-def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
-    """Compressed COCO RLE (needs pycocotools)."""
-    from pycocotools import mask as mask_utils  # type: ignore
+def coco_mask_utils() -> Any:
+    """``pycocotools.mask`` (the optional extra ``coco``), or ``MissingDependencyError`` saying what to install."""
+    try:
+        from pycocotools import mask as mask_utils  # type: ignore  # optional: imported only when asked for
+    except ImportError:
+        raise MissingDependencyError(
+            "output_mode='coco_rle' needs pycocotools, which is not installed: pip install 'napari-sam[coco]' "
+            "(or pip install pycocotools); or use output_mode='uncompressed_rle' (the same masks as "
+            "{'size', 'counts'} dicts, napari_sam.automatic.utils.rle_to_mask decodes them)"
+        ) from None
+    return mask_utils
 
+
+def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
+    """Compressed COCO RLE (needs pycocotools: ``MissingDependencyError`` without it)."""
+    mask_utils = coco_mask_utils()
     h, w = rle["size"]
     out = mask_utils.frPyObjects(rle, h, w)
     out["counts"] = out["counts"].decode("utf-8")

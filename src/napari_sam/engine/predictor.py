@@ -14,17 +14,19 @@ import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from napari_sam.engine.chunks import decode_chunked, iter_chunks
 from napari_sam.engine.device import autocast_dtype, encoder_context, pick_device
 from napari_sam.engine.embedding import DecoderPreparation, ImageEmbedding, check_embedding, tensor_bytes
+from napari_sam.engine.graph_clicks import GraphClicks, flat_high_res
 from napari_sam.engine.graphs import GraphCache
 from napari_sam.engine.model_interface import decode, embed, img_size
 from napari_sam.engine.postprocess import MaskUpsampler
+from napari_sam.engine.progress import Cancel, Progress
 from napari_sam.engine.prompts import prompt_tensors
 from napari_sam.engine.transforms import SquareResize, make_transform, model_input
 from napari_sam.models.common import weights_key
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 PREPARE_FOR_PROMPTS = 3
 
 
-class SamPredictor:
+class SamPredictor(GraphClicks):
     """Compute an image embedding once, then predict masks for many prompts.
 
     Args:
@@ -293,27 +295,40 @@ class SamPredictor:
         mask_input=None,
         multimask_output: bool = False,
         return_logits: bool = False,
+        progress: Progress = None,
+        cancel: Cancel = None,
+        chunk_size: int | None = None,
     ):
-        """Masks for B objects in one decoder call (same image).
+        """Masks for B objects (same image), decoded ``chunk_size`` (default ``DECODE_CHUNK``) at a time.
 
         Args:
             point_coords: (B, N, 2) (x, y) pixels (pad with label -1), or None.
             point_labels: (B, N), required with ``point_coords``.
             boxes: (B, 4) (x0, y0, x1, y1) pixels, or None.
             mask_input: (B, 1, 256, 256) low-res logits, or None.
+            progress, cancel: ``progress(done, total)`` objects after each chunk; ``cancel`` (callable or
+                Event) raises ``Cancelled`` between chunks (``napari_sam.engine.progress``).
 
         Returns:
             masks (B, C, H, W) bool, scores (B, C) float32, low_res_logits (B, C, 256, 256); numpy.
+            ``TooMuchWorkError`` before any work when these would exceed ``chunks.MAX_BATCH_OUTPUT_BYTES``
+            (use :meth:`iter_predict_batch`).
         """
-        c, lab, b, m = self._prompts(point_coords, point_labels, boxes, mask_input, batch=True)
-        n = next((t.shape[0] for t in (c, b, m) if t is not None), None)
-        if n == 0:  # no objects: empty results of the right shapes
-            emb, k = self._embedding, 3 if multimask_output else 1
-            dt = np.float32 if return_logits else np.bool_
-            lo = np.zeros((0, k, *self.mask_input_size), np.float32)
-            return np.zeros((0, k, *emb.original_size), dt), np.zeros((0, k), np.float32), lo
-        masks, scores, low = self.predict_torch(c, lab, b, m, multimask_output, return_logits)
-        return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
+        prompts, n = self._batch_prompts(point_coords, point_labels, boxes, mask_input)
+        return decode_chunked(self.predict_torch, prompts, n, multimask_output, return_logits,
+                              self._embedding.original_size, self.mask_input_size, chunk_size, progress, cancel)
+
+    def iter_predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                           multimask_output: bool = False, return_logits: bool = False, progress: Progress = None,
+                           cancel: Cancel = None, chunk_size: int | None = None):
+        """:meth:`predict_batch` as a generator of ``(start, masks, scores, low_res)`` per chunk of objects
+        ``start:start + len(masks)``: memory bounded by one chunk, however many objects."""
+        prompts, n = self._batch_prompts(point_coords, point_labels, boxes, mask_input)
+        return iter_chunks(self.predict_torch, prompts, n, multimask_output, return_logits, chunk_size, progress, cancel)
+
+    def _batch_prompts(self, coords, labels, boxes, mask_input):
+        c, lab, b, m = self._prompts(coords, labels, boxes, mask_input, batch=True)
+        return (c, lab, b, m), next((t.shape[0] for t in (c, b, m) if t is not None), 1)  # none: one object
 
     def predict_torch(
         self,
@@ -336,7 +351,7 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         with torch.inference_mode():
             if self._graphs is not None:
-                inputs = (emb.features, *_pair(emb.high_res), point_coords, point_labels, boxes, mask_input)
+                inputs = (emb.features, *flat_high_res(emb.high_res), point_coords, point_labels, boxes, mask_input)
                 key, fn = self._graph_call(emb, inputs, multimask_output, return_logits)
                 low_res, iou, masks = self._graphs(key, fn, inputs)
                 return masks, iou, low_res
@@ -346,37 +361,6 @@ class SamPredictor:
         if self.low_res_limit is not None:
             low_res = low_res.clamp(-self.low_res_limit, self.low_res_limit)
         return masks, iou, low_res
-
-    def _graph_call(self, emb: ImageEmbedding, inputs: tuple, multimask_output: bool, return_logits: bool):
-        """The graph cache's key for a click and the function of its tensors it captures."""
-        shapes = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in inputs)
-        key = (shapes, multimask_output, return_logits, tuple(emb.input_size), tuple(emb.original_size))
-        fn = partial(self._click, tuple(emb.input_size), tuple(emb.original_size), multimask_output, return_logits)
-        return key, fn
-
-    def _click(self, input_size, original_size, multimask_output, return_logits, features, hr0, hr1, coords, labels, boxes, masks):
-        """Prompts -> ``(low-res logits, IoUs, masks)`` with the plain modules: the click as one
-        function of tensors, as a CUDA graph holds it."""
-        points = (coords, labels) if coords is not None else None
-        high_res = None if hr0 is None else (hr0, hr1)
-        low_res, iou = decode(self.model, features, self.dense_pe, points, boxes, masks, multimask_output, high_res)
-        masks = self.postprocess_masks(low_res, input_size, original_size, return_logits)
-        if self.low_res_limit is not None:
-            low_res = low_res.clamp(-self.low_res_limit, self.low_res_limit)
-        return low_res, iou, masks
-
-    def _warm_first_click(self, emb: ImageEmbedding) -> None:
-        """Capture the CUDA graph of a first click on ``emb`` (one point, multimask, bool masks)
-        now, so that the user's first click replays it (nothing without graphs)."""
-        if self._graphs is None:
-            return
-        features = emb.features.to(self.device)
-        coords = torch.zeros(1, 1, 2, device=self.device)
-        labels = torch.ones(1, 1, dtype=torch.int, device=self.device)
-        high_res = _pair(None if emb.high_res is None else tuple(t.to(self.device) for t in emb.high_res))
-        inputs = (features, *high_res, coords, labels, None, None)
-        with torch.inference_mode():
-            self._graphs.warm(*self._graph_call(emb, inputs, True, False), inputs)
 
     def _decode_plain(self, emb: ImageEmbedding, points, boxes, mask_input, multimask_output: bool):
         """Prompts -> low-res logits ``(B, C, 256, 256)`` and IoUs ``(B, C)`` with the plain modules
@@ -419,9 +403,3 @@ class SamPredictor:
             # SAM 2: the 256x256 logits straight to the image's size (its input was stretched, not padded)
             return self._direct_upsampler(low_res, self.mask_input_size, original_size, threshold)
         return self._upsampler(low_res, input_size, original_size, threshold)
-
-
-
-def _pair(high_res: tuple[torch.Tensor, ...] | None) -> tuple:
-    """SAM 2's two high-resolution maps, or ``(None, None)`` for SAM: a click's inputs are flat."""
-    return (None, None) if high_res is None else tuple(high_res)

@@ -19,6 +19,7 @@ image-wide grid, (C, ceil(H / c), ceil(W / c)) with c = img_size / 256 px per ce
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +28,18 @@ import torch.nn.functional as F
 
 from napari_sam.engine.images import to_sam_image
 from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
+from napari_sam.errors import TooMuchWorkError
+
+MAX_TILE_ENCODINGS = 500
+"""``TiledPredictor`` refuses images that need more encoder runs than this (``max_encodings``): a
+20000 x 20000 image is 2705 runs with nano_nuclei, 677 with SAM."""
 
 OUTSIDE_LOGIT = -20.0
 """Logit of the pixels and low-res cells a tiled decode did not cover (a confident "background")."""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def tile_origins(length: int, tile: int, overlap: int, step: int = 1) -> list[int]:
@@ -89,9 +99,12 @@ class TiledPredictor:
             rounded down to the low-res cell; a point prompt is decoded in a tile only when it lies
             at least overlap / 2 px from the tile's inner edges, a box when overlap / 8 px.
         device, precision: as ``SamPredictor`` (ignored when ``model`` is a predictor).
+        max_encodings: an image needing more encoder runs (tiles + overview) is refused with
+            ``TooMuchWorkError`` after the overview, whose time gives the estimate; None: no limit.
     """
 
-    def __init__(self, model, overlap: int | None = None, device=None, precision: str = "auto"):
+    def __init__(self, model, overlap: int | None = None, device=None, precision: str = "auto",
+                 max_encodings: int | None = MAX_TILE_ENCODINGS):
         p = model if isinstance(model, SamPredictor) else SamPredictor(model, device=device, precision=precision)
         self.predictor = p
         self.model, self.device, self.precision = p.model, p.device, p.precision
@@ -103,6 +116,7 @@ class TiledPredictor:
         if not 0 <= overlap <= p.img_size // 2:
             raise ValueError(f"overlap must be within 0 ... {p.img_size // 2} px (half a tile), got {overlap}")
         self.overlap = overlap // self.cell * self.cell
+        self.max_encodings = max_encodings
         self._embedding: ImageEmbedding | TiledEmbedding | None = None
         self._current: int | None = None  # which embedding the inner predictor holds: tile index, -1 overview
 
@@ -123,7 +137,9 @@ class TiledPredictor:
         img = to_sam_image(image, contrast_limits=contrast_limits)
         p, size = self.predictor, self.img_size
         total = self.encodings(img.shape)
+        t0 = time.perf_counter()
         overview = p.compute_embedding(img, image_format)
+        self._check_encodings(img.shape, total, time.perf_counter() - t0)
         yield 1, total
         h, w = img.shape[:2]
         if total == 1:
@@ -137,6 +153,21 @@ class TiledPredictor:
             tiles += p.encode_batch(crops, image_format, native=True, batch_size=group)
             yield 1 + len(tiles), total
         return TiledEmbedding(tiles, origins, overview, (int(h), int(w)))
+
+    def _check_encodings(self, shape: tuple[int, ...], total: int, seconds: float) -> None:
+        """``TooMuchWorkError`` when ``total`` encoder runs exceed ``max_encodings`` (one run took ``seconds``)."""
+        if self.max_encodings is None or total <= self.max_encodings:
+            return
+        est = total * seconds
+        raise TooMuchWorkError(
+            f"tiles at full resolution: this {shape[0]}x{shape[1]} image needs {total} encoder runs "
+            f"({total - 1} tiles of {self.img_size} px + the overview), about {_duration(est)} at the "
+            f"{seconds:.2f} s the overview took on {self.device}; the limit is {self.max_encodings} "
+            f"(max_encodings). Switch tiles off (the image is then shrunk to the model's input), segment "
+            f"a crop, or raise the limit (TiledPredictor(max_encodings=None); in napari: "
+            f"sam.max_tile_encodings = {total}) to go ahead",
+            count=total, estimate=est,
+        )
 
     def compute_embedding(self, image: np.ndarray, image_format: str = "RGB",
                           contrast_limits=None) -> ImageEmbedding | TiledEmbedding:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_sam.engine.predictor import SamPredictor
-from napari_sam.engine.tiling import TiledPredictor
+from napari_sam.engine.tiling import MAX_TILE_ENCODINGS, TiledPredictor
 from napari_sam.errors import SamUserError
 from napari_sam.weights.loading import load_model
 
@@ -27,6 +27,7 @@ class ModelSlot:
         self.device: str | None = None
         self.version = 0
         self._tiled = False
+        self._max_tiles: int | None = MAX_TILE_ENCODINGS
         self._background: tuple[int, Any] | None = None
 
     @staticmethod
@@ -82,5 +83,16 @@ class ModelSlot:
             self._background = (self.version, bg)
         return self._background[1]
 
+    @property
+    def max_tile_encodings(self) -> int | None:
+        """With tiles, images needing more encoder runs are refused (``TooMuchWorkError``); None: no limit."""
+        return self._max_tiles
+
+    @max_tile_encodings.setter
+    def max_tile_encodings(self, n: int | None) -> None:
+        self._max_tiles = None if n is None else int(n)
+        if isinstance(self.predictor, TiledPredictor):
+            self.predictor.max_encodings = self._max_tiles
+
     def _wrap(self, predictor: Any) -> Any:
-        return TiledPredictor(predictor) if self._tiled else predictor
+        return TiledPredictor(predictor, max_encodings=self._max_tiles) if self._tiled else predictor

@@ -84,6 +84,7 @@ class SegmentAnything:
     model_name = _Forward("model_slot", "name", "Registry name, file path or arch of the model.")
     predictor = _Forward("model_slot", "predictor", "The interactive predictor (``TiledPredictor`` with tiles).")
     device = _Forward("model_slot", "device", "Device of the model ('cpu', 'cuda:0', ...).")
+    max_tile_encodings = _Forward("model_slot", "max_tile_encodings", "With tiles: most encoder runs per slice (None: any).")
     # the image and the output
     image_layer = _Forward("image_source", "layer", "The Image layer segmented (set with :meth:`set_image_layer`).")
     channel_axis = _Forward("image_source", "channel_axis", "Leading axis whose first 3 channels form an RGB composite.")
