@@ -268,6 +268,7 @@ class SamWidget(QWidget):
             pass
 
     def _on_status(self, event: Any = None) -> None:
+        self._watch_window()  # docked by now, if it ever is (slice changes encode without a combo change)
         sam = self.sam
         if sam.image_layer is None:
             self._set_status("choose an image layer")
@@ -286,7 +287,10 @@ class SamWidget(QWidget):
     def _watch_window(self, *_: Any) -> None:
         """Watch the window the widget sits in (napari's main window once docked): when it closes, so
         do the workers. Called whenever work starts, since docking happens after construction."""
-        top = self.window()
+        try:
+            top = self.window()
+        except RuntimeError:  # the widget's Qt object is gone (viewer closed)
+            return
         old = self._watched() if self._watched is not None else None
         if top is self or top is old:
             return

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from napari_sam.engine.progress import Cancel, Progress, check_cancel
-from napari_sam.errors import TooMuchWorkError
+from napari_sam.errors import SamUserError, TooMuchWorkError
 
 DECODE_CHUNK = 32
 """Objects per decoder call in ``predict_batch`` (results do not depend on it beyond float rounding)."""
@@ -63,7 +63,7 @@ def iter_chunks(decode: Callable[..., tuple], prompts: Tensors, n: int, multimas
     """
     size = DECODE_CHUNK if chunk_size is None else int(chunk_size)
     if size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        raise SamUserError(f"chunk_size must be at least 1 (objects per decoder call), got {chunk_size}")
     for start in range(0, n, size):
         check_cancel(cancel)
         sl = slice(start, min(n, start + size))

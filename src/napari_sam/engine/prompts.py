@@ -120,9 +120,9 @@ def prompt_tensors(
     give one ``SamInputWarning``."""
     dims = "(B, " if batch else "("
     if coords is not None and labels is None:
-        raise ValueError("point_labels must be given with point_coords")
+        raise SamUserError("point_labels must be given with point_coords")
     if labels is not None and coords is None:
-        raise ValueError("point_coords must be given with point_labels")
+        raise SamUserError("point_coords must be given with point_labels")
     n = None
     c_t = l_t = b_t = m_t = None
     if coords is not None:
@@ -130,9 +130,9 @@ def prompt_tensors(
         labels = np.asarray(labels)
         nd = 3 if batch else 2
         if coords.ndim != nd or coords.shape[-1] != 2 or coords.shape[-2] == 0:
-            raise ValueError(f"point_coords must have shape {dims}N, 2) (x, y), got {coords.shape}")
+            raise SamUserError(f"point_coords must have shape {dims}N, 2) (x, y), got {coords.shape}")
         if labels.shape != coords.shape[:-1]:
-            raise ValueError(
+            raise SamUserError(
                 f"point_labels must have shape {coords.shape[:-1]} {dims}N), got {labels.shape}"
             )
         _finite(coords, "point_coords", "(x, y) pixels")
@@ -147,7 +147,7 @@ def prompt_tensors(
         boxes = _numbers(boxes, "box" + ("es" if batch else ""), "(x0, y0, x1, y1) pixels")
         ok = boxes.ndim == 2 and boxes.shape[1] == 4 if batch else boxes.shape in ((4,), (1, 4))
         if not ok:
-            raise ValueError(
+            raise SamUserError(
                 f"box{'es' if batch else ''} must have shape {dims}4) (x0, y0, x1, y1), got {boxes.shape}"
             )
         check_boxes(boxes, "box" + ("es" if batch else ""))
@@ -155,7 +155,7 @@ def prompt_tensors(
             to_input(boxes.reshape(-1, 2, 2), emb, transform).reshape(-1, 4), dtype=torch.float, device=device
         )
         if n is not None and b_t.shape[0] != n:
-            raise ValueError(f"boxes has {b_t.shape[0]} rows but point_coords has batch {n}")
+            raise SamUserError(f"boxes has {b_t.shape[0]} rows but point_coords has batch {n}")
         n = b_t.shape[0]
     if mask_input is not None:
         m = _numbers(mask_input, "mask_input", "low-res logits")
@@ -165,7 +165,7 @@ def prompt_tensors(
         else:
             ok = m.shape == size
         if not ok:
-            raise ValueError(
+            raise SamUserError(
                 f"mask_input must have shape {dims}1, {size[1]}, {size[2]}) (low-res logits of a "
                 f"previous prediction{', one per object' if batch else ''}), got {m.shape}"
             )
