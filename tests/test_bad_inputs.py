@@ -147,7 +147,7 @@ def test_predict_batch_cancel_and_iter(image_pred):
     parts = list(image_pred.iter_predict_batch(boxes=boxes, chunk_size=30))
     assert [s for s, *_ in parts] == [0, 30, 60, 90] and [len(m) for _, m, _, _ in parts] == [30, 30, 30, 10]
     np.testing.assert_array_equal(np.concatenate([m for _, m, _, _ in parts]), whole[0])
-    with pytest.raises(ValueError, match="chunk_size must be at least 1, got 0"):
+    with pytest.raises(SamUserError, match=r"chunk_size must be at least 1 \(objects per decoder call\), got 0"):
         image_pred.predict_batch(boxes=boxes, chunk_size=0)
 
 
@@ -213,3 +213,57 @@ def test_coco_rle_with_pycocotools_round_trips():
     m[1:3, 2:6] = True
     rle = coco_encode_rle(mask_to_rle(m))
     np.testing.assert_array_equal(mask_utils.decode({**rle, "counts": rle["counts"].encode()}).astype(bool), m)
+
+
+# ---------------------------------------------------------------- batch shapes, seeds' slices, tiles, options
+@pytest.mark.parametrize("kwargs, match", [
+    ({"point_coords": np.zeros((1, 2, 3)), "point_labels": np.ones((1, 2))}, r"point_coords must have shape \(B, N, 2\)"),
+    ({"point_coords": np.zeros((1, 2, 2)), "point_labels": np.ones((1, 3))}, r"point_labels must have shape \(1, 2\)"),
+    ({"point_coords": np.zeros((1, 2, 2))}, "point_labels must be given with point_coords"),
+    ({"boxes": np.zeros((2, 5))}, r"boxes must have shape \(B, 4\) \(x0, y0, x1, y1\), got \(2, 5\)"),
+    ({"point_coords": np.zeros((1, 1, 2)), "point_labels": np.ones((1, 1)), "boxes": np.zeros((2, 4))},
+     "boxes has 2 rows but point_coords has batch 1"),
+    ({"mask_input": np.zeros((1, 1, 8, 8))}, r"mask_input must have shape \(B, 1, \d+, \d+\) \(low-res logits"),
+])
+def test_predict_batch_shapes_name_the_expected_one(image_pred, kwargs, match):
+    with pytest.raises(SamUserError, match=match):
+        image_pred.predict_batch(**kwargs)
+
+
+@pytest.mark.parametrize("z", [-1, 4, 2.5, "2", True])
+def test_seed_slices_must_lie_in_the_volume(pred, z):
+    with pytest.raises(SamUserError, match=rf"seeds of object 1 are on slice {z!r}, but the volume has slices 0\.\.3 "
+                       r"along axis 0.*negative ones do not count from the end"):
+        segment_volume(pred, VOL, {1: {z: {"points": [[3, 4]]}}})
+
+
+def test_seeds_per_object_must_be_a_dict(pred):
+    with pytest.raises(SamTypeError, match=r"object 1 has list .*\{1: \{5: \{'points': \[\[x, y\]\]\}\}\}"):
+        segment_volume(pred, VOL, {1: [[3, 4]]})
+
+
+def test_segment_volume_options(pred):
+    with pytest.raises(SamUserError, match=r"prompt must be a '\+'-joined subset of box, point, mask.*'boxes'"):
+        segment_volume(pred, VOL, _seeds({"points": [[3, 4]]}), prompt="boxes")
+    with pytest.raises(SamUserError, match=r"a volume is required.*segment_volume\(predictor, volume, seeds\)"):
+        segment_volume(pred, None, _seeds({"points": [[3, 4]]}))
+
+
+def test_tiled_predictor_options_and_batch_shapes():
+    with pytest.raises(SamUserError, match=r"overlap must be within 0 \.\.\. 128 px \(half a tile\), got 200"):
+        TiledPredictor(make_tiny_sam(), device="cpu", overlap=200)
+    tp = TiledPredictor(make_tiny_sam(), device="cpu")
+    tp.set_image((np.random.default_rng(3).random((300, 400)) * 255).astype(np.uint8))
+    assert tp.is_tiled
+    with pytest.raises(SamUserError, match=r"boxes must have shape \(B, 4\)"):
+        tp.predict_batch(boxes=np.zeros((2, 3)))
+    with pytest.raises(SamUserError, match="the same batch size B"):
+        tp.predict_batch(np.zeros((1, 1, 2)), np.ones((1, 1)), boxes=np.zeros((2, 4)))
+
+
+def test_encode_batch_options(pred):
+    img = np.zeros((20, 30, 3), np.uint8)
+    with pytest.raises(SamUserError, match=r"batch_size must be at least 1 \(images per encoder run\), got 0"):
+        pred.encode_batch([img], batch_size=0)
+    with pytest.raises(SamUserError, match="image_format must be 'RGB' or 'BGR'"):
+        pred.encode_batch([img], image_format="HSV")

@@ -29,6 +29,7 @@ from napari_sam.engine.postprocess import MaskUpsampler
 from napari_sam.engine.progress import Cancel, Progress
 from napari_sam.engine.prompts import prompt_tensors
 from napari_sam.engine.transforms import SquareResize, make_transform, model_input
+from napari_sam.errors import SamUserError
 from napari_sam.models.common import weights_key
 from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
 
@@ -130,9 +131,9 @@ class SamPredictor(GraphClicks):
         them at once: a GPU's throughput (stack slices, crops, tiles, batch jobs); the same
         embeddings as one at a time. The state is unchanged."""
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+            raise SamUserError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise SamUserError(f"batch_size must be at least 1 (images per encoder run), got {batch_size}")
         out: list[ImageEmbedding] = []
         for start in range(0, len(images), batch_size):
             inputs = [model_input(im, self.model, self.transform, self.device, image_format, contrast_limits, native) for im in images[start : start + batch_size]]

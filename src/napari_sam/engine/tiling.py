@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from napari_sam.engine.images import to_sam_image
 from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
-from napari_sam.errors import TooMuchWorkError
+from napari_sam.errors import SamUserError, TooMuchWorkError
 
 MAX_TILE_ENCODINGS = 500
 """``TiledPredictor`` refuses images that need more encoder runs than this (``max_encodings``): a
@@ -114,7 +114,7 @@ class TiledPredictor:
         self.encode_batch_size = 8 if p.device.type == "cuda" else 1
         overlap = p.img_size // 4 if overlap is None else int(overlap)
         if not 0 <= overlap <= p.img_size // 2:
-            raise ValueError(f"overlap must be within 0 ... {p.img_size // 2} px (half a tile), got {overlap}")
+            raise SamUserError(f"overlap must be within 0 ... {p.img_size // 2} px (half a tile), got {overlap}")
         self.overlap = overlap // self.cell * self.cell
         self.max_encodings = max_encodings
         self._embedding: ImageEmbedding | TiledEmbedding | None = None
@@ -269,20 +269,20 @@ class TiledPredictor:
         labels = None if point_labels is None else np.asarray(point_labels)
         boxes = None if boxes is None else np.asarray(boxes, dtype=float)
         if (coords is None) != (labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
+            raise SamUserError("point_coords and point_labels must be given together")
         if coords is not None and (coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]):
-            raise ValueError(f"point_coords must have shape (B, N, 2) (x, y) and point_labels (B, N), got "
+            raise SamUserError(f"point_coords must have shape (B, N, 2) (x, y) and point_labels (B, N), got "
                              f"{coords.shape} and {labels.shape}")
         if boxes is not None and (boxes.ndim != 2 or boxes.shape[1] != 4):
-            raise ValueError(f"boxes must have shape (B, 4) (x0, y0, x1, y1), got {boxes.shape}")
+            raise SamUserError(f"boxes must have shape (B, 4) (x0, y0, x1, y1), got {boxes.shape}")
         n = next((len(a) for a in (coords, boxes, mask_input) if a is not None), 0)
         if any(a is not None and len(a) != n for a in (coords, boxes, mask_input)):
-            raise ValueError("point_coords, boxes and mask_input must have the same batch size B")
+            raise SamUserError("point_coords, boxes and mask_input must have the same batch size B")
         grid = self.low_res_size
         if mask_input is not None:
             mask_input = np.asarray(mask_input, dtype=np.float32)
             if mask_input.shape != (n, 1, *grid):
-                raise ValueError(f"mask_input must have shape ({n}, 1, {grid[0]}, {grid[1]}) on this tiled "
+                raise SamUserError(f"mask_input must have shape ({n}, 1, {grid[0]}, {grid[1]}) on this tiled "
                                  f"image (low-res logits of a previous prediction), got {mask_input.shape}")
         k_out = 3 if multimask_output else 1
         h, w = self._embedding.original_size

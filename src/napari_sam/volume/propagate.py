@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
-from napari_sam.errors import SamUserError
+from napari_sam.errors import SamTypeError, SamUserError
 from napari_sam.volume.result import Prompt, VolumeResult, mask_box, mask_point, seeds_from_labels
 from napari_sam.volume.store import EmbeddingStore
 from napari_sam.volume.tracker import is_sam2, track_keyframes
@@ -86,6 +86,16 @@ def _predict(predictor, prompts: list[dict], multimask: bool):
     best = scores.argmax(axis=1)
     idx = np.arange(b)
     return masks[idx, best], scores[idx, best], low[idx, best][:, None]
+
+
+def _seed_slice(z: object, oid: object, n: int, axis: int) -> int:
+    """A seed's slice key as an int in 0..n-1 (``SamUserError`` otherwise: no wrap-around)."""
+    if isinstance(z, bool) or not isinstance(z, int | np.integer) or not 0 <= int(z) < n:
+        raise SamUserError(
+            f"seeds of object {oid!r} are on slice {z!r}, but the volume has slices 0..{n - 1} along axis {axis}: "
+            f"the keys are slice indices (negative ones do not count from the end)"
+        )
+    return int(z)
 
 
 def _kind(p: dict) -> tuple:
@@ -141,13 +151,14 @@ def segment_volume(
         store = store_or_predictor
     else:
         if volume is None:
-            raise ValueError("a volume is required when a predictor (not an EmbeddingStore) is given")
+            raise SamUserError("a volume is required when a predictor (not an EmbeddingStore) is given: "
+                               "segment_volume(predictor, volume, seeds)")
         store = EmbeddingStore(store_or_predictor, volume, axis=axis)
     predictor, n = store.predictor, store.n
     hw = store.slice_shape[:2]
     use = set(prompt.split("+"))
     if not use or not use <= {"box", "point", "mask"}:
-        raise ValueError(f"prompt must be a '+'-joined subset of box, point, mask; got {prompt!r}")
+        raise SamUserError(f"prompt must be a '+'-joined subset of box, point, mask (e.g. 'box+point'); got {prompt!r}")
     keyframes: dict[int, dict[int, Prompt]] = {}
     if labels is not None:
         labels = np.asarray(labels)
@@ -161,8 +172,13 @@ def segment_volume(
             )
         keyframes.update(seeds_from_labels(labels, axis=store.axis))
     for oid, frames in (seeds or {}).items():
+        if not isinstance(frames, Mapping):
+            raise SamTypeError(
+                f"seeds must be {{object id: {{slice: Prompt or dict}}}}; object {oid!r} has {type(frames).__name__} "
+                f"{frames!r:.60}, e.g. {{1: {{5: {{'points': [[x, y]]}}}}}}"
+            )
         keyframes.setdefault(int(oid), {}).update(
-            {store._check(z): Prompt.coerce(p, hw) for z, p in frames.items()}
+            {_seed_slice(z, oid, n, store.axis): Prompt.coerce(p, hw) for z, p in frames.items()}
         )
     keyframes = {oid: fr for oid, fr in keyframes.items() if fr}
     if is_sam2(predictor.model):  # SAM 2: its memory carries the objects (volume.tracker), no heuristics
