@@ -277,3 +277,16 @@ def test_second_job_while_one_runs(sam_widget, qtbot, tiny_sam, notes):
     assert np.unique(widget.sam.labels_layer.data).tolist() == [0, 1]  # the 3D object only
     assert every.run_button.isEnabled() and not every.status_label.text()
     assert not [t for k, t in notes if k == "show_error"]
+
+
+def test_tiles_on_a_huge_image_are_refused_with_the_count(sam_widget, qtbot, notes):
+    viewer, widget = sam_widget
+    viewer.add_image(np.zeros((6000, 6000), np.uint8), name="huge")
+    wait_encoded(qtbot, widget)  # untiled: shrunk to the model's input, one run
+    widget.tiled_check.click()  # the user ticks "large images: tiles at full resolution"
+    assert widget.sam.tiled
+    n = widget.sam.predictor.encodings((6000, 6000))
+    qtbot.waitUntil(lambda: not widget.encoder.busy and any("encoder runs" in t for _, t in notes), timeout=60000)
+    (msg,) = [t for k, t in notes if k == "show_error"]
+    assert f"needs {n} encoder runs" in msg and "Switch tiles off" in msg and "encoding failed" not in msg
+    assert not widget.sam.has_embedding() and widget.sam.existing_labels_layer is None
