@@ -5,6 +5,8 @@ with copies."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -243,3 +245,37 @@ def test_tiles_on_a_huge_image_are_refused_until_allowed(make_napari_viewer, tin
     sam.tiled = False
     sam.tiled = True
     assert sam.predictor.max_encodings == n
+
+
+def test_a_second_job_from_the_console_is_refused_while_one_runs(make_napari_viewer, tiny_sam):
+    """Two long jobs would share the background predictor (one image's embedding at a time): the
+    second is refused at once (never waits on the GUI thread) and writes nothing."""
+    viewer = make_napari_viewer()
+    vol = np.random.default_rng(1).integers(0, 255, (6, 40, 50), np.uint8)
+    sam = SegmentAnything(viewer)
+    sam.set_model(tiny_sam, device="cpu")
+    sam.set_image_layer(viewer.add_image(vol))
+    job, apply = sam.volume_job(seeds_xy={1: {2: {"points": [[30, 10]]}}}, iou_threshold=float("-inf"),
+                                overlap_threshold=0, min_area=0)
+    reached, gate, out = threading.Event(), threading.Event(), []
+
+    def hold(done, total):
+        reached.set()
+        gate.wait(30)
+
+    worker = threading.Thread(target=lambda: out.append(job(hold, None)))
+    worker.start()
+    try:
+        assert reached.wait(30)
+        before = sam.labels_layer.data.copy()
+        for call in (lambda: sam.segment_everything(points_per_side=2), sam.precompute_embeddings,
+                     lambda: sam.segment_volume(seeds_xy={1: {3: {"points": [[5, 5]]}}})):
+            with pytest.raises(SamUserError, match=r"SAM is busy with '3D segmentation'.*wait for it to finish "
+                               r"or cancel it.*nothing was written"):
+                call()
+        np.testing.assert_array_equal(sam.labels_layer.data, before)
+    finally:
+        gate.set()
+        worker.join(30)
+    assert apply(out[0]) == [1]  # the first job is unharmed
+    assert sam.segment_everything(points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)  # free again

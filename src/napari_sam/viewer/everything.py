@@ -75,10 +75,11 @@ class EverythingActions:
                 return gen.generate_labels(image, progress=progress, cancel=cancel)[None]
 
         def job(progress: Any = None, cancel: Any = None) -> np.ndarray | None:
-            try:
-                return run(progress, cancel)
-            except Cancelled:
-                return None
+            with self.models.exclusive("segment everything"):
+                try:
+                    return run(progress, cancel)
+                except Cancelled:
+                    return None
 
         def apply(result: np.ndarray | None) -> list[int]:
             still_valid()  # the image or labels layer removed mid-job: say so, write nothing

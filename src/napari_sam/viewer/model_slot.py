@@ -8,6 +8,9 @@ every ``set``: embeddings and stack stores made with another version are stale.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ class ModelSlot:
         self._tiled = False
         self._max_tiles: int | None = MAX_TILE_ENCODINGS
         self._background: tuple[int, Any] | None = None
+        self._busy, self._busy_with = threading.Lock(), ""
 
     @staticmethod
     def load(name_or_path: str | Path | None = None, device: str | None = None, progress: Any = None) -> Any:
@@ -93,6 +97,22 @@ class ModelSlot:
         self._max_tiles = None if n is None else int(n)
         if isinstance(self.predictor, TiledPredictor):
             self.predictor.max_encodings = self._max_tiles
+
+    @contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold the background predictor for one long job (it keeps one image's embedding at a time):
+        ``SamUserError`` at once, never a wait, when another job holds it (e.g. a console call while
+        the widget's 3D run is in its worker thread)."""
+        if not self._busy.acquire(blocking=False):
+            raise SamUserError(
+                f"SAM is busy with {self._busy_with!r} (another job on the same model): wait for it to finish "
+                f"or cancel it, then run {what!r} again; nothing was written"
+            )
+        self._busy_with = what
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def _wrap(self, predictor: Any) -> Any:
         return TiledPredictor(predictor, max_encodings=self._max_tiles) if self._tiled else predictor

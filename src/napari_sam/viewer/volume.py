@@ -75,7 +75,11 @@ class VolumeActions:
     def precompute_job(self, index: tuple[int, ...] | None = None) -> Callable[..., int]:
         """``job(progress, cancel) -> slices encoded`` for every slice of the stack of ``index``."""
         store = self.stores.store(index)
-        return lambda progress=None, cancel=None: store.precompute(progress, cancel)
+        def job(progress: Any = None, cancel: Any = None) -> int:
+            with self.models.exclusive("precompute embeddings"):
+                return store.precompute(progress, cancel)
+
+        return job
 
     # ------------------------------------------------------------------ seeds from the prompt layers
     def seeds(self, index: tuple[int, ...] | None = None) -> dict[int, dict[int, Any]]:
@@ -174,7 +178,8 @@ class VolumeActions:
             seeds = {obj: {int(z): Prompt.coerce(p, hw) for z, p in per.items()} for obj, per in seeds.items()}
 
         def job(progress: Any = None, cancel: Any = None) -> Any:
-            return segment_volume(store, seeds=seeds, progress=progress, cancel=cancel, **kw)
+            with self.models.exclusive("extend labels in 3D" if extend_labels else "3D segmentation"):
+                return segment_volume(store, seeds=seeds, progress=progress, cancel=cancel, **kw)
 
         def apply(result: Any) -> list[int]:
             still_valid()  # the image or labels layer removed mid-job: say so, write nothing
