@@ -47,17 +47,18 @@ def make_volume(root: Path, n: int, size: int, objects: int, radius: int) -> tup
     seeds = _ome_group(root / "stack_seeds.zarr", (n, size, size), "int32")
     balls = [(int(rng.integers(radius, n - radius)), int(rng.integers(radius, size - radius)),
               int(rng.integers(radius, size - radius))) for _ in range(objects)]
-    yy, xx = np.ogrid[:size, :size]
+    yy, xx = np.ogrid[-radius : radius + 1, -radius : radius + 1]  # a ball's box, centred
     background = np.full((size, size), 20, np.uint8)
     for z in range(n):
         sl = background.copy()
         for k, (cz, cy, cx) in enumerate(balls):
             r2 = radius**2 - (z - cz) ** 2
             if r2 > 0:
-                sl[(yy - cy) ** 2 + (xx - cx) ** 2 < r2] = 200
+                box = (slice(cy - radius, cy + radius + 1), slice(cx - radius, cx + radius + 1))
+                sl[box][yy**2 + xx**2 < r2] = 200
                 if z == cz:
                     seed = np.zeros((size, size), np.int32)
-                    seed[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = k + 1
+                    seed[box][yy**2 + xx**2 < r2] = k + 1
                     seeds[z] = seed
         vol[z] = sl
     return root / "stack.zarr", root / "stack_seeds.zarr", balls
