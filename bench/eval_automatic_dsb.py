@@ -4,7 +4,10 @@ For every validation image (``src/napari_sam/train/dsb2018_split.json``, key ``"
 automatic labels (``AutomaticMaskGenerator.generate_labels``) are matched one-to-one to the ground
 truth nuclei (Hungarian assignment on IoU; a pair with IoU >= 0.5 is a true positive). Reported per
 modality (``index.csv``): F1 at IoU 0.5 over all objects (2TP / (2TP + FP + FN)), the mean IoU of
-matched pairs, and the mean per-image F1.
+matched pairs, the mean per-image F1, and the mean segmentation accuracy (mSA) as micro-sam and the DSB
+papers report it: per image, SA(t) = TP / (TP + FP + FN) at IoU thresholds t = 0.5, 0.55, ..., 0.95,
+averaged over t, then over images (published DSB automatic mSA: micro-sam AIS 0.654, APG 0.665,
+Cellpose-SAM 0.656). The thresholds default to the model's own (its registry entry), as in the widget.
 
     python bench/eval_automatic_dsb.py                       # nano_nuclei, default parameters
     python bench/eval_automatic_dsb.py --model path.pt --points-per-side 32 --pred-iou-thresh 0.8 --limit 20
@@ -44,6 +47,19 @@ def match(gt: np.ndarray, pred: np.ndarray, thresh: float = 0.5) -> tuple[int, i
     return tp, len(ids_p) - tp, len(ids_g) - tp, ious
 
 
+THRESHOLDS = np.arange(0.5, 0.951, 0.05)
+
+
+def segmentation_accuracy(n_gt: int, n_pred: int, ious: list[float]) -> float:
+    """mean over IoU thresholds 0.5..0.95 of TP / (TP + FP + FN); ``ious`` those of the one-to-one
+    matches (pairs with IoU > 0.5 are unique, so counting ``ious >= t`` is the matching at t)."""
+    if n_gt == 0 and n_pred == 0:
+        return 1.0
+    m = np.asarray(ious, float)
+    tp = np.array([(m >= t).sum() for t in THRESHOLDS])
+    return float(np.mean(tp / (n_gt + n_pred - tp)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="nano_nuclei", help="registry name or checkpoint path")
@@ -51,9 +67,9 @@ def main() -> None:
     ap.add_argument("--split", default=str(SPLIT))
     ap.add_argument("--limit", type=int, default=0, help="only the first N validation images (0: all)")
     ap.add_argument("--points-per-side", type=int, default=32)
-    ap.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    ap.add_argument("--stability-score-thresh", type=float, default=0.95)
-    ap.add_argument("--box-nms-thresh", type=float, default=0.7)
+    ap.add_argument("--pred-iou-thresh", type=float, default=None, help="default: the model's own (registry)")
+    ap.add_argument("--stability-score-thresh", type=float, default=None, help="default: the model's own")
+    ap.add_argument("--box-nms-thresh", type=float, default=None, help="default: the model's own")
     ap.add_argument("--min-mask-region-area", type=int, default=0)
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -67,6 +83,7 @@ def main() -> None:
 
     from napari_sam.automatic.generator import AutomaticMaskGenerator
     from napari_sam.weights.loading import load_model
+    from napari_sam.weights.registry import automatic_params
 
     split = Path(args.split)
     if not split.is_file():
@@ -77,13 +94,16 @@ def main() -> None:
     with open(DATA / "index.csv") as f:
         modality = {row["id"]: row["modality"] for row in csv.DictReader(f)}
     model = load_model(args.model, device=args.device)
-    gen = AutomaticMaskGenerator(
-        model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
+    thresholds = automatic_params(
+        args.model, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
+    )
+    gen = AutomaticMaskGenerator(
+        model, points_per_side=args.points_per_side, **thresholds,
         min_mask_region_area=args.min_mask_region_area, crop_n_layers=args.crop_n_layers,
         tile_size=args.tile_size, tile_overlap=args.tile_overlap, crop_nms_thresh=args.crop_nms_thresh,
     )
-    print(f"# model {args.model}, {len(val)} validation images, {vars(args)}")
+    print(f"# model {args.model}, {len(val)} validation images, {vars(args)}, thresholds {thresholds}")
     stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     t0 = time.perf_counter()
     for k, image_id in enumerate(val, 1):
@@ -96,14 +116,16 @@ def main() -> None:
         s = stats[modality[image_id]]
         s["tp"].append(tp), s["fp"].append(fp), s["fn"].append(fn), s["ious"].extend(ious)
         s["f1"].append(2 * tp / max(2 * tp + fp + fn, 1))
+        s["sa"].append(segmentation_accuracy(tp + fn, tp + fp, ious))
         print(f"{k:3d}/{len(val)} {image_id[:10]} {modality[image_id]:12s} gt {tp + fn:3d} pred {tp + fp:3d} "
-              f"tp {tp:3d} F1 {s['f1'][-1]:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print("\nmodality       images  objects  F1@0.5  mean matched IoU  mean image F1")
+              f"tp {tp:3d} F1 {s['f1'][-1]:.3f} mSA {s['sa'][-1]:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print("\nmodality       images  objects  F1@0.5  mean matched IoU  mean image F1    mSA")
     for mod, s in sorted(stats.items()) + [("all", _merge(stats))]:
         tp, fp, fn = sum(s["tp"]), sum(s["fp"]), sum(s["fn"])
         f1 = 2 * tp / max(2 * tp + fp + fn, 1)
         miou = float(np.mean(s["ious"])) if s["ious"] else float("nan")
-        print(f"{mod:14s} {len(s['f1']):6d} {tp + fn:8d}  {f1:6.3f}  {miou:16.3f}  {np.mean(s['f1']):13.3f}")
+        print(f"{mod:14s} {len(s['f1']):6d} {tp + fn:8d}  {f1:6.3f}  {miou:16.3f}  {np.mean(s['f1']):13.3f}"
+              f"  {np.mean(s['sa']):.3f}")
 
 
 def _merge(stats: dict) -> dict[str, list]:

@@ -14,6 +14,8 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
+# the name pip knows this package by (napari-sam on PyPI is another plugin: README, "Installing")
+DISTRIBUTION = "napari-sam-engine"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -35,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "segment_batch": "napari_sam.batch.run",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["DISTRIBUTION", "__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

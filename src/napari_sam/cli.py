@@ -9,6 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from napari_sam import DISTRIBUTION
+
 
 def _cmd_gui(args: argparse.Namespace) -> int:
     import napari
@@ -17,8 +19,8 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     if args.image:
         viewer.open(args.image)
     elif not args.no_sample:
-        viewer.open_sample("napari-sam", "nuclei")
-    viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+        viewer.open_sample(DISTRIBUTION, "nuclei")
+    viewer.window.add_plugin_dock_widget(DISTRIBUTION, "Segment Anything")
     if args.screenshot:  # for docs and smoke tests: render once, save, quit
         from qtpy.QtCore import QThreadPool
         from qtpy.QtWidgets import QApplication

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -44,7 +49,39 @@ def test_local_cluster_matches_one_process(shared_data, tmp_path) -> None:
     for a, b in zip(cluster.records, single.records, strict=True):
         assert (a["status"], a["objects"]) == (b["status"], b["objects"])
         if a["status"] == "done":
-            from pathlib import Path
-
             np.testing.assert_array_equal(_read(Path(a["output"])), _read(Path(b["output"])))
     assert int(cluster.records[0]["objects"]) > 0
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(tmp_path) -> None:
+    """SIGKILL one of two workers after the first image: its task is run again elsewhere, every output
+    equals the one-process run, and a rerun finds everything finished."""
+    from distributed import LocalCluster
+
+    src = tmp_path / "images"
+    src.mkdir()
+    for k in range(8):
+        tifffile.imwrite(src / f"img{k}.tif", synthetic_nuclei((128, 160), n=10, seed=k))
+    single = segment_batch([src], tmp_path / "single", model="nano_nuclei", workers=0, params=PARAMS)
+    killed: list[int] = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster:
+
+        def kill_one(done: int, total: int) -> None:
+            if done == 1 and not killed:
+                nanny = next(iter(cluster.workers.values()))
+                killed.append(nanny.pid)
+                os.kill(nanny.pid, signal.SIGKILL)
+
+        report = segment_batch([src], tmp_path / "cluster", model="nano_nuclei", scheduler=cluster.scheduler_address,
+                               params=PARAMS, progress=kill_one)
+        rerun = segment_batch([src], tmp_path / "cluster", model="nano_nuclei", scheduler=cluster.scheduler_address,
+                              params=PARAMS)
+    print(report.describe(), killed, sep="\n")
+    assert len(killed) == 1
+    assert [r["status"] for r in report.records] == ["done"] * 8, report.records
+    for a, b in zip(report.records, single.records, strict=True):
+        assert a["objects"] == b["objects"]
+        np.testing.assert_array_equal(_read(Path(a["output"])), _read(Path(b["output"])))
+    assert [r["status"] for r in rerun.records] == ["skipped"] * 8
+    assert not list((tmp_path / "cluster").glob("*.partial*")) and not list((tmp_path / "cluster").glob(".*"))

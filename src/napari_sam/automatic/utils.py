@@ -141,7 +141,7 @@ def coco_mask_utils() -> Any:
         from pycocotools import mask as mask_utils  # type: ignore  # optional: imported only when asked for
     except ImportError:
         raise MissingDependencyError(
-            "output_mode='coco_rle' needs pycocotools, which is not installed: pip install 'napari-sam[coco]' "
+            "output_mode='coco_rle' needs pycocotools, which is not installed: pip install 'napari-sam-engine[coco]' "
             "(or pip install pycocotools); or use output_mode='uncompressed_rle' (the same masks as "
             "{'size', 'counts'} dicts, napari_sam.automatic.utils.rle_to_mask decodes them)"
         ) from None

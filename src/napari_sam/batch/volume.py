@@ -19,6 +19,8 @@ from napari_sam.errors import SamUserError
 
 __all__ = ["read_seeds", "seeds_for", "segment_volume_task"]
 
+#: bytes of slice embeddings a volume task keeps in memory (128 slices of a SAM ViT in float16)
+EMBEDDING_BUDGET = 256 << 20
 _SEED_NAMES = ("{}_seeds", "{}_labels", "{}")
 _SEED_SUFFIXES = (".tif", ".tiff", ".zarr", ".ome.zarr")
 
@@ -61,6 +63,7 @@ def segment_volume_task(task: Any, model: Any) -> int:
     from napari_sam.batch.writing import VolumeWriter
     from napari_sam.engine.predictor import SamPredictor
     from napari_sam.volume.propagate import segment_volume
+    from napari_sam.volume.store import EmbeddingStore
 
     if task.seeds is None:
         raise SamUserError(f"no seeds for {Path(task.input).name}: expected <name>_seeds.tif or .zarr in the seeds folder")
@@ -71,7 +74,10 @@ def segment_volume_task(task: Any, model: Any) -> int:
     seeds = read_seeds(Path(task.seeds), shape[0])
     if not seeds:
         raise SamUserError(f"seeds {task.seeds} hold no object (all zero)")
-    result = segment_volume(SamPredictor(model), volume, seeds=seeds, **task.params)
+    # the per-slice loop walks away from the seeds: a small embedding cache is enough, and keeps a worker's
+    # memory flat on a volume of any length
+    store = EmbeddingStore(SamPredictor(model), volume, budget_bytes=EMBEDDING_BUDGET)
+    result = segment_volume(store, seeds=seeds, **task.params)
     with VolumeWriter(Path(task.output), shape[:3], task.scale) as writer:
         for z in range(shape[0]):
             writer[z] = result.label_slice(z)

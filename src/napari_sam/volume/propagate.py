@@ -36,7 +36,16 @@ import numpy as np
 
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
 from napari_sam.errors import SamTypeError, SamUserError
-from napari_sam.volume.result import Prompt, VolumeResult, mask_box, mask_point, seeds_from_labels
+from napari_sam.volume.result import (
+    Crop,
+    Prompt,
+    VolumeResult,
+    crop_mask,
+    mask_box,
+    mask_point,
+    seeds_from_labels,
+    uncrop_mask,
+)
 from napari_sam.volume.store import EmbeddingStore
 from napari_sam.volume.tracker import is_sam2, track_keyframes
 
@@ -201,7 +210,7 @@ def segment_volume(
     total, done = len(seed_slices) + len(up_cover) + len(down_cover), 0
     seeds_done: set[int] = set()
     up_pos, down_pos = -1, n  # slices <= up_pos passed the ascending sweep, >= down_pos the descending
-    results: dict[int, dict[int, tuple[np.ndarray, float, int]]] = {}  # oid -> z -> (mask, score, distance)
+    results: dict[int, dict[int, tuple[Crop, float, int]]] = {}  # oid -> z -> (mask crop, score, distance)
     cancelled = False
     saved = predictor.embedding
 
@@ -227,7 +236,7 @@ def segment_volume(
                 for k, (oid, _) in enumerate(items):
                     given = keyframes[oid][z].mask
                     m = given if (given is not None and keep_seed_masks) else masks[k]
-                    results.setdefault(oid, {})[z] = (m, float(scores[k]), 0)
+                    results.setdefault(oid, {})[z] = (crop_mask(m), float(scores[k]), 0)
                     for t in tracks:
                         if t.oid == oid and t.start == z:
                             t.mask, t.logits = m, logits[k]
@@ -287,7 +296,7 @@ def segment_volume(
                     d = abs(z - t.start)
                     prev = results.setdefault(t.oid, {}).get(z)
                     if prev is None or (d, -scores[k]) < (prev[2], -prev[1]):
-                        results[t.oid][z] = (m, float(scores[k]), d)
+                        results[t.oid][z] = (crop_mask(m), float(scores[k]), d)  # cropped: memory ~ objects
                 if step > 0:
                     up_pos = z
                 else:
@@ -309,9 +318,9 @@ def segment_volume(
 
     out = VolumeResult(shape=(n, *hw), axis=store.axis, cancelled=cancelled)
     for oid, per in results.items():
-        for z, (m, s, _) in per.items():
-            if final(z) and m.any():
-                out.masks.setdefault(z, {})[oid] = m
+        for z, (crop, s, _) in per.items():
+            if final(z) and crop[2].any():
+                out.masks.setdefault(z, {})[oid] = uncrop_mask(crop, hw)
                 out.scores.setdefault(z, {})[oid] = s
     for t in tracks:
         out.stopped.setdefault(t.oid, {})[f"{'up' if t.step > 0 else 'down'} from {t.start}"] = (

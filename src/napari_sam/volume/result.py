@@ -3,14 +3,16 @@
 - :class:`Prompt`: what the user gave on one slice for one object: points (N, 2) (x, y) with labels
   (N,) (1 positive, 0 negative), a box (4,) (x0, y0, x1, y1), and/or a mask (H, W) bool.
 - :class:`VolumeResult`: per-slice masks {slice: {object id: (H, W) bool}} with their predicted IoU,
-  and helpers that turn them into label images, so the caller writes everything in one step.
+  and helpers that turn them into label images, so the caller writes everything in one step. The
+  masks are kept as their bounding-box crops (:class:`SliceMasks`), so a result's memory grows with
+  the objects, not with the slices' size: a stack larger than memory can be carried slice by slice.
 - :func:`seeds_from_labels`: an existing label volume as mask keyframes.
 - :func:`mask_box`, :func:`mask_point`: the prompts derived from a previous slice's mask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,6 +124,92 @@ def seeds_from_labels(
     return seeds
 
 
+Crop = tuple[int, int, np.ndarray]  # (y0, x0, bool crop of the bounding box)
+
+
+def crop_mask(mask: np.ndarray) -> Crop:
+    """A (H, W) bool mask as (y0, x0, the crop of its bounding box); an empty mask gives a (0, 0) crop."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return 0, 0, np.zeros((0, 0), bool)
+    y0, x0 = int(rows[0]), int(cols[0])
+    return y0, x0, mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1].copy()
+
+
+def uncrop_mask(crop: Crop, hw: tuple[int, int]) -> np.ndarray:
+    """The (H, W) bool mask of a :func:`crop_mask`."""
+    y0, x0, c = crop
+    full = np.zeros(hw, bool)
+    full[y0 : y0 + c.shape[0], x0 : x0 + c.shape[1]] = c
+    return full
+
+
+class SliceMasks(MutableMapping):
+    """{object id: (H, W) bool mask} of one slice, each kept as the crop of its bounding box.
+
+    Reading a mask gives a full (H, W) array (a new one each time); :meth:`paint_into` writes the
+    crops without making it."""
+
+    def __init__(self, hw: tuple[int, int], masks: Mapping[int, np.ndarray] | None = None) -> None:
+        self.hw = (int(hw[0]), int(hw[1]))
+        self._crops: dict[int, Crop] = {}
+        for oid, m in (masks or {}).items():
+            self[oid] = m
+
+    def __setitem__(self, oid: int, mask: np.ndarray) -> None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != self.hw:
+            raise ValueError(f"a mask of this result must have the slice shape {self.hw}, got {mask.shape}")
+        self._crops[oid] = crop_mask(mask)
+
+    def __getitem__(self, oid: int) -> np.ndarray:
+        return uncrop_mask(self._crops[oid], self.hw)
+
+    def __delitem__(self, oid: int) -> None:
+        del self._crops[oid]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._crops)
+
+    def __len__(self) -> int:
+        return len(self._crops)
+
+    def paint_into(self, out: np.ndarray, oid: int, value: int) -> None:
+        """``out[mask of oid] = value`` for a (H, W) ``out``."""
+        y0, x0, crop = self._crops[oid]
+        out[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]][crop] = value
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for _, _, c in self._crops.values())
+
+
+class _VolumeMasks(dict):
+    """{slice: SliceMasks}: a plain dict of masks stored into it (``masks[z] = {...}``,
+    ``masks.setdefault(z, {})``) becomes a :class:`SliceMasks`."""
+
+    def __init__(self, hw: tuple[int, int], items: Mapping[int, Mapping[int, np.ndarray]] | None = None) -> None:
+        super().__init__()
+        self.hw = hw
+        for z, per in (items or {}).items():
+            self[z] = per
+
+    def _wrap(self, per: Mapping[int, np.ndarray]) -> SliceMasks:
+        return per if isinstance(per, SliceMasks) and per.hw == self.hw else SliceMasks(self.hw, per)
+
+    def __setitem__(self, z: int, per: Mapping[int, np.ndarray]) -> None:
+        super().__setitem__(z, self._wrap(per))
+
+    def setdefault(self, z: int, default: Mapping[int, np.ndarray] | None = None) -> SliceMasks:
+        if z not in self:
+            self[z] = default or {}
+        return self[z]
+
+    def update(self, *args, **kwargs) -> None:
+        for z, per in dict(*args, **kwargs).items():
+            self[z] = per
+
+
 @dataclass
 class VolumeResult:
     """Masks found by ``segment_volume``; slice indices count along ``axis`` of the volume."""
@@ -129,9 +217,12 @@ class VolumeResult:
     shape: tuple[int, int, int]  # (n, H, W)
     axis: int = 0
     cancelled: bool = False
-    masks: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # slice -> {id: (H, W) bool}
+    masks: dict[int, SliceMasks] = field(default_factory=dict)  # slice -> {id: (H, W) bool}, kept cropped
     scores: dict[int, dict[int, float]] = field(default_factory=dict)  # slice -> {id: predicted IoU}
     stopped: dict[int, dict[str, str]] = field(default_factory=dict)  # id -> {"up from 7": reason}
+
+    def __post_init__(self) -> None:
+        self.masks = _VolumeMasks(tuple(self.shape[1:]), self.masks)
 
     @property
     def slices(self) -> list[int]:
@@ -149,9 +240,9 @@ class VolumeResult:
     def label_slice(self, z: int, dtype=np.int32) -> np.ndarray:
         """(H, W) labels of slice ``z``; where objects overlap, the higher predicted IoU wins."""
         out = np.zeros(self.shape[1:], dtype)
-        per = self.masks.get(z, {})
-        for oid in sorted(per, key=lambda o: self.scores.get(z, {}).get(o, 0.0)):
-            out[per[oid]] = oid
+        per = self.masks.get(z)
+        for oid in sorted(per or (), key=lambda o: self.scores.get(z, {}).get(o, 0.0)):
+            per.paint_into(out, oid, oid)
         return out
 
     def to_labels(self, dtype=np.int32) -> np.ndarray:

