@@ -147,7 +147,16 @@ def compare(predictor, raw, labels, args) -> int:
 
     variants = [("old", "fit", OLD_DEFAULTS), ("new", "model", {})]
     rows = {}
+    for path in args.load or []:  # a variant saved by an earlier --compare --only run (same clicks)
+        saved = json.loads(Path(path).read_text())
+        for name, row in saved.items():
+            rows[name] = {**row, "spans": {int(i): tuple(tuple(x) if x else None for x in v)
+                                           for i, v in row["spans"].items()},
+                          "dice": {int(i): d for i, d in row["dice"].items()}}
+            print(f"{name} defaults loaded from {path}: mean 3D Dice {row['mean_dice']:.3f}")
     for name, zoom, kw in variants:
+        if name in rows or (args.only and name != args.only):
+            continue
         store = EmbeddingStore(predictor, raw, axis=args.axis, cache_dir=args.cache_dir, zoom=_zoom(zoom))
         store.precompute()
         rows[name] = row = run(store, labels, args.axis, args.objects, **kw)
@@ -155,6 +164,9 @@ def compare(predictor, raw, labels, args) -> int:
               f"Dice {row['mean_dice']:.3f} (median {row['median_dice']:.3f}; even ids "
               f"{_half(row, 0):.3f}, odd ids {_half(row, 1):.3f}), seed slice {row['seed_slice_dice']:.3f}, "
               f"{row['seconds']:.1f} s, stops {row['stops']}", flush=True)
+    if len(rows) < 2:
+        _save(args, rows)
+        return 0
     print(f"{'id':>4} {'true':>8} | {'old span':>8} {'Dice':>5} | {'new span':>8} {'Dice':>5}")
     for oid, (true, _) in sorted(rows["old"]["spans"].items()):
         print(f"{oid:4d} {_span(true):>8} | {_span(rows['old']['spans'][oid][1]):>8} {rows['old']['dice'][oid]:5.2f} | "
@@ -165,11 +177,15 @@ def compare(predictor, raw, labels, args) -> int:
         n_pred = np.mean([0 if p is None else p[1] - p[0] + 1 for _, p in sp.values()])
         over = np.mean([0 if p is None else max(0, t[0] - p[0]) + max(0, p[1] - t[1]) for t, p in sp.values()])
         print(f"{name}: mean span true {n_true:.1f} slices, predicted {n_pred:.1f}, past the true ends {over:.1f}")
+    _save(args, rows)
+    return 0
+
+
+def _save(args, rows: dict) -> None:
     if args.json:
         args.json.write_text(json.dumps({k: {**v, "spans": {str(i): s for i, s in v["spans"].items()},
                                              "dice": {str(i): d for i, d in v["dice"].items()}}
                                          for k, v in rows.items()}, indent=1, default=str))
-    return 0
 
 
 def _half(row: dict, parity: int) -> float:
@@ -185,7 +201,8 @@ def study(store, labels, args) -> int:
 
     seeds = seeds_for(labels, args.axis)
     t0 = time.perf_counter()
-    res = segment_volume(store, seeds=seeds, **OFF)
+    # tracks recorded up to --study-distance slices from the seed (the true nuclei span ~14 slices)
+    res = segment_volume(store, seeds=seeds, **{**OFF, "max_distance": args.study_distance})
     print(f"all stops off: {time.perf_counter() - t0:.1f} s", flush=True)
     rec = record(res, np.moveaxis(labels, args.axis, 0), seeds)
     if args.json:  # the recorded tracks, to replay other rules without the decoder
@@ -217,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--zoom", default="model", help="'model' (its default), 'fit' (enlarge to the input) or a scale")
     ap.add_argument("--compare", action="store_true", help="old vs new defaults, spans per nucleus")
+    ap.add_argument("--only", choices=["old", "new"], help="with --compare: run only this variant (--json saves it)")
+    ap.add_argument("--load", action="append", help="with --compare: a variant saved with --only --json")
+    ap.add_argument("--study-distance", type=int, default=12, help="--study: record tracks this far")
     ap.add_argument("--study", action="store_true", help="stop rules: chosen on even ids, scored on odd ids")
     args = ap.parse_args(argv)
     if not DATA.is_dir():

@@ -273,3 +273,49 @@ def test_trained_model_propagates_gonuclear_nuclei(shared_data):
         truth = gt == oid
         assert (full & truth).sum() > (alone & truth).sum()  # correct voxels beyond the clicked slice
 
+
+
+class LeakyPredictor(FakePredictor):
+    """FakePredictor that does not let an object end: past the last slice of the object under the
+    prompt it answers with a disk of ``leak`` times the object's largest area (a spill into the
+    background, predicted IoU 0.9), centred where the object was."""
+
+    def __init__(self, image, labels, leak=2.0):
+        super().__init__(image, labels)
+        areas = {oid: (self.labels == oid).sum(axis=(1, 2)).max() for oid in np.unique(self.labels) if oid}
+        self.radius = {oid: np.sqrt(leak * a / np.pi) for oid, a in areas.items()}
+        self.centre = {oid: np.argwhere(self.labels == oid)[:, 1:].mean(axis=0) for oid in areas}
+
+    def predict_batch(self, point_coords, point_labels, boxes, mask_input, multimask_output=False):
+        masks, scores, lows = super().predict_batch(point_coords, point_labels, boxes, mask_input, multimask_output)
+        for b in range(len(masks)):
+            if masks[b, 0].any():
+                continue
+            x0, y0, x1, y1 = boxes[b]
+            inside = [o for o in self.centre if x0 <= self.centre[o][1] <= x1 and y0 <= self.centre[o][0] <= y1]
+            if not inside:
+                continue
+            o = inside[0]
+            yy, xx = np.ogrid[: masks.shape[-2], : masks.shape[-1]]
+            cy, cx = self.centre[o]
+            masks[b] = ((yy - cy) ** 2 + (xx - cx) ** 2 <= self.radius[o] ** 2)[None]
+            scores[b] = 0.9
+        return masks, scores, lows
+
+
+def test_growth_rule_stops_a_mask_that_spills_past_the_objects_end(blobs):
+    """An ellipsoid whose masks the model would extend (a spill twice its largest area after its
+    last slice): without the growth rule the object runs to the end of the stack; with
+    ``max_growth=1.5`` it stops on the first spilled slice, so the 3D mask is exactly the object."""
+    image, labels, info = blobs
+    seeds = {1: centre_seeds(info)[1]}
+    loose = {"overlap_threshold": 0.0, "max_growth": None, "min_fraction": None}
+    res = segment_volume(LeakyPredictor(image, labels), image, seeds, **loose)
+    zs = np.nonzero((labels == 1).any(axis=(1, 2)))[0]
+    assert sorted(res.object_masks(1)) == list(range(20))  # ran on through every slice
+    res = segment_volume(LeakyPredictor(image, labels), image, seeds, **{**loose, "max_growth": 1.5})
+    assert sorted(res.object_masks(1)) == list(range(zs[0], zs[-1] + 1))
+    np.testing.assert_array_equal(res.to_labels() == 1, labels == 1)
+    assert {r.split(" at ")[0] for r in res.stopped[1].values()} <= {"growth", "end"}
+    up = res.trace[1][next(k for k in res.trace[1] if k.startswith("up"))]
+    assert up[-1].growth > 1.5 and all(s.growth <= 1.5 for s in up[:-1])  # the trace shows why
