@@ -129,11 +129,12 @@ def run(store, labels, axis, n_objects=None, **kw) -> dict:
 
 #: segment_volume's stop rules before issue 21, with the slices enlarged to the model's input
 OLD_DEFAULTS = {"iou_threshold": 0.3, "stability_threshold": 0.0, "overlap_threshold": 0.3, "min_area": 4,
-                "max_growth": None, "min_fraction": None, "max_distance": None}
+                "max_growth": None, "min_fraction": None, "max_extent": None, "max_distance": None}
 
 
 def _zoom(text: str):
-    return text if text == "model" else None if text == "fit" else float(text)
+    """--zoom for EmbeddingStore: 'model' -> the predictor's (the model's default), 'fit' -> None."""
+    return "predictor" if text == "model" else None if text == "fit" else float(text)
 
 
 def _span(s) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from napari_sam.volume.stops import StopRules
 
 OFF = {"iou_threshold": float("-inf"), "stability_threshold": 0.0, "overlap_threshold": 0.0, "min_area": 1,
-       "max_growth": None, "min_fraction": None, "max_distance": None}
+       "max_growth": None, "min_fraction": None, "max_extent": None, "max_distance": None}
 
 GRID: dict[str, list] = {
     "iou_threshold": [float("-inf"), 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
@@ -26,6 +26,7 @@ GRID: dict[str, list] = {
     "overlap_threshold": [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
     "max_growth": [None, 1.1, 1.25, 1.5, 2.0],
     "min_fraction": [None, 0.1, 0.2, 0.3, 0.4, 0.5],
+    "max_extent": [None, 0.5, 0.6, 0.7, 0.8, 1.0, 1.2],
     "max_distance": [None, 4, 6, 8, 10],
 }
 

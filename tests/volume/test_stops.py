@@ -7,7 +7,7 @@ import pytest
 from napari_sam.volume.stops import DEFAULT_RULES, Step, StopRules
 
 OFF = StopRules(min_area=1, iou_threshold=float("-inf"), stability_threshold=0.0, overlap_threshold=0.0,
-                max_growth=None, min_fraction=None, max_distance=None)
+                max_growth=None, min_fraction=None, max_extent=None, max_distance=None)
 
 
 def step(**kw) -> Step:
@@ -24,6 +24,7 @@ def step(**kw) -> Step:
         ("overlap_threshold", 0.3, {"overlap": 0.29}, {"overlap": 0.3}, "overlap"),
         ("max_growth", 1.5, {"area": 151}, {"area": 150}, "growth"),
         ("min_fraction", 0.25, {"area": 24}, {"area": 25}, "shrunk"),
+        ("max_extent", 0.8, {"distance": 5, "largest": 100}, {"distance": 4, "largest": 100}, "extent"),  # r 5.6
         ("max_distance", 4, {"distance": 5}, {"distance": 4}, "distance"),
     ],
 )

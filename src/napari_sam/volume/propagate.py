@@ -13,8 +13,9 @@ per object and predicts the object on every other slice, walking away from each 
 3. an object stops in a direction (that slice is dropped) when its mask has fewer than ``min_area``
    pixels, its predicted IoU is below ``iou_threshold``, its stability (on the low-res logits, SAM's
    offset 1.0) is below ``stability_threshold``, its IoU with the previous slice's mask is below
-   ``overlap_threshold``, or its area is more than ``max_growth`` times (or less than ``min_fraction``
-   of) the area of its largest slice so far (``volume.stops``; every step's measures are kept in
+   ``overlap_threshold``, its area is more than ``max_growth`` times (or less than ``min_fraction``
+   of) the area of its largest slice so far, or it is further from its keyframe than ``max_extent``
+   times the radius of that largest slice (``volume.stops``; every step's measures are kept in
    ``VolumeResult.trace``);
 4. between two keyframes of one object both sweeps run; each slice takes the mask carried from the
    nearer keyframe (ties: the higher predicted IoU), or the one that reached it if the other stopped.
@@ -106,6 +107,7 @@ def segment_volume(
     max_distance: int | None = DEFAULT_RULES.max_distance,
     max_growth: float | None = DEFAULT_RULES.max_growth,
     min_fraction: float | None = DEFAULT_RULES.min_fraction,
+    max_extent: float | None = DEFAULT_RULES.max_extent,
     multimask: bool = False,
     negatives: bool = True,
     keep_seed_masks: bool = True,
@@ -125,7 +127,7 @@ def segment_volume(
         prompt: which derived prompts carry an object to the next slice: '+'-joined subset of
             ``box``, ``point``, ``mask``.
         box_margin: the previous mask's box is widened by this fraction of its side (at least 1 px).
-        iou_threshold, stability_threshold, overlap_threshold, min_area, max_growth, min_fraction:
+        iou_threshold, stability_threshold, overlap_threshold, min_area, max_growth, min_fraction, max_extent:
             stop criteria (module doc, :class:`napari_sam.volume.stops.StopRules`; None: rule off).
         max_distance: stop after this many slices away from a keyframe (None: no limit).
         multimask: predict 3 masks per step and keep the best-scored (else SAM's single mask).
@@ -166,7 +168,8 @@ def segment_volume(
             {store._check(z): Prompt.coerce(p, hw) for z, p in frames.items()}
         )
     keyframes = {oid: fr for oid, fr in keyframes.items() if fr}
-    rules = StopRules(min_area, iou_threshold, stability_threshold, overlap_threshold, max_growth, min_fraction)
+    rules = StopRules(min_area, iou_threshold, stability_threshold, overlap_threshold, max_growth, min_fraction,
+                      max_extent)
     if is_sam2(predictor.model):  # SAM 2: its memory carries the objects (volume.tracker), no heuristics
         return track_keyframes(store, keyframes, progress=progress, cancel=cancel)
 
