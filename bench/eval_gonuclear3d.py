@@ -39,6 +39,8 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/stop_study.py
+from stop_study import GRID, OFF, best, one_at_a_time, record, score  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "gonuclear3d"
 
 
@@ -196,8 +198,6 @@ def _half(row: dict, parity: int) -> float:
 def study(store, labels, args) -> int:
     """Stop rules replayed on the recorded tracks (bench/stop_study.py): chosen on the even ids,
     reported on the odd ids."""
-    from stop_study import GRID, OFF, best, one_at_a_time, record, score
-
     from napari_sam.volume.propagate import segment_volume
 
     seeds = seeds_for(labels, args.axis)

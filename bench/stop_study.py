@@ -11,8 +11,6 @@ from real runs). Used by ``bench/eval_gonuclear3d.py --study``.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from napari_sam.volume.stops import StopRules
@@ -106,8 +104,3 @@ def one_at_a_time(rec: dict, ids: list[int], base: dict) -> list[tuple[str, obje
             rows.append((n, v, score(rec, ids, **{**base, n: v})))
     return rows
 
-
-def combos(grid: dict[str, list]):
-    names = list(grid)
-    for vals in itertools.product(*(grid[n] for n in names)):
-        yield dict(zip(names, vals, strict=True))
