@@ -4,10 +4,13 @@ One positive click at the centre of each of the first 10 nuclei of slices 30, 50
 ``../shared/data/gonuclear3d/`` (100x100 px slices: the model's 512 px frame upscales them 5x); the
 score is the mean Dice of the best-scored of the 3 masks, on the original 100x100 region. ``--pad N``
 presents each slice in a larger field of view (N px added right and bottom, ``--pad-mode reflect``
-or ``median``), so the same nuclei are upscaled less.
+or ``median``), so the same nuclei are upscaled less. ``--zoom Z`` embeds each slice scaled by Z and
+zero-padded (``SamPredictor(zoom=Z)``; ``fit``: enlarged to fill the input, the old default; ``model``:
+the model's own default) instead of padding the image.
 
     python bench/eval_gonuclear_slices.py nano_nuclei nano_nuclei_v1
     python bench/eval_gonuclear_slices.py nano_nuclei nano_nuclei_v1 --pad 300 --pad 150
+    python bench/eval_gonuclear_slices.py nano_nuclei --zoom fit --zoom 1 --zoom 2
 """
 
 from __future__ import annotations
@@ -54,16 +57,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pad-mode", default="reflect", choices=["reflect", "median"])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--zoom", action="append", help="'fit', 'model' or a scale (repeatable; default: model)")
     a = ap.parse_args(argv)
     raw = tifffile.imread(a.data / "1135_mini_raw.tif")
     gt = tifffile.imread(a.data / "1135_mini_labels.tif").astype(np.int32)
     for name in a.models:
-        predictor = SamPredictor(load_model(name, device=a.device))
-        for pad in a.pad or [0]:
-            d = slice_dice(predictor, raw, gt, pad, a.pad_mode)
-            side = 100 + pad
-            print(f"{name:<28} field {side}x{side} ({a.pad_mode if pad else 'none'}): "
-                  f"1-click Dice {np.mean(d):.3f} over {len(d)} nuclei")
+        model = load_model(name, device=a.device)
+        for zoom in a.zoom or ["model"]:
+            z = None if zoom == "fit" else zoom if zoom == "model" else float(zoom)
+            predictor = SamPredictor(model, zoom=z)
+            for pad in a.pad or [0]:
+                d = slice_dice(predictor, raw, gt, pad, a.pad_mode)
+                side = 100 + pad
+                print(f"{name:<20} zoom {predictor.zoom or 'fit'!s:<5} field {side}x{side} "
+                      f"({a.pad_mode if pad else 'none'}): 1-click Dice {np.mean(d):.3f} over {len(d)} nuclei", flush=True)
 
 
 if __name__ == "__main__":

@@ -130,3 +130,32 @@ def test_large_image_in_tiles(sam_widget, qtbot, tiny_sam):
     np.testing.assert_array_equal(sam.labels_layer.data, second.astype(np.int32))
     widget.tiled_check.setChecked(False)
     assert not sam.tiled and isinstance(sam.predictor, SamPredictor)
+
+
+def test_zoom_control_embeds_small_images_at_their_own_scale(sam_widget, qtbot, tiny_sam):
+    """The "small images: zoom" box: at x1 a 120 x 160 image (the tiny model's input is 256 px) is
+    embedded unscaled and zero-padded; a click gives SamPredictor(zoom=1)'s mask, commit writes it;
+    back at "fill the input" the image is enlarged to the input again (SAM's resize)."""
+    viewer, widget = sam_widget
+    sam = widget.sam
+    img = image2d(seed=5)
+    viewer.add_image(img, name="small")
+    wait_encoded(qtbot, widget)
+    assert widget.zoom_spin.value() == 0 and sam.zoom is None  # the tiny model's default: fill
+    assert sam.embedding().input_size == (192, 256)
+    widget.zoom_spin.setValue(1.0)
+    assert sam.zoom == 1.0
+    wait_encoded(qtbot, widget)
+    assert sam.embedding().input_size == (120, 160)
+    sam.points_layer.add([50, 70])  # napari (row, col)
+    p = SamPredictor(tiny_sam, device="cpu", zoom=1.0)
+    p.set_image(img)
+    masks, scores, _ = p.predict(np.array([[70, 50]], np.float32), np.array([1], np.float32))
+    best = masks[int(np.argmax(scores))]
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, best)
+    assert widget.commit() == [1]
+    np.testing.assert_array_equal(sam.labels_layer.data, best.astype(np.int32))
+    widget.zoom_spin.setValue(0.0)
+    assert sam.zoom is None
+    wait_encoded(qtbot, widget)
+    assert sam.embedding().input_size == (192, 256)

@@ -408,3 +408,50 @@ def test_predictor_takes_the_models_resize():
     emb = lite.compute_embedding(np.random.default_rng(0).integers(0, 256, (300, 200), dtype=np.uint8))
     assert emb.features.shape == (1, 256, 64, 64) and emb.input_size == (256, 171)
     assert SamPredictor(build_model("vit_t"), device="cpu").transform.interpolation == "bilinear"
+
+
+# ---------------------------------------------------------------------- zoom: small images not enlarged
+
+
+def test_zoom_masks_come_back_in_image_coordinates_and_padding_does_not_leak():
+    """At zoom 2 a 40 x 30 image fills 80 x 60 of the 128 px input: logits set in that region map
+    back to the image's pixels; logits in the zero padding beyond it never reach the mask."""
+    from _synthetic import tiny_sam
+
+    p = SamPredictor(tiny_sam(img_size=128), zoom=2.0)
+    img = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    p.set_image(img)
+    assert p.zoom == 2.0 and p.original_size == (40, 30) and p.input_size == (80, 60)
+    low = torch.full((1, 1, 32, 32), -10.0)  # low-res logits: 4 input pixels per cell
+    low[..., 5:10, 3:8] = 10.0  # input rows 20-39, cols 12-31 -> image rows 10-19, cols 6-15
+    low[..., 20:, :] = 10.0  # below the image (input rows >= 80): padding
+    low[..., :, 15:] = 10.0  # right of the image (input cols >= 60): padding
+    masks = p.postprocess_masks(low, p.input_size, p.original_size)[0, 0].numpy()
+    assert masks.shape == (40, 30)
+    ys, xs = np.nonzero(masks)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 19, 6, 15)
+    # prompts go the other way: image (x, y) -> input pixels, scaled by the zoom
+    from napari_sam.engine.prompts import to_input
+
+    np.testing.assert_allclose(to_input(np.array([[7.0, 12.0]]), p.embedding, p.transform), [[14.0, 24.0]])
+    # and a click is decoded on the same geometry: one mask the size of the image
+    m, s, lo = p.predict(np.array([[15, 20]]), np.array([1]), multimask_output=False)
+    assert m.shape == (1, 40, 30) and lo.shape == (1, 32, 32)
+
+
+def test_zoom_default_is_the_models_and_fit_is_sams_resize():
+    from _synthetic import tiny_sam
+
+    from napari_sam.models.sam import Preprocessing
+
+    model = tiny_sam(img_size=128)
+    img = np.random.default_rng(1).integers(0, 256, (40, 30), dtype=np.uint8)
+    assert SamPredictor(model).zoom is None  # SAM's preprocessing: enlarged to fill the input
+    assert SamPredictor(model).compute_embedding(img).input_size == (128, 96)
+    model.preprocessing = Preprocessing(zoom=1.0)
+    p = SamPredictor(model)
+    assert p.zoom == 1.0 and p.compute_embedding(img).input_size == (40, 30)
+    assert p.compute_embedding(img, zoom=None).input_size == (128, 96)  # asked for: filled
+    assert SamPredictor(model, zoom=3.0).compute_embedding(img).input_size == (120, 90)
+    with pytest.raises(ValueError, match="zoom"):
+        Preprocessing(zoom=0)

@@ -124,3 +124,51 @@ def test_model_input_follows_the_models_preprocessing():
     flat = np.full((50, 60), 9, np.uint8)  # a constant image: zeros, not NaN
     z, _, _ = model_input(flat, lite, ResizeLongestSide(256, "area"), "cpu")
     assert torch.all(z == 0)
+
+
+# ---------------------------------------------------------------------- zoom: small images not enlarged
+
+
+@pytest.mark.parametrize(
+    "hw, zoom, expected",
+    [
+        ((100, 100), None, (512, 512)),  # SAM's resize: enlarged to fill the input
+        ((100, 100), 1.0, (100, 100)),  # own pixel scale
+        ((100, 60), 2.0, (200, 120)),
+        ((100, 60), 0.5, (50, 30)),
+        ((300, 200), 2.0, (512, 341)),  # does not fit at 2x: filled as SAM's resize
+        ((1000, 800), 1.0, (512, 410)),  # larger than the input: shrunk as before
+    ],
+)
+def test_zoomed_shape(hw, zoom, expected):
+    from napari_sam.engine.transforms import zoomed_shape
+
+    assert zoomed_shape(*hw, 512, zoom) == expected
+
+
+def test_zoomed_shape_rejects_bad_zoom():
+    from napari_sam.engine.transforms import zoomed_shape
+
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="zoom"):
+            zoomed_shape(10, 10, 512, bad)
+
+
+@pytest.mark.parametrize("zoom", [1.0, 2.5])
+def test_model_input_at_a_zoom_is_the_scaled_image_zero_padded(zoom):
+    from _synthetic import tiny_sam
+
+    from napari_sam.engine.transforms import make_transform, model_input
+
+    model = tiny_sam(img_size=128)
+    img = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    x, orig, size = model_input(img, model, make_transform(model), "cpu", zoom=zoom)
+    h, w = int(40 * zoom + 0.5), int(30 * zoom + 0.5)
+    assert x.shape == (1, 3, 128, 128) and orig == (40, 30) and size == (h, w)
+    assert torch.count_nonzero(x[..., h:, :]) == 0 and torch.count_nonzero(x[..., :, w:]) == 0  # padding
+    if zoom == 1.0:  # unresized: the image itself, normalised
+        rgb = torch.from_numpy(np.repeat(img[..., None], 3, axis=2)).permute(2, 0, 1).float()
+        expected = (rgb - model.pixel_mean) / model.pixel_std
+        torch.testing.assert_close(x[0, :, :h, :w], expected)
+    fill, _, fsize = model_input(img, model, make_transform(model), "cpu", zoom=None)
+    assert fsize == (128, 96)  # the old default: enlarged 3.2x

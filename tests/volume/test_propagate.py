@@ -82,7 +82,8 @@ def test_fake_propagation_is_exact_one_call_per_slice(blobs):
     fake = FakePredictor(image, labels)
     seen = []
     res = segment_volume(
-        fake, image, centre_seeds(info), overlap_threshold=0.0, progress=lambda d, t: seen.append((d, t))
+        fake, image, centre_seeds(info), overlap_threshold=0.0, max_extent=None,
+        progress=lambda d, t: seen.append((d, t)),
     )
     np.testing.assert_array_equal(res.to_labels(), labels)
     assert all(
@@ -117,9 +118,9 @@ def test_stop_on_overlap():
     image = (labels * 150 + 40).astype(np.uint8)
     image[:, 0, 0] = np.arange(10)  # distinct slices
     seeds = {1: {2: {"points": [[15, 20]]}}}
-    res = segment_volume(FakePredictor(image, labels), image, seeds, overlap_threshold=0.4)
+    res = segment_volume(FakePredictor(image, labels), image, seeds, overlap_threshold=0.4, max_extent=None)
     assert max(res.object_masks(1)) == 5 and res.stopped[1]["up from 2"] == "overlap at slice 6"
-    res = segment_volume(FakePredictor(image, labels), image, seeds, overlap_threshold=0.2)
+    res = segment_volume(FakePredictor(image, labels), image, seeds, overlap_threshold=0.2, max_extent=None)
     assert max(res.object_masks(1)) == 9
 
 
@@ -150,11 +151,11 @@ def test_cancel_returns_whole_slices(blobs):
         "labels": [0],
     }
     full_fake = FakePredictor(image, labels)
-    full = segment_volume(full_fake, image, seeds)
+    full = segment_volume(full_fake, image, seeds, max_extent=None)
     sizes = []
     for k in range(0, len(full_fake.calls), 2):
         fake = FakePredictor(image, labels)
-        part = segment_volume(fake, image, seeds, cancel=lambda f=fake, k=k: len(f.calls) >= k)
+        part = segment_volume(fake, image, seeds, max_extent=None, cancel=lambda f=fake, k=k: len(f.calls) >= k)
         assert part.cancelled and len(fake.calls) == k
         for z, per in part.masks.items():  # every slice returned is exactly as in the full run
             assert per.keys() == full.masks[z].keys()
@@ -203,7 +204,7 @@ def test_time_series_and_other_axis():
     for oid in (1, 2):
         ys, xs = np.nonzero(labels[0] == oid)
         seeds[oid] = {0: Prompt(points=np.array([[xs.mean(), ys.mean()]]))}
-    res = segment_volume(FakePredictor(movie, labels), movie, seeds)
+    res = segment_volume(FakePredictor(movie, labels), movie, seeds, max_extent=None)  # a time series: no extent
     assert dice(res.to_labels() > 0, labels > 0) == 1.0
     image, lab3, info = ellipsoid_volume((16, 20, 24), n_objects=1, seed=5)
     img_t, lab_t = (
@@ -273,3 +274,79 @@ def test_trained_model_propagates_gonuclear_nuclei(shared_data):
         truth = gt == oid
         assert (full & truth).sum() > (alone & truth).sum()  # correct voxels beyond the clicked slice
 
+
+
+class LeakyPredictor(FakePredictor):
+    """FakePredictor that does not let an object end: past the last slice of the object under the
+    prompt it answers with a disk of ``leak`` times the object's largest area (a spill into the
+    background, predicted IoU 0.9), centred where the object was; ``leak=None``: the object's end
+    slice again (it runs on unchanged: overlap 1, same area)."""
+
+    def __init__(self, image, labels, leak=2.0):
+        super().__init__(image, labels)
+        self.leak = leak
+        zs = {oid: np.nonzero((self.labels == oid).any(axis=(1, 2)))[0] for oid in np.unique(self.labels) if oid}
+        self.ends = {oid: (z[0], z[-1]) for oid, z in zs.items()}
+        areas = {oid: (self.labels == oid).sum(axis=(1, 2)).max() for oid in np.unique(self.labels) if oid}
+        self.radius = {oid: np.sqrt((leak or 1.0) * a / np.pi) for oid, a in areas.items()}
+        self.centre = {oid: np.argwhere(self.labels == oid)[:, 1:].mean(axis=0) for oid in areas}
+
+    def predict_batch(self, point_coords, point_labels, boxes, mask_input, multimask_output=False):
+        masks, scores, lows = super().predict_batch(point_coords, point_labels, boxes, mask_input, multimask_output)
+        z = int(self.embedding.features[0, 0, 0, 0])
+        for b in range(len(masks)):
+            if masks[b, 0].any():
+                continue
+            x0, y0, x1, y1 = boxes[b]
+            inside = [o for o in self.centre if x0 <= self.centre[o][1] <= x1 and y0 <= self.centre[o][0] <= y1]
+            if not inside:
+                continue
+            o = inside[0]
+            if self.leak is None:
+                end = self.ends[o][1] if z > self.ends[o][1] else self.ends[o][0]
+                masks[b], scores[b] = (self.labels[end] == o)[None], 0.9
+                continue
+            yy, xx = np.ogrid[: masks.shape[-2], : masks.shape[-1]]
+            cy, cx = self.centre[o]
+            masks[b] = ((yy - cy) ** 2 + (xx - cx) ** 2 <= self.radius[o] ** 2)[None]
+            scores[b] = 0.9
+        return masks, scores, lows
+
+
+def test_growth_rule_stops_a_mask_that_spills_past_the_objects_end(blobs):
+    """An ellipsoid whose masks the model would extend (a spill twice its largest area after its
+    last slice): without the growth rule the object runs to the end of the stack; with
+    ``max_growth=1.5`` it stops on the first spilled slice, so the 3D mask is exactly the object."""
+    image, labels, info = blobs
+    seeds = {1: centre_seeds(info)[1]}
+    loose = {"overlap_threshold": 0.0, "max_growth": None, "min_fraction": None, "max_extent": None}
+    res = segment_volume(LeakyPredictor(image, labels), image, seeds, **loose)
+    zs = np.nonzero((labels == 1).any(axis=(1, 2)))[0]
+    assert sorted(res.object_masks(1)) == list(range(20))  # ran on through every slice
+    res = segment_volume(LeakyPredictor(image, labels), image, seeds, **{**loose, "max_growth": 1.5})
+    assert sorted(res.object_masks(1)) == list(range(zs[0], zs[-1] + 1))
+    np.testing.assert_array_equal(res.to_labels() == 1, labels == 1)
+    assert {r.split(" at ")[0] for r in res.stopped[1].values()} <= {"growth", "end"}
+    up = res.trace[1][next(k for k in res.trace[1] if k.startswith("up"))]
+    assert up[-1].growth > 1.5 and all(s.growth <= 1.5 for s in up[:-1])  # the trace shows why
+
+
+def test_default_extent_rule_stops_an_object_that_runs_on(blobs):
+    """The GoNuclear failure: past its end the model keeps answering with the object's end slice
+    (overlap and score stay high, the area does not change). The old rules let it run to the end of the
+    stack (the overlap rule is off here on both runs); the default ``max_extent`` (0.8 x the radius of the largest slice) stops it within that
+    distance of the seed, in both directions."""
+    image, labels, info = blobs
+    seeds = {1: centre_seeds(info)[1]}
+    z0 = next(iter(seeds[1]))
+    # overlap off: here the tiny top cap (15 px after 71) would end the upward track, on GoNuclear it did not
+    old = segment_volume(LeakyPredictor(image, labels, leak=None), image, seeds, max_extent=None, overlap_threshold=0)
+    assert sorted(old.object_masks(1)) == list(range(20))
+    res = segment_volume(LeakyPredictor(image, labels, leak=None), image, seeds, overlap_threshold=0)
+    radius = np.sqrt((labels == 1).sum(axis=(1, 2)).max() / np.pi)
+    zs = sorted(res.object_masks(1))
+    assert zs == list(range(zs[0], zs[-1] + 1)) and len(zs) < 20
+    assert max(z0 - zs[0], zs[-1] - z0) <= 0.8 * radius
+    assert any(r.startswith("extent") for r in res.stopped[1].values())
+    truth = labels == 1
+    assert dice(res.to_labels() == 1, truth) > dice(old.to_labels() == 1, truth)

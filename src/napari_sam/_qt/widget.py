@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_sam._qt._encoder import EncodeRunner
 from napari_sam._qt._everything_panel import EverythingPanel
-from napari_sam._qt._jobs import JobRunner
+from napari_sam._qt._jobs import JobRunner, spin
 from napari_sam._qt._layer_combo import LayerCombo
 from napari_sam._qt._model_box import ModelBox
 from napari_sam._qt._volume_panel import VolumePanel
@@ -43,6 +43,12 @@ HELP = (  # explicit lines, no word wrap: a wrapped label is squeezed when the d
 )
 KEYS = {"c": "commit", "n": "next_mask", "Shift-C": "clear"}
 
+
+ZOOM_TIP = (
+    "Images (and stack slices) smaller than the model's input (512 px for nano_nuclei, 1024 for SAM) are "
+    "embedded scaled by this and zero-padded, not enlarged to fill the input: objects keep the size the "
+    "model was trained on. 1: their own pixel scale; 'fill the input': SAM's resize. Default: the model's."
+)
 
 class SamWidget(QWidget):
     """Dock widget: model, device, image, output labels, prompts, commit. ``add_section`` for more panels."""
@@ -121,6 +127,9 @@ class SamWidget(QWidget):
             "large images get sharper masks; encoding takes one model run per tile."
         )
         self.tiled_check.setChecked(self.sam.tiled)
+        self.zoom_spin = spin(self.sam.zoom or 0.0, 0.0, 8.0, 0.5, ZOOM_TIP)
+        self.zoom_spin.setSpecialValueText("fill the input")
+        self.zoom_spin.setPrefix("small images: zoom x")
         self.score_label = QLabel("")
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -130,13 +139,15 @@ class SamWidget(QWidget):
         row = QHBoxLayout()
         for b in (self.next_button, self.commit_button, self.clear_button):
             row.addWidget(b)
-        for w in (help_label, self.multimask_check, self.overwrite_check, self.tiled_check, self.score_label):
+        for w in (help_label, self.multimask_check, self.overwrite_check, self.tiled_check, self.zoom_spin,
+                  self.score_label):
             col.addWidget(w)
         col.addLayout(row)
         col.addWidget(self.status_label)
         self.multimask_check.toggled.connect(self._on_multimask)
         self.overwrite_check.toggled.connect(lambda on: setattr(self.sam, "overwrite", bool(on)))
         self.tiled_check.toggled.connect(self._on_tiled)
+        self.zoom_spin.valueChanged.connect(self._on_zoom)
         self.next_button.clicked.connect(self.next_mask)
         self.commit_button.clicked.connect(self.commit)
         self.clear_button.clicked.connect(self.clear)
@@ -179,6 +190,9 @@ class SamWidget(QWidget):
             show_warning(f"SAM: the model changed while {jobs.name!r} ran: it is cancelled (a 3D run keeps the "
                          "whole slices already finished, other jobs write nothing); run it again with the new model")
         self.everything_panel.use_model_thresholds()
+        self.zoom_spin.blockSignals(True)  # the new model's default (unless a zoom was chosen)
+        self.zoom_spin.setValue(self.sam.zoom or 0.0)
+        self.zoom_spin.blockSignals(False)
         self.encoder.request()
         self._on_status()
 
@@ -248,6 +262,11 @@ class SamWidget(QWidget):
     def _on_multimask(self, on: bool) -> None:
         self.sam.multimask = bool(on)
         self.sam.update_preview()
+
+    def _on_zoom(self, value: float) -> None:
+        self.sam.zoom = float(value) or None  # 0: fill the input; forgets embeddings and stores
+        self.encoder.request()
+        self._on_status()
 
     def _on_tiled(self, on: bool) -> None:
         self.sam.tiled = bool(on)  # forgets the embeddings and the preview: encode again

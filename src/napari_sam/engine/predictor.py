@@ -28,7 +28,7 @@ from napari_sam.engine.model_interface import decode, embed, img_size
 from napari_sam.engine.postprocess import MaskUpsampler
 from napari_sam.engine.progress import Cancel, Progress
 from napari_sam.engine.prompts import prompt_tensors
-from napari_sam.engine.transforms import SquareResize, make_transform, model_input
+from napari_sam.engine.transforms import SquareResize, make_transform, model_input, model_zoom
 from napari_sam.errors import SamUserError
 from napari_sam.models.common import weights_key
 from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
@@ -71,6 +71,7 @@ class SamPredictor(GraphClicks):
         precision: str = "auto",
         decoder: str = "auto",
         cuda_graphs: bool | None = None,
+        zoom: float | None | str = "model",
     ):
         self.device = pick_device(device)
         if not isinstance(model, torch.nn.Module):  # a registry name or path (weights imports the engine)
@@ -80,6 +81,10 @@ class SamPredictor(GraphClicks):
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.model = model.to(self.device).eval()
+        #: how images smaller than the model's input are embedded (``transforms.zoomed_shape``): None
+        #: enlarged to fill it (SAM's resize), a number scaled by it and zero-padded (1: at their own
+        #: pixel scale); ``"model"``: the model's ``preprocessing.zoom`` (the scale it was trained at)
+        self.zoom = model_zoom(self.model) if zoom == "model" else zoom
         #: ``"plain"`` or ``"fast"``: the mask decoder this predictor runs (see ``decoder``)
         self.decoder_path = resolve_decoder_path(decoder, self.device, self.model.mask_decoder)
         self._fast = fast_decoder(self.model.mask_decoder) if self.decoder_path == "fast" else None
@@ -110,14 +115,17 @@ class SamPredictor(GraphClicks):
 
     # ------------------------------------------------------------------ image / embedding state
     def compute_embedding(
-        self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None, native: bool = False
+        self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None, native: bool = False,
+        zoom: float | None | str = "predictor",
     ) -> ImageEmbedding:
         """Embed ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes); the state is unchanged.
 
         ``native=True`` embeds the image at its own scale (only zero-padded to the model's input, not
         resized; both sides must be at most ``img_size``): how ``napari_sam.engine.tiling`` embeds its tiles.
+        ``zoom``: None (the longest side to ``img_size``), a scale for images smaller than the input
+        (zero-padded, see :attr:`zoom`), or ``"predictor"``: this predictor's :attr:`zoom`.
         """
-        return self.encode_batch([image], image_format, contrast_limits, native)[0]
+        return self.encode_batch([image], image_format, contrast_limits, native, zoom=zoom)[0]
 
     def encode_batch(
         self,
@@ -126,6 +134,7 @@ class SamPredictor(GraphClicks):
         contrast_limits=None,
         native: bool = False,
         batch_size: int = 8,
+        zoom: float | None | str = "predictor",
     ) -> list[ImageEmbedding]:
         """:meth:`compute_embedding` of several images, the encoder run on up to ``batch_size`` of
         them at once: a GPU's throughput (stack slices, crops, tiles, batch jobs); the same
@@ -134,9 +143,13 @@ class SamPredictor(GraphClicks):
             raise SamUserError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         if batch_size < 1:
             raise SamUserError(f"batch_size must be at least 1 (images per encoder run), got {batch_size}")
+        zoom = self.zoom if zoom == "predictor" else zoom
         out: list[ImageEmbedding] = []
         for start in range(0, len(images), batch_size):
-            inputs = [model_input(im, self.model, self.transform, self.device, image_format, contrast_limits, native) for im in images[start : start + batch_size]]
+            inputs = [
+                model_input(im, self.model, self.transform, self.device, image_format, contrast_limits, native, zoom)
+                for im in images[start : start + batch_size]
+            ]
             with torch.inference_mode():
                 x = torch.cat([x for x, _, _ in inputs])
                 with encoder_context(self.device, self.autocast_dtype, len(x)):

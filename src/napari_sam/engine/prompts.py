@@ -103,7 +103,13 @@ def to_input(xy: np.ndarray, emb: ImageEmbedding, transform: ResizeLongestSide) 
     """(..., 2) (x, y) pixels of the original image -> float64 pixels of the model input."""
     if emb.input_size == emb.original_size:  # not resized (a native tile, or already img_size long)
         return np.array(xy, dtype=float)
-    return transform.apply_coords(xy, emb.original_size)
+    (h, w), (ih, iw) = emb.original_size, emb.input_size
+    if tuple(emb.input_size) == tuple(transform.get_preprocess_shape(h, w, transform.target_length)):
+        return transform.apply_coords(xy, emb.original_size)  # the model's own resize
+    out = np.array(xy, dtype=float)  # scaled by a zoom (``model_input``): the same per-axis factors
+    out[..., 0] *= iw / w
+    out[..., 1] *= ih / h
+    return out
 
 
 def prompt_tensors(

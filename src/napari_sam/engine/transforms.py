@@ -219,29 +219,75 @@ def make_transform(model) -> ResizeLongestSide:
     return SquareResize(side) if resize == "square" else ResizeLongestSide(side, interpolation=resize)
 
 
+def model_zoom(model) -> float | None:
+    """The zoom at which ``model`` embeds images smaller than its input (``model.preprocessing.zoom``):
+    None (enlarged to fill it, SAM's resize) unless the model was measured to prefer a scale."""
+    return getattr(getattr(model, "preprocessing", None), "zoom", None)
+
+
+def zoomed_shape(h: int, w: int, side: int, zoom: float | None) -> tuple[int, int]:
+    """(h', w') of an (h, w) image in a model input of ``side`` px: ``zoom=None`` the longest side to
+    ``side`` (SAM's resize, enlarging small images); a number: the image scaled by ``zoom`` (1: its own
+    pixel scale), or less where that would not fit (then as ``None``), rounded half up, each >= 1 px."""
+    if zoom is None:
+        return ResizeLongestSide.get_preprocess_shape(h, w, side)
+    zoom = float(zoom)
+    if not np.isfinite(zoom) or zoom <= 0:
+        raise ValueError(f"zoom must be a positive number or None (fill the model's input), got {zoom!r}")
+    if max(h, w) * zoom >= side:
+        return ResizeLongestSide.get_preprocess_shape(h, w, side)
+    return max(1, int(h * zoom + 0.5)), max(1, int(w * zoom + 0.5))
+
+
+def resize_to(image: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+    """uint8 ``(H, W[, C])`` -> ``size`` ``(h, w)``: PIL bilinear (SAM's), or :func:`resize_area`;
+    a copy when the size is unchanged."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return np.array(image, copy=True)
+    if interpolation == "area":
+        return resize_area(image, size)
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    return np.array(pil.resize((int(size[1]), int(size[0])), Image.BILINEAR))
+
+
 def model_input(
-    image: np.ndarray, model, transform, device, image_format: str = "RGB", contrast_limits=None, native: bool = False
+    image: np.ndarray, model, transform, device, image_format: str = "RGB", contrast_limits=None,
+    native: bool = False, zoom: float | None = None,
 ):
     """``image`` -> a SAM encoder's input ``(1, 3, S, S)`` on ``device`` (``to_sam_image``,
     channels flipped when ``image_format`` differs from the model's, resized with ``transform``
-    unless ``native``, normalised as ``model.preprocessing.normalize`` says: SAM's pixel mean and
-    std, or LiteMedSAM's min-max to [0, 1]; zero-padded; SAM 2 (a :class:`SquareResize`): scaled to
-    [0, 1], stretched to the square input, then mean/std), with its original ``(H, W)`` and its
-    ``(h, w)`` before padding."""
+    (``zoom=None``) or by ``zoom`` (:func:`zoomed_shape`: an image smaller than the input is scaled by
+    ``zoom``, not enlarged to fill it), not at all with ``native`` (as ``zoom=1``, but an image larger
+    than the input is an error), normalised as ``model.preprocessing.normalize`` says: SAM's pixel
+    mean and std, or LiteMedSAM's min-max to [0, 1]; zero-padded; SAM 2 (a :class:`SquareResize`):
+    scaled to [0, 1], stretched to the square input (or scaled by ``zoom``), then mean/std), with
+    its original ``(H, W)`` and its ``(h, w)`` before padding."""
     img = to_sam_image(image, contrast_limits=contrast_limits)
     if image_format != getattr(model, "image_format", "RGB"):
         img = img[..., ::-1]
     side = transform.target_length
-    if native and max(img.shape[:2]) > side:
-        raise ValueError(f"native=True needs an image of at most {side} px a side, got {img.shape[:2]}")
+    if native:
+        if max(img.shape[:2]) > side:
+            raise ValueError(f"native=True needs an image of at most {side} px a side, got {img.shape[:2]}")
+        zoom = 1.0
     square = isinstance(transform, SquareResize)
-    resized = np.ascontiguousarray(img) if native or square else transform.apply_image(img)
+    h0, w0 = img.shape[:2]
+    if zoom is None:
+        shape = (side, side) if square else transform.get_preprocess_shape(h0, w0, side)
+    else:
+        shape = zoomed_shape(h0, w0, side, zoom)
+    if square:
+        resized = np.ascontiguousarray(img)
+    elif zoom is None:
+        resized = transform.apply_image(img)
+    else:
+        resized = resize_to(img, shape, transform.interpolation)
     x = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None]
     with torch.inference_mode():
         if square:  # SAM 2: to [0, 1], stretched (antialiased bilinear, as torchvision's Resize), normalised
             x = x.float() / 255
-            if not native:
-                x = F.interpolate(x, (side, side), mode="bilinear", align_corners=False, antialias=True)
+            if zoom is None or shape != (h0, w0):
+                x = F.interpolate(x, shape, mode="bilinear", align_corners=False, antialias=True)
             x = (x - model.pixel_mean / 255) / (model.pixel_std / 255)
         elif getattr(getattr(model, "preprocessing", None), "normalize", "mean_std") == "min_max":
             x = x.float()

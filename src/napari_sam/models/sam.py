@@ -34,17 +34,22 @@ class Preprocessing:
     (OpenCV's ``INTER_AREA``, LiteMedSAM's); or ``"square"``: both sides to ``img_size``, bilinear
     with antialiasing, no padding (SAM 2's: torchvision's ``Resize`` of the float image). ``normalize``: ``"mean_std"``, ``(x - pixel_mean) / pixel_std``
     (SAM's), or ``"min_max"``, ``(x - min) / (max - min)`` over the whole resized image, to [0, 1]
-    (LiteMedSAM's).
+    (LiteMedSAM's). ``zoom``: how an image smaller than ``img_size`` is embedded: None, enlarged to
+    fill the input (SAM's); a number, scaled by it (1: at its own pixel scale) and zero-padded, as
+    tiles are (``napari_sam.engine.transforms.zoomed_shape``; docs/volume.md, "Scale").
     """
 
     resize: str = "bilinear"
     normalize: str = "mean_std"
+    zoom: float | None = None
 
     def __post_init__(self) -> None:
         if self.resize not in ("bilinear", "area", "square"):
             raise ValueError(f"resize must be 'bilinear', 'area' or 'square', got {self.resize!r}")
         if self.normalize not in ("mean_std", "min_max"):
             raise ValueError(f"normalize must be 'mean_std' or 'min_max', got {self.normalize!r}")
+        if self.zoom is not None and not self.zoom > 0:
+            raise ValueError(f"zoom must be a positive number or None, got {self.zoom!r}")
 
 
 SAM_PREPROCESSING = Preprocessing()

@@ -119,6 +119,11 @@ def cmd_finetune(a: argparse.Namespace) -> None:
     finetune(a.model, a.images, a.labels, out=a.out, config=cfg, device=a.device, log=log, threads=a.threads)
 
 
+def _zoom(text: str) -> float | None | str:
+    """``--zoom``: 'model' (the model's default), 'fit' (enlarge to the input) or a scale."""
+    return text if text == "model" else None if text == "fit" else float(text)
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate_model, format_table
 
@@ -126,7 +131,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     res = evaluate_model(a.model, data_root=a.data, images=a.images, labels=a.labels, device=a.device,
                          max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None),
-                         tiled=a.tiled)
+                         tiled=a.tiled, zoom=_zoom(a.zoom))
     print(format_table(res))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
@@ -162,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--tiled", action="store_true",
                    help="segment images larger than the model's input at their own resolution, in tiles")
+    p.add_argument("--zoom", default="model",
+                   help="images smaller than the model's input: 'model' (its default), 'fit' (enlarged to fill "
+                        "it) or a scale (1: own pixel scale, zero-padded)")
     p.set_defaults(func=cmd_evaluate)
     a = ap.parse_args(argv)
     a.func(a)

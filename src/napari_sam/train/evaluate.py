@@ -119,6 +119,7 @@ def evaluate_model(
     progress: Progress = None,
     cancel: Cancel = None,
     tiled: bool = False,
+    zoom: float | None | str = "model",
 ) -> dict:
     """Evaluate ``model`` (a Sam, a registry name, a checkpoint path, or None = the default model).
 
@@ -127,10 +128,11 @@ def evaluate_model(
     packaged validation split). Returns ``{"by_modality": {modality: {metric: mean}}, "all": {...},
     "seconds": float, "encoder_s": mean embedding time}``. ``tiled``: images larger than the model's
     input are segmented at their own resolution (:class:`napari_sam.engine.tiling.TiledPredictor`).
+    ``zoom``: how images smaller than the model's input are embedded (``SamPredictor``'s ``zoom``).
     """
     if model is None or isinstance(model, (str, Path)):
         model = load_model(model, device=device)
-    predictor = SamPredictor(model, device=device)
+    predictor = SamPredictor(model, device=device, zoom=zoom)
     if tiled:
         predictor = TiledPredictor(predictor)
     if images is not None:

@@ -31,6 +31,7 @@ class ModelSlot:
         self.version = 0
         self._tiled = False
         self._max_tiles: int | None = MAX_TILE_ENCODINGS
+        self._zoom: float | None | str = "model"  # SamPredictor's zoom: "model" = the model's own
         self._background: tuple[int, Any] | None = None
         self._busy, self._busy_with = threading.Lock(), ""
 
@@ -46,7 +47,7 @@ class ModelSlot:
             model = self.load(model, device=device or self.device)
         else:
             name = getattr(model, "model_name", None) or getattr(model, "arch", "custom model")
-        self.predictor = self._wrap(SamPredictor(model, device=device or self.device))
+        self.predictor = self._wrap(SamPredictor(model, device=device or self.device, zoom=self._zoom))
         self.model, self.name = model, name
         self.device = str(self.predictor.device)
         self.version += 1
@@ -69,6 +70,29 @@ class ModelSlot:
         return True
 
     @property
+    def zoom(self) -> float | None:
+        """How images smaller than the model's input are embedded (``SamPredictor.zoom``): None
+        enlarged to fill it, a number scaled by it (1: own pixel scale) and zero-padded."""
+        if self.predictor is not None:
+            return getattr(self.predictor, "predictor", self.predictor).zoom
+        return None if self._zoom == "model" else self._zoom
+
+    def set_zoom(self, zoom: float | None | str) -> bool:
+        """Use ``zoom`` ("model": the model's default); True when the predictors changed (a new
+        ``version``: embeddings and stack stores are stale)."""
+        if zoom != "model" and zoom is not None and not float(zoom) > 0:
+            raise SamUserError(f"zoom must be a positive number, None (fill the input) or 'model', not {zoom!r}")
+        if zoom == self._zoom:
+            return False
+        self._zoom = zoom
+        if self.predictor is None:
+            return False
+        inner = getattr(self.predictor, "predictor", self.predictor)
+        self.predictor = self._wrap(SamPredictor(self.model, device=inner.device, precision=inner.precision, zoom=zoom))
+        self.version += 1
+        return True
+
+    @property
     def tag(self) -> tuple[int, bool]:
         """What an interactive embedding is made with: (model version, tiled)."""
         return (self.version, self._tiled)
@@ -83,7 +107,8 @@ class ModelSlot:
         """A ``SamPredictor`` on the current model for worker threads (shares the weights)."""
         predictor = self.require()
         if self._background is None or self._background[0] != self.version:
-            bg = SamPredictor(self.model, device=predictor.device, precision=predictor.precision)
+            inner = getattr(predictor, "predictor", predictor)
+            bg = SamPredictor(self.model, device=predictor.device, precision=predictor.precision, zoom=inner.zoom)
             self._background = (self.version, bg)
         return self._background[1]
 

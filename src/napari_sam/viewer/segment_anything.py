@@ -194,6 +194,20 @@ class SegmentAnything:
             self.embeddings.clear()
             self.preview.clear()
 
+    @property
+    def zoom(self) -> float | None:
+        """How images (and stack slices) smaller than the model's input are embedded: None, enlarged
+        to fill it (SAM's resize); a number, scaled by it (1: their own pixel scale) and zero-padded.
+        Default: the model's (``Preprocessing.zoom``; docs/volume.md, "Scale")."""
+        return self.model_slot.zoom
+
+    @zoom.setter
+    def zoom(self, zoom: float | None | str) -> None:
+        if self.model_slot.set_zoom(zoom):  # other embeddings, stack stores included
+            self.embeddings.clear()
+            self.stores.clear()
+            self.preview.clear()
+
     # ------------------------------------------------------------------ image / labels layers
     def set_image_layer(self, layer: Image | None) -> None:
         """Segment ``layer`` (an Image layer, 2D-nD, RGB(A), any dtype); clears the prompts.

@@ -12,8 +12,11 @@ per object and predicts the object on every other slice, walking away from each 
    ``mask_input``);
 3. an object stops in a direction (that slice is dropped) when its mask has fewer than ``min_area``
    pixels, its predicted IoU is below ``iou_threshold``, its stability (on the low-res logits, SAM's
-   offset 1.0) is below ``stability_threshold``, or its IoU with the previous slice's mask is below
-   ``overlap_threshold``;
+   offset 1.0) is below ``stability_threshold``, its IoU with the previous slice's mask is below
+   ``overlap_threshold``, its area is more than ``max_growth`` times (or less than ``min_fraction``
+   of) the area of its largest slice so far, or it is further from its keyframe than ``max_extent``
+   times the radius of that largest slice (``volume.stops``; every step's measures are kept in
+   ``VolumeResult.trace``);
 4. between two keyframes of one object both sweeps run; each slice takes the mask carried from the
    nearer keyframe (ties: the higher predicted IoU), or the one that reached it if the other stopped.
 
@@ -46,6 +49,7 @@ from napari_sam.volume.result import (
     seeds_from_labels,
     uncrop_mask,
 )
+from napari_sam.volume.stops import DEFAULT_RULES, Step, StopRules, stability
 from napari_sam.volume.store import EmbeddingStore
 from napari_sam.volume.tracker import is_sam2, track_keyframes
 
@@ -62,17 +66,12 @@ class _Track:
     logits: np.ndarray | None = None  # previous (1, 256, 256)
     alive: bool = True
     reason: str = ""
+    largest: int = 0  # the largest mask area so far (keyframe included)
+    steps: list[Step] = field(default_factory=list)
     out: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict)
 
     def covers(self, z: int) -> bool:
         return min(self.start + self.step, self.end) <= z <= max(self.start + self.step, self.end)
-
-
-def _stability(logits: np.ndarray, offset: float = 1.0) -> np.ndarray:
-    """(B, h, w) logits -> (B,) area(> offset) / area(> -offset)."""
-    hi = (logits > offset).sum(axis=(-2, -1))
-    lo = (logits > -offset).sum(axis=(-2, -1))
-    return np.where(lo > 0, hi / np.maximum(lo, 1), 0.0)
 
 
 def _predict(predictor, prompts: list[dict], multimask: bool):
@@ -120,11 +119,14 @@ def segment_volume(
     axis: int = 0,
     prompt: str = "box+point+mask",
     box_margin: float = 0.1,
-    iou_threshold: float = 0.3,
-    stability_threshold: float = 0.0,
-    overlap_threshold: float = 0.3,
-    min_area: int = 4,
-    max_distance: int | None = None,
+    iou_threshold: float = DEFAULT_RULES.iou_threshold,
+    stability_threshold: float = DEFAULT_RULES.stability_threshold,
+    overlap_threshold: float = DEFAULT_RULES.overlap_threshold,
+    min_area: int = DEFAULT_RULES.min_area,
+    max_distance: int | None = DEFAULT_RULES.max_distance,
+    max_growth: float | None = DEFAULT_RULES.max_growth,
+    min_fraction: float | None = DEFAULT_RULES.min_fraction,
+    max_extent: float | None = DEFAULT_RULES.max_extent,
     multimask: bool = False,
     negatives: bool = True,
     keep_seed_masks: bool = True,
@@ -144,7 +146,8 @@ def segment_volume(
         prompt: which derived prompts carry an object to the next slice: '+'-joined subset of
             ``box``, ``point``, ``mask``.
         box_margin: the previous mask's box is widened by this fraction of its side (at least 1 px).
-        iou_threshold, stability_threshold, overlap_threshold, min_area: stop criteria (module doc).
+        iou_threshold, stability_threshold, overlap_threshold, min_area, max_growth, min_fraction, max_extent:
+            stop criteria (module doc, :class:`napari_sam.volume.stops.StopRules`; None: rule off).
         max_distance: stop after this many slices away from a keyframe (None: no limit).
         multimask: predict 3 masks per step and keep the best-scored (else SAM's single mask).
         negatives: add, as negative points, the deepest points of the other objects (moving the
@@ -190,6 +193,8 @@ def segment_volume(
             {_seed_slice(z, oid, n, store.axis): Prompt.coerce(p, hw) for z, p in frames.items()}
         )
     keyframes = {oid: fr for oid, fr in keyframes.items() if fr}
+    rules = StopRules(min_area, iou_threshold, stability_threshold, overlap_threshold, max_growth, min_fraction,
+                      max_extent)
     if is_sam2(predictor.model):  # SAM 2: its memory carries the objects (volume.tracker), no heuristics
         return track_keyframes(store, keyframes, progress=progress, cancel=cancel)
 
@@ -239,7 +244,7 @@ def segment_volume(
                     results.setdefault(oid, {})[z] = (crop_mask(m), float(scores[k]), 0)
                     for t in tracks:
                         if t.oid == oid and t.start == z:
-                            t.mask, t.logits = m, logits[k]
+                            t.mask, t.logits, t.largest = m, logits[k], int(m.sum())
                             if m.sum() < max(min_area, 1):
                                 t.alive, t.reason = False, f"empty keyframe at slice {z}"
             seeds_done.add(z)
@@ -278,22 +283,18 @@ def segment_volume(
                     prompts.append(p)
                 predictor.set_image_embedding(store.get(z))
                 masks, scores, logits = _predict(predictor, prompts, multimask)
-                stab = _stability(logits[:, 0])
+                stab = stability(logits[:, 0])
                 for k, t in enumerate(active):
                     m = masks[k]
                     iou = np.logical_and(m, t.mask).sum() / max(1, np.logical_or(m, t.mask).sum())
-                    checks = (
-                        ("vanished", m.sum() < max(min_area, 1)),
-                        ("score", scores[k] < iou_threshold),
-                        ("stability", stab[k] < stability_threshold),
-                        ("overlap", iou < overlap_threshold),
-                    )
-                    reason = next((name for name, failed in checks if failed), "")
+                    d = abs(z - t.start)
+                    st = Step(z, d, int(m.sum()), float(scores[k]), float(stab[k]), float(iou), t.largest)
+                    t.steps.append(st)
+                    reason = rules.reason(st)
                     if reason:
                         t.alive, t.reason = False, f"{reason} at slice {z}"
                         continue
-                    t.mask, t.logits = m, logits[k]
-                    d = abs(z - t.start)
+                    t.mask, t.logits, t.largest = m, logits[k], max(t.largest, st.area)
                     prev = results.setdefault(t.oid, {}).get(z)
                     if prev is None or (d, -scores[k]) < (prev[2], -prev[1]):
                         results[t.oid][z] = (crop_mask(m), float(scores[k]), d)  # cropped: memory ~ objects
@@ -323,9 +324,9 @@ def segment_volume(
                 out.masks.setdefault(z, {})[oid] = uncrop_mask(crop, hw)
                 out.scores.setdefault(z, {})[oid] = s
     for t in tracks:
-        out.stopped.setdefault(t.oid, {})[f"{'up' if t.step > 0 else 'down'} from {t.start}"] = (
-            t.reason or "end"
-        )
+        name = f"{'up' if t.step > 0 else 'down'} from {t.start}"
+        out.stopped.setdefault(t.oid, {})[name] = t.reason or "end"
+        out.trace.setdefault(t.oid, {})[name] = list(t.steps)
     if not cancelled and progress is not None:
         progress(total, total)
     return out

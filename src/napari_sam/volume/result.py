@@ -220,6 +220,8 @@ class VolumeResult:
     masks: dict[int, SliceMasks] = field(default_factory=dict)  # slice -> {id: (H, W) bool}, kept cropped
     scores: dict[int, dict[int, float]] = field(default_factory=dict)  # slice -> {id: predicted IoU}
     stopped: dict[int, dict[str, str]] = field(default_factory=dict)  # id -> {"up from 7": reason}
+    #: id -> {"up from 7": [volume.stops.Step, ...]}: every step's measures, the failing one last
+    trace: dict[int, dict[str, list]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.masks = _VolumeMasks(tuple(self.shape[1:]), self.masks)

@@ -65,6 +65,9 @@ class EmbeddingStore:
             neighbouring slices look different to the encoder).
         rgb: whether the last axis is colour; None infers it (4D with 3 or 4 channels last).
         hash_mode: ``'full'``, ``'lazy'`` or ``'auto'`` (full for numpy arrays); see the module doc.
+        zoom: how slices smaller than the model's input are embedded: ``"predictor"`` (its ``zoom``,
+            by default the model's), None (enlarged to fill the input) or a scale (1: the slice's own
+            pixel scale, zero-padded); see ``SamPredictor.zoom`` and docs/volume.md, "Scale".
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class EmbeddingStore:
         contrast_limits: tuple[float, float] | None = None,
         rgb: bool | None = None,
         hash_mode: str = "auto",
+        zoom: float | None | str = "predictor",
     ) -> None:
         shape = tuple(int(s) for s in volume.shape)
         self.rgb = bool(len(shape) == 4 and shape[-1] in (3, 4)) if rgb is None else bool(rgb)
@@ -115,6 +119,8 @@ class EmbeddingStore:
         if hash_mode not in ("full", "lazy"):
             raise ValueError(f"hash_mode must be 'auto', 'full' or 'lazy', not {hash_mode!r}")
         self.hash_mode = hash_mode
+        self._zoom_arg = {} if zoom == "predictor" else {"zoom": None if zoom is None else float(zoom)}
+        self.zoom = self._zoom_arg.get("zoom", getattr(predictor, "zoom", None))
         model = predictor.model
         ident = {
             "format": STORE_FORMAT,
@@ -134,6 +140,7 @@ class EmbeddingStore:
                 "img_size": int(predictor.img_size),
                 "contrast_limits": self.contrast_limits,
                 "rgb": self.rgb,
+                "zoom": self.zoom,
             },
         }
         self.key = ident_key(ident)
@@ -203,7 +210,7 @@ class EmbeddingStore:
         images = [self.slice(i) for i in indices]
         rgb_images = [to_sam_image(img, contrast_limits=self.contrast_limits, rgb=self.rgb) for img in images]
         with self._encode_lock:
-            embs = self.predictor.encode_batch(rgb_images, batch_size=len(rgb_images))
+            embs = self.predictor.encode_batch(rgb_images, batch_size=len(rgb_images), **self._zoom_arg)
             self._sizes = (tuple(embs[0].original_size), tuple(embs[0].input_size))
             self.stats["computed"] += len(embs)
         return [
