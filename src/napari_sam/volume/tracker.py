@@ -17,7 +17,8 @@
    :meth:`~VolumeTracker.found` lists the slices an object was found on.
 
 Image features are made slice by slice (:class:`~napari_sam.volume.frames.SliceFeatures`: a small
-cache, or a ``features`` callable). The memory bank keeps the prompted slices and the tracked
+cache, or a ``features`` callable; :func:`track_keyframes` reads its ``EmbeddingStore``, see
+:func:`~napari_sam.volume.frames.store_features`). The memory bank keeps the prompted slices and the tracked
 slices within reach of the slice being tracked or of a prompted slice (``num_maskmem`` memories,
 ``max_obj_ptrs_in_encoder`` pointers), so memory stays flat over long stacks; a correction far
 from every prompted slice then sees the prompted slices' memory only (``keep_all_memory=True``
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
 from napari_sam.errors import SamTypeError, SamUserError
 from napari_sam.models.sam2.tracking import apply_non_overlapping_constraints, encode_new_memory, track_step
-from napari_sam.volume.frames import FeatureFn, SliceFeatures
+from napari_sam.volume.frames import FeatureFn, SliceFeatures, store_features
 from napari_sam.volume.memory_bank import ObjectState, memory_reach
 from napari_sam.volume.result import Prompt, VolumeResult
 from napari_sam.volume.tracker_inputs import check_prompt, fill_holes
@@ -382,9 +383,16 @@ def track_keyframes(
     """``segment_volume`` with a SAM 2 model: the objects of ``keyframes`` ({id: {slice: Prompt}})
     through the stack of ``store`` (an ``EmbeddingStore``: its volume, axis, contrast limits and
     predictor's model), propagated both ways from the first prompted slice by SAM 2's memory. A
-    keyframe's mask, when it has one, stands for its points and box."""
-    model = store.predictor.model
-    tracker = VolumeTracker(model, store.volume, store.axis, contrast_limits=store.contrast_limits, rgb=store.rgb)
+    keyframe's mask, when it has one, stands for its points and box. Image features come from the
+    store (slices already encoded are not encoded again; new ones are kept there)."""
+    tracker = VolumeTracker(
+        store.predictor.model,
+        store.volume,
+        store.axis,
+        features=store_features(store),
+        contrast_limits=store.contrast_limits,
+        rgb=store.rgb,
+    )
     # a keyframe with a mask (the widget's preview: the candidate the user chose) is that mask; SAM 2
     # takes a slice's mask or its clicks, not both
     tracker.add_prompts({
