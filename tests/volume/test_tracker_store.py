@@ -12,9 +12,10 @@ from test_tracker import structured_stack
 
 from napari_sam.engine.predictor import SamPredictor
 from napari_sam.volume.frames import SliceFeatures, store_features
+from napari_sam.volume.keyframes import track_keyframes
 from napari_sam.volume.propagate import Prompt, segment_volume
 from napari_sam.volume.store import EmbeddingStore
-from napari_sam.volume.tracker import VolumeTracker, track_keyframes
+from napari_sam.volume.tracker import VolumeTracker
 
 
 @pytest.fixture(scope="module")

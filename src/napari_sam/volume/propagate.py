@@ -36,9 +36,9 @@ import numpy as np
 
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
 from napari_sam.errors import SamUserError
+from napari_sam.volume.keyframes import is_sam2, track_keyframes
 from napari_sam.volume.result import Prompt, VolumeResult, mask_box, mask_point, seeds_from_labels
 from napari_sam.volume.store import EmbeddingStore
-from napari_sam.volume.tracker import is_sam2, track_keyframes
 
 __all__ = ["segment_volume", "seeds_from_labels", "Prompt", "VolumeResult"]
 
