@@ -326,7 +326,9 @@ def test_objects_in_one_batch_as_one_at_a_time(small_model):
         tracker.add_prompt(5, 4, points=[[48.0, 38.0]])
         sizes: list[int] = []
         run_batch = tracker._run_batch
-        tracker._run_batch = lambda objs, *a, **k: sizes.append(len(objs)) or run_batch(objs, *a, **k)
+        tracker._run_batch = lambda objs, *a, sizes=sizes, run=run_batch, **k: (
+            sizes.append(len(objs)) or run(objs, *a, **k)
+        )
         tracker.propagate("both")
         runs.append(tracker)
         batches.append(sizes)
