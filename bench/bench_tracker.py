@@ -9,8 +9,8 @@ propagation (sampled every 20 ms, above the level before it), and the tensors ea
 
     python bench/bench_tracker.py [--slices 40] [--objects 1] [--which ours,meta]
 
-``ours_one`` in ``--which``: ours with every object tracked alone (``batch_objects=False``); ``ours``
-tracks the objects prompted on the same slices as one batch per slice.
+``ours_batch`` in ``--which``: ours with the objects prompted on the same slice tracked as one batch
+per slice (``batch_objects=True``); ``ours`` tracks every object alone (the default).
 
 ``--long``: our tracker alone (our SAM 2.1 tiny networks, random weights) through a 300-slice
 512 x 512 stack: resident memory (now and peak since the start) and the memory bank's size after
@@ -174,8 +174,8 @@ def main() -> None:
             last[0] = now
 
         with torch.inference_mode():
-            if which in ("ours", "ours_one"):  # ours_one: every object alone (batch_objects=False)
-                t = VolumeTracker(model, np.zeros((n, *hw), np.uint8), batch_objects=which == "ours")
+            if which in ("ours", "ours_batch"):
+                t = VolumeTracker(model, np.zeros((n, *hw), np.uint8), batch_objects=which == "ours_batch")
                 for k, c in enumerate(clicks):
                     t.add_prompt(0, k + 1, points=c)
                 with PeakRSS() as peak:

@@ -178,7 +178,7 @@ def test_parity_small_objects_in_one_batch(small_model, monkeypatch):
     SAM2VideoPredictor one at a time; the same masks and object scores (256 px)."""
     small_model.add_all_frames_to_correct_as_cond = True
     vol = structured_stack(6, 48, 64, seed=4)
-    tracker = VolumeTracker(small_model, vol)
+    tracker = VolumeTracker(small_model, vol, batch_objects=True)
     state = meta_state(small_model, tracker, monkeypatch)
     prompts = [
         (1, dict(points=[[20.0, 20.0]], labels=[1])),

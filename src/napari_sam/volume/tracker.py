@@ -24,8 +24,8 @@ slices within reach of the slice being tracked or of a prompted slice (``num_mas
 from every prompted slice then sees the prompted slices' memory only (``keep_all_memory=True``
 keeps everything, as Meta does). Meta's hole filling (a CUDA extension, skipped on CPU) is off
 unless ``fill_hole_area`` > 0 (then done with scipy, 8-connected holes in the low-res logits).
-On each slice the objects whose banks hold the same slices (e.g. all prompted on the same slices)
-are tracked as one batch (``batch_objects``). Progress and cancel are checked between whole slices;
+``batch_objects=True`` tracks the objects whose banks hold the same slices as one batch per slice
+(off by default: slower and 4-6x the peak memory on a CPU, docs/sam2.md). Progress and cancel are checked between whole slices;
 a cancelled run keeps whole slices only.
 Prompts are SAM's: ``(x, y)`` points, ``(x0, y0, x1, y1)`` boxes in pixels of a slice.
 """
@@ -82,7 +82,7 @@ class VolumeTracker:
         keep_all_memory: bool = False,
         fill_hole_area: int = 0,
         non_overlap: bool = False,
-        batch_objects: bool = True,
+        batch_objects: bool = False,
     ) -> None:
         if not all(hasattr(model, a) for a in ("forward_image", "sam_mask_decoder", "memory_encoder")):
             raise SamTypeError(f"a SAM 2 model is needed (with memory), got {type(model).__name__}")
