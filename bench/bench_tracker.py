@@ -98,7 +98,8 @@ def long_run(args) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
     proc = psutil.Process()
     with torch.inference_mode():
-        backbone = model.forward_image(torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0)))
+        image = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+        backbone = model.forward_image(image)
     n, hw = args.slices, (args.hw, args.hw)
     marks = sorted({int(c) for c in args.checkpoints.split(",") if 0 < int(c) <= n})
     print(f"--long: {n} slices of {hw[0]}x{hw[1]}, sam2.1_hiera_tiny (ours, random weights, 1024 px), "
@@ -128,8 +129,8 @@ def long_run(args) -> None:
 
         tracker.propagate("forward", on_slice=on_slice)
     found = {oid: len(tracker.found(oid)) for oid in tracker.object_ids}
-    print(json.dumps({"long": rows, "found_slices_per_object": found, "rss_mib_before": round(peak.base / 2**20, 1)},
-                     indent=1))
+    before = round(peak.base / 2**20, 1)
+    print(json.dumps({"long": rows, "found_slices_per_object": found, "rss_mib_before": before}, indent=1))
 
 
 def main() -> None:

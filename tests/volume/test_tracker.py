@@ -197,7 +197,7 @@ def test_parity_small_objects_in_one_batch(small_model, monkeypatch):
     tracker.propagate("both")
     assert max(sizes) == 3
     agree, dscore = compare(tracker, ref_masks, meta_scores(small_model, state), 6)
-    print(f"\nparity (256 px, 3 objects in one batch): worst slice agreement {agree:.6f}, worst score diff {dscore:.2e}")
+    print(f"\nparity (256 px, 3 objects in one batch): worst agreement {agree:.6f}, worst score diff {dscore:.2e}")
     assert agree >= 0.999 and dscore <= 1e-3, (agree, dscore)
 
 

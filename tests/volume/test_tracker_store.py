@@ -114,7 +114,7 @@ def test_masks_with_and_without_the_store(model, encoder_calls):
             a = own.result.masks.get(z, {}).get(oid, np.zeros(own.hw, bool))
             b = fed.result.masks.get(z, {}).get(oid, np.zeros(own.hw, bool))
             worst, differing = min(worst, float((a == b).mean())), differing + int((a != b).sum())
-    print(f"\nstore (float16) vs own encoder (float32): worst slice agreement {worst:.6f}, {differing} pixels differ")
+    print(f"\nstore (float16) vs own encoder (float32): worst agreement {worst:.6f}, {differing} pixels differ")
     assert worst >= 0.999, worst
     for oid in (1, 2):
         assert own.found(oid) == fed.found(oid)

@@ -60,7 +60,8 @@ def store_features(store: Any) -> FeatureFn:
         if model.directly_add_no_mem_embed:
             top = top - model.no_mem_embed.detach().view(1, -1, 1, 1).to(top)
         fpn = [*(emb.high_res or ()), top]
-        return {"vision_features": top, "vision_pos_enc": [pos_enc(x).to(x.dtype) for x in fpn], "backbone_fpn": fpn}
+        pos = [pos_enc(x).to(x.dtype) for x in fpn]
+        return {"vision_features": top, "vision_pos_enc": pos, "backbone_fpn": fpn}
 
     return features
 

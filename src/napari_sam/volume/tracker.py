@@ -17,16 +17,16 @@
    :meth:`~VolumeTracker.found` lists the slices an object was found on.
 
 Image features are made slice by slice (:class:`~napari_sam.volume.frames.SliceFeatures`: a small
-cache, or a ``features`` callable; :func:`~napari_sam.volume.keyframes.track_keyframes` reads an ``EmbeddingStore``, see
-:func:`~napari_sam.volume.frames.store_features`). The memory bank keeps the prompted slices and the tracked
-slices within reach of the slice being tracked or of a prompted slice (``num_maskmem`` memories,
-``max_obj_ptrs_in_encoder`` pointers), so memory stays flat over long stacks; a correction far
+cache, or a ``features`` callable; ``segment_volume`` reads the ``EmbeddingStore``'s, see
+:func:`~napari_sam.volume.frames.store_features`). The memory bank keeps the prompted slices and
+the tracked slices within reach of the slice being tracked or of a prompted slice (``num_maskmem``
+memories, ``max_obj_ptrs_in_encoder`` pointers), so memory stays flat over long stacks; a correction far
 from every prompted slice then sees the prompted slices' memory only (``keep_all_memory=True``
 keeps everything, as Meta does). Meta's hole filling (a CUDA extension, skipped on CPU) is off
 unless ``fill_hole_area`` > 0 (then done with scipy, 8-connected holes in the low-res logits).
 ``batch_objects=True`` tracks the objects whose banks hold the same slices as one batch per slice
-(off by default: slower and 4-6x the peak memory on a CPU, docs/sam2.md). Progress and cancel are checked between whole slices;
-a cancelled run keeps whole slices only.
+(off by default: slower and 4-6x the peak memory on a CPU, docs/sam2.md). Progress and cancel are
+checked between whole slices; a cancelled run keeps whole slices only.
 Prompts are SAM's: ``(x, y)`` points, ``(x0, y0, x1, y1)`` boxes in pixels of a slice.
 """
 
@@ -383,7 +383,8 @@ class VolumeTracker:
                     return self.result
                 outs = {o.oid: o.cond[z] for o in self.objects.values() if z in o.cond}
                 for group in self._groups([o for o in self.objects.values() if z not in o.cond]):
-                    for obj, out in zip(group, self._run_batch(group, z, False, None, None, reverse, True), strict=True):
+                    done_here = self._run_batch(group, z, False, None, None, reverse, True)
+                    for obj, out in zip(group, done_here, strict=True):
                         outs[obj.oid] = obj.non_cond[z] = out
                 for obj in self.objects.values():
                     obj.tracked[z] = reverse
