@@ -18,7 +18,11 @@ slices 50, 100, 200 and 300 (``--checkpoints``). The image features are one prec
 handed out for every slice through ``VolumeTracker(features=...)`` (no encoder per slice: the
 question is the memory bank, not the encoder).
 
-    python bench/bench_tracker.py --long [--slices 300] [--hw 512] [--objects 1]
+    python bench/bench_tracker.py --long [--slices 300] [--hw 512] [--objects 1] [--image-size 1024]
+
+``--image-size 512`` runs the model at a 512 px input (32 x 32 memory tokens instead of 64 x 64: a
+quarter of the memory per bank entry, about a sixteenth of the attention work), to reach 300 slices
+on a busy CPU; the bank's entries are the same.
 """
 
 from __future__ import annotations
@@ -91,19 +95,20 @@ def long_run(args) -> None:
     from napari_sam.volume.tracker import VolumeTracker
 
     torch.manual_seed(0)
-    model = build_model("sam2.1_hiera_tiny")
+    model = build_model("sam2.1_hiera_tiny", image_size=args.image_size)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # random weights, none left at zero (object pointers, memory embeddings)
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
     proc = psutil.Process()
     with torch.inference_mode():
-        image = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+        s = args.image_size
+        image = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
         backbone = model.forward_image(image)
     n, hw = args.slices, (args.hw, args.hw)
     marks = sorted({int(c) for c in args.checkpoints.split(",") if 0 < int(c) <= n})
-    print(f"--long: {n} slices of {hw[0]}x{hw[1]}, sam2.1_hiera_tiny (ours, random weights, 1024 px), "
-          f"{args.objects} object(s), forward; image features: one precomputed backbone for every slice "
+    print(f"--long: {n} slices of {hw[0]}x{hw[1]}, sam2.1_hiera_tiny (ours, random weights, "
+          f"{args.image_size} px input), {args.objects} object(s), forward; image features: one precomputed backbone for every slice "
           f"(features= callable, no encoder per slice)", flush=True)
     tracker = VolumeTracker(model, np.zeros((n, *hw), np.uint8), features=lambda z: backbone)
     for k in range(args.objects):
@@ -141,6 +146,7 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="memory through a long stack (ours only)")
     ap.add_argument("--hw", type=int, default=512)
     ap.add_argument("--checkpoints", default="50,100,200,300")
+    ap.add_argument("--image-size", type=int, default=1024, help="--long: the model's input side (SAM 2.1: 1024)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the shared CPU: OMP_NUM_THREADS=1
     if args.long:
