@@ -266,13 +266,14 @@ class VolumeTracker:
         if self.fill_hole_area > 0:
             pred = fill_holes(pred, self.fill_hole_area)
         enc = self._pos_enc(out["maskmem_pos_enc"])
+        one = (lambda t, i: t[i : i + 1].clone()) if b > 1 else (lambda t, i: t)  # no view keeps the batch
         return [
             {
-                "maskmem_features": None if mem is None else mem[i : i + 1].to(torch.bfloat16),
+                "maskmem_features": None if mem is None else one(mem, i).to(torch.bfloat16),
                 "maskmem_pos_enc": enc,
-                "pred_masks": pred[i : i + 1],
-                "obj_ptr": out["obj_ptr"][i : i + 1],
-                "object_score_logits": out["object_score_logits"][i : i + 1],
+                "pred_masks": one(pred, i),
+                "obj_ptr": one(out["obj_ptr"], i),
+                "object_score_logits": one(out["object_score_logits"], i),
                 "iou": float(out["ious"].reshape(b, -1)[i, 0]),
             }
             for i in range(b)
