@@ -8,6 +8,21 @@ mean seconds per slice (after the first 2), the peak resident memory of the proc
 propagation (sampled every 20 ms, above the level before it), and the tensors each bank holds at the end.
 
     python bench/bench_tracker.py [--slices 40] [--objects 1] [--which ours,meta]
+
+``ours_batch`` in ``--which``: ours with the objects prompted on the same slice tracked as one batch
+per slice (``batch_objects=True``); ``ours`` tracks every object alone (the default).
+
+``--long``: our tracker alone (our SAM 2.1 tiny networks, random weights) through a 300-slice
+512 x 512 stack: resident memory (now and peak since the start) and the memory bank's size after
+slices 50, 100, 200 and 300 (``--checkpoints``). The image features are one precomputed backbone
+handed out for every slice through ``VolumeTracker(features=...)`` (no encoder per slice: the
+question is the memory bank, not the encoder).
+
+    python bench/bench_tracker.py --long [--slices 300] [--hw 512] [--objects 1] [--image-size 1024]
+
+``--image-size 512`` runs the model at a 512 px input (32 x 32 memory tokens instead of 64 x 64: a
+quarter of the memory per bank entry, about a sixteenth of the attention work), to reach 300 slices
+on a busy CPU; the bank's entries are the same.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import threading
 import time
@@ -73,13 +89,70 @@ def tensor_bytes(obj) -> int:
     return walk(obj)
 
 
+def long_run(args) -> None:
+    """Memory through a long stack (see the module doc, ``--long``)."""
+    from napari_sam.models.sam import build_model
+    from napari_sam.volume.tracker import VolumeTracker
+
+    torch.manual_seed(0)
+    model = build_model("sam2.1_hiera_tiny", image_size=args.image_size)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights, none left at zero (object pointers, memory embeddings)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    proc = psutil.Process()
+    with torch.inference_mode():
+        s = args.image_size
+        image = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+        backbone = model.forward_image(image)
+    n, hw = args.slices, (args.hw, args.hw)
+    marks = sorted({int(c) for c in args.checkpoints.split(",") if 0 < int(c) <= n})
+    print(f"--long: {n} slices of {hw[0]}x{hw[1]}, sam2.1_hiera_tiny (ours, random weights, "
+          f"{args.image_size} px input), {args.objects} object(s), forward; image features: one precomputed backbone for every slice "
+          f"(features= callable, no encoder per slice)", flush=True)
+    tracker = VolumeTracker(model, np.zeros((n, *hw), np.uint8), features=lambda z: backbone)
+    for k in range(args.objects):
+        tracker.add_prompt(0, k + 1, points=[[hw[1] * (k + 1) / (args.objects + 1), hw[0] / 2]])
+    rows: list[dict] = []
+    start = time.perf_counter()
+    with PeakRSS() as peak:
+        def on_slice(z, masks):
+            if z + 1 in marks:
+                bank = tensor_bytes([o.output_dict for o in tracker.objects.values()])
+                result = sum(m.nbytes for per in tracker.result.masks.values() for m in per.values())
+                row = {
+                    "slices_done": z + 1,
+                    "rss_mib": round(proc.memory_info().rss / 2**20, 1),
+                    "peak_rss_mib": round(max(peak.peak, proc.memory_info().rss) / 2**20, 1),
+                    "bank_entries": sum(tracker.memory_entries().values()),
+                    "bank_mib": round(bank / 2**20, 1),
+                    "result_masks_mib": round(result / 2**20, 1),
+                    "s_per_slice": round((time.perf_counter() - start) / (z + 1), 2),
+                }
+                rows.append(row)
+                print(row, flush=True)
+
+        tracker.propagate("forward", on_slice=on_slice)
+    found = {oid: len(tracker.found(oid)) for oid in tracker.object_ids}
+    before = round(peak.base / 2**20, 1)
+    print(json.dumps({"long": rows, "found_slices_per_object": found, "rss_mib_before": before}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--slices", type=int, default=40)
+    ap.add_argument("--slices", type=int, default=None)
     ap.add_argument("--objects", type=int, default=1)
     ap.add_argument("--which", default="ours,meta")
+    ap.add_argument("--long", action="store_true", help="memory through a long stack (ours only)")
+    ap.add_argument("--hw", type=int, default=512)
+    ap.add_argument("--checkpoints", default="50,100,200,300")
+    ap.add_argument("--image-size", type=int, default=1024, help="--long: the model's input side (SAM 2.1: 1024)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the shared CPU: OMP_NUM_THREADS=1
+    if args.long:
+        args.slices = args.slices or 300
+        return long_run(args)
+    args.slices = args.slices or 40
     from _sam2_reference import build_reference, sam2_package
 
     from napari_sam.volume.tracker import VolumeTracker
@@ -108,8 +181,8 @@ def main() -> None:
             last[0] = now
 
         with torch.inference_mode():
-            if which == "ours":
-                t = VolumeTracker(model, np.zeros((n, *hw), np.uint8))
+            if which in ("ours", "ours_batch"):
+                t = VolumeTracker(model, np.zeros((n, *hw), np.uint8), batch_objects=which == "ours_batch")
                 for k, c in enumerate(clicks):
                     t.add_prompt(0, k + 1, points=c)
                 with PeakRSS() as peak:

@@ -173,6 +173,34 @@ def test_parity_small_mask_prompt_two_slices(small_model, monkeypatch):
     assert agree >= 0.999 and dscore <= 1e-3, (agree, dscore)
 
 
+def test_parity_small_objects_in_one_batch(small_model, monkeypatch):
+    """Three objects prompted on the same slice: ours tracks them as one batch per slice, Meta's
+    SAM2VideoPredictor one at a time; the same masks and object scores (256 px)."""
+    small_model.add_all_frames_to_correct_as_cond = True
+    vol = structured_stack(6, 48, 64, seed=4)
+    tracker = VolumeTracker(small_model, vol, batch_objects=True)
+    state = meta_state(small_model, tracker, monkeypatch)
+    prompts = [
+        (1, dict(points=[[20.0, 20.0]], labels=[1])),
+        (2, dict(box=[30.0, 10.0, 60.0, 40.0])),
+        (3, dict(points=[[45.0, 30.0], [10.0, 40.0]], labels=[1, 0])),
+    ]
+    with torch.inference_mode():
+        for oid, p in prompts:
+            small_model.add_new_points_or_box(state, 2, oid, **p)
+        ref_masks = meta_propagate(small_model, state)
+    sizes: list[int] = []
+    run_batch = tracker._run_batch
+    tracker._run_batch = lambda objs, *a, **k: sizes.append(len(objs)) or run_batch(objs, *a, **k)
+    for oid, p in prompts:
+        tracker.add_prompt(2, oid, **p)
+    tracker.propagate("both")
+    assert max(sizes) == 3
+    agree, dscore = compare(tracker, ref_masks, meta_scores(small_model, state), 6)
+    print(f"\nparity (256 px, 3 objects in one batch): worst agreement {agree:.6f}, worst score diff {dscore:.2e}")
+    assert agree >= 0.999 and dscore <= 1e-3, (agree, dscore)
+
+
 def test_object_tracked_before_its_prompt(small_model, one_backbone):
     """An object prompted on a later slice than the start: tracked there with the memory of its
     prompt and no object pointer (Meta's CPU path fails here: its memory stays bfloat16)."""
@@ -310,3 +338,34 @@ def test_our_networks_track_as_meta_model(small_model):
             assert (ma is None) == (mb is None)
             if ma is not None:
                 assert (ma == mb).mean() >= 0.999
+
+
+def test_objects_in_one_batch_as_one_at_a_time(small_model):
+    """Three objects prompted on slice 2 (one batch per slice) and a fourth also on slice 5 (its own):
+    the same masks and object scores as tracking every object alone."""
+    vol = structured_stack(7, 48, 64, seed=3)
+    runs, batches = [], []
+    for batch in (True, False):
+        tracker = VolumeTracker(small_model, vol, batch_objects=batch)
+        tracker.add_prompt(2, 1, points=[[20.0, 20.0]])
+        tracker.add_prompt(2, 2, box=[30.0, 10.0, 60.0, 40.0])
+        tracker.add_prompt(2, 3, points=[[40.0, 30.0], [10.0, 40.0]], labels=[1, 0])
+        tracker.add_prompt(2, 4, points=[[50.0, 35.0]])
+        tracker.add_prompt(5, 4, points=[[48.0, 38.0]])
+        sizes: list[int] = []
+        run_batch = tracker._run_batch
+        tracker._run_batch = lambda objs, *a, sizes=sizes, run=run_batch, **k: (
+            sizes.append(len(objs)) or run(objs, *a, **k)
+        )
+        tracker.propagate("both")
+        runs.append(tracker)
+        batches.append(sizes)
+    assert max(batches[0]) == 3 and max(batches[1]) == 1
+    a, b = runs
+    for oid in (1, 2, 3, 4):
+        for z in range(7):
+            ma = a.result.masks.get(z, {}).get(oid, np.zeros(a.hw, bool))
+            mb = b.result.masks.get(z, {}).get(oid, np.zeros(b.hw, bool))
+            assert (ma == mb).mean() >= 0.999
+            assert abs(a.objects[oid].object_scores[z] - b.objects[oid].object_scores[z]) <= 1e-4
+        assert a.found(oid) == b.found(oid)

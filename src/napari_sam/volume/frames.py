@@ -5,7 +5,9 @@
 the stack's contrast limits -> [0, 1] -> 1024 x 1024 bilinear with antialias -> normalised by
 ImageNet mean/std; no padding: SAM 2 squashes the image), runs ``model.forward_image`` and keeps
 the ``cache_size`` most recently used slices. A ``features`` callable (``z -> backbone_out``, the
-dict ``forward_image`` returns) replaces the encoder, e.g. to read an embedding store.
+dict ``forward_image`` returns) replaces the encoder: :func:`store_features` reads an
+``EmbeddingStore`` of the same model (the slices the user already browsed are not encoded again,
+and those encoded for tracking stay in the store, within its budget and disk cache).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from napari_sam.engine.images import PERCENTILES, to_sam_image
 from napari_sam.errors import SamUserError
 
-__all__ = ["SAM2_MEAN", "SAM2_STD", "SliceFeatures", "preprocess_sam2"]
+__all__ = ["SAM2_MEAN", "SAM2_STD", "SliceFeatures", "preprocess_sam2", "store_features"]
 
 SAM2_MEAN = (0.485, 0.456, 0.406)
 SAM2_STD = (0.229, 0.224, 0.225)
@@ -37,6 +39,31 @@ def preprocess_sam2(rgb: np.ndarray, image_size: int, device: torch.device | str
     mean = torch.tensor(SAM2_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(SAM2_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def store_features(store: Any) -> FeatureFn:
+    """``z -> backbone_out`` of slice ``z`` from ``store`` (an ``EmbeddingStore`` whose predictor
+    holds the SAM 2 model that tracks): ``store.get(z)`` (memory, then disk, then the encoder, the
+    result kept in the store) turned back into ``forward_image``'s output. The store keeps what
+    ``SAM2ImagePredictor`` keeps: the stride-16 map plus ``no_mem_embed`` (subtracted again here),
+    the projected stride-4 and stride-8 maps, all in float16 (so the masks may differ from those
+    of float32 features in a few boundary pixels); the position encodings depend on the grid only
+    and are made by the image encoder's own sine encoding."""
+    model = store.predictor.model
+    if not hasattr(model, "forward_image"):
+        raise SamUserError(f"the embedding store holds {type(model).__name__} embeddings, not SAM 2's")
+    pos_enc = model.image_encoder.neck.position_encoding
+
+    def features(z: int) -> dict[str, Any]:
+        emb = store.get(z)
+        top = emb.features
+        if model.directly_add_no_mem_embed:
+            top = top - model.no_mem_embed.detach().view(1, -1, 1, 1).to(top)
+        fpn = [*(emb.high_res or ()), top]
+        pos = [pos_enc(x).to(x.dtype) for x in fpn]
+        return {"vision_features": top, "vision_pos_enc": pos, "backbone_fpn": fpn}
+
+    return features
 
 
 class SliceFeatures:

@@ -10,6 +10,10 @@ An output is ``{"maskmem_features" (1, mem_dim, h, w) bfloat16, "maskmem_pos_enc
 (about 0.8 MB at 1024 px). Tracked outputs a frame can no longer attend to are dropped
 (:func:`memory_reach`, :meth:`ObjectState.prune`), so the bank stays flat however long the stack;
 ``object_scores`` (one float per tracked slice) is all that is kept of every slice.
+
+Objects whose banks hold the same slices (:func:`bank_key`) read the same memory slots on a slice,
+so they can be tracked there as one batch (:func:`stacked_bank`), as SAM2VideoPredictor did before
+it went one object at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ObjectState", "memory_reach"]
+import torch
+
+__all__ = ["ObjectState", "bank_key", "memory_reach", "stacked_bank"]
 
 
 def memory_reach(model: Any, n: int) -> int:
@@ -92,3 +98,27 @@ class ObjectState:
     def n_entries(self) -> int:
         """Outputs held (each with its memory features and logits)."""
         return len(self.cond) + len(self.non_cond) + len(self.temp_cond) + len(self.temp_non_cond)
+
+
+def bank_key(obj: ObjectState) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The slices of ``obj``'s bank: objects with the same key select the same memories anywhere."""
+    return tuple(sorted(obj.cond)), tuple(sorted(obj.non_cond))
+
+
+def stacked_bank(objs: list[ObjectState]) -> dict[str, dict[int, dict]]:
+    """The banks of ``objs`` (one :func:`bank_key`) as one bank of batch ``len(objs)``, in Meta's
+    layout, with what ``track_step`` reads of it: memory features, their position encoding and the
+    object pointers, each the objects' in order along the batch axis."""
+    b = len(objs)
+
+    def stack(outs: list[dict]) -> dict:
+        return {
+            "maskmem_features": torch.cat([o["maskmem_features"] for o in outs]),
+            "maskmem_pos_enc": [x.expand(b, *x.shape[1:]) for x in outs[0]["maskmem_pos_enc"]],
+            "obj_ptr": torch.cat([o["obj_ptr"] for o in outs]),
+        }
+
+    return {
+        "cond_frame_outputs": {t: stack([o.cond[t] for o in objs]) for t in objs[0].cond},
+        "non_cond_frame_outputs": {t: stack([o.non_cond[t] for o in objs]) for t in objs[0].non_cond},
+    }

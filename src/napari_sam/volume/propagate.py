@@ -39,6 +39,7 @@ import numpy as np
 
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
 from napari_sam.errors import SamTypeError, SamUserError
+from napari_sam.volume.keyframes import is_sam2, track_keyframes
 from napari_sam.volume.result import (
     Crop,
     Prompt,
@@ -51,7 +52,6 @@ from napari_sam.volume.result import (
 )
 from napari_sam.volume.stops import DEFAULT_RULES, Step, StopRules, stability
 from napari_sam.volume.store import EmbeddingStore
-from napari_sam.volume.tracker import is_sam2, track_keyframes
 
 __all__ = ["segment_volume", "seeds_from_labels", "Prompt", "VolumeResult"]
 

@@ -17,13 +17,16 @@
    :meth:`~VolumeTracker.found` lists the slices an object was found on.
 
 Image features are made slice by slice (:class:`~napari_sam.volume.frames.SliceFeatures`: a small
-cache, or a ``features`` callable). The memory bank keeps the prompted slices and the tracked
-slices within reach of the slice being tracked or of a prompted slice (``num_maskmem`` memories,
-``max_obj_ptrs_in_encoder`` pointers), so memory stays flat over long stacks; a correction far
+cache, or a ``features`` callable; ``segment_volume`` reads the ``EmbeddingStore``'s, see
+:func:`~napari_sam.volume.frames.store_features`). The memory bank keeps the prompted slices and
+the tracked slices within reach of the slice being tracked or of a prompted slice (``num_maskmem``
+memories, ``max_obj_ptrs_in_encoder`` pointers), so memory stays flat over long stacks; a correction far
 from every prompted slice then sees the prompted slices' memory only (``keep_all_memory=True``
 keeps everything, as Meta does). Meta's hole filling (a CUDA extension, skipped on CPU) is off
 unless ``fill_hole_area`` > 0 (then done with scipy, 8-connected holes in the low-res logits).
-Progress and cancel are checked between whole slices; a cancelled run keeps whole slices only.
+``batch_objects=True`` tracks the objects whose banks hold the same slices as one batch per slice
+(off by default: slower and 4-6x the peak memory on a CPU, docs/sam2.md). Progress and cancel are
+checked between whole slices; a cancelled run keeps whole slices only.
 Prompts are SAM's: ``(x, y)`` points, ``(x0, y0, x1, y1)`` boxes in pixels of a slice.
 """
 
@@ -40,7 +43,7 @@ from napari_sam.engine.progress import Cancel, Progress, is_cancelled
 from napari_sam.errors import SamTypeError, SamUserError
 from napari_sam.models.sam2.tracking import apply_non_overlapping_constraints, encode_new_memory, track_step
 from napari_sam.volume.frames import FeatureFn, SliceFeatures
-from napari_sam.volume.memory_bank import ObjectState, memory_reach
+from napari_sam.volume.memory_bank import ObjectState, bank_key, memory_reach, stacked_bank
 from napari_sam.volume.result import Prompt, VolumeResult
 from napari_sam.volume.tracker_inputs import check_prompt, fill_holes
 
@@ -62,6 +65,7 @@ class VolumeTracker:
         keep_all_memory: keep every tracked slice's memory (Meta's behaviour; grows with the stack).
         fill_hole_area: fill background holes up to this many low-res pixels (0: off).
         non_overlap: where objects overlap, only the one with the highest logit keeps the pixel.
+        batch_objects: track the objects with the same memory slices on a slice as one batch.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class VolumeTracker:
         keep_all_memory: bool = False,
         fill_hole_area: int = 0,
         non_overlap: bool = False,
+        batch_objects: bool = False,
     ) -> None:
         if not all(hasattr(model, a) for a in ("forward_image", "sam_mask_decoder", "memory_encoder")):
             raise SamTypeError(f"a SAM 2 model is needed (with memory), got {type(model).__name__}")
@@ -94,6 +99,7 @@ class VolumeTracker:
         self.n, self.axis, self.hw = self.frames.n, self.frames.axis, self.frames.slice_shape
         self.corrections_as_cond, self.keep_all_memory = bool(corrections_as_cond), bool(keep_all_memory)
         self.fill_hole_area, self.non_overlap = int(fill_hole_area), bool(non_overlap)
+        self.batch_objects = bool(batch_objects)
         self.reach = memory_reach(model, self.n)
         self.objects: dict[int, ObjectState] = {}
         self.result = VolumeResult(shape=(self.n, *self.hw), axis=self.axis)
@@ -229,7 +235,17 @@ class VolumeTracker:
 
     def _run(self, obj, z, init, points, mask, reverse, run_mem, prev_logits=None) -> dict:
         """``track_step`` for one object on slice ``z``; the compact output the bank keeps."""
+        return self._run_batch([obj], z, init, points, mask, reverse, run_mem, prev_logits)[0]
+
+    def _run_batch(self, objs, z, init, points, mask, reverse, run_mem, prev_logits=None) -> list[dict]:
+        """``track_step`` for ``objs`` (one object, or several with the same bank slices and no
+        prompt here) on slice ``z`` as one batch; their outputs, in order."""
         feats, pos, sizes = self.frames.get(z)
+        b = len(objs)
+        bank = objs[0].output_dict
+        if b > 1:
+            feats, pos = [x.expand(-1, b, -1) for x in feats], [x.expand(-1, b, -1) for x in pos]
+            bank = stacked_bank(objs)
         out = track_step(
             self.model,
             frame_idx=z,
@@ -239,7 +255,7 @@ class VolumeTracker:
             feat_sizes=sizes,
             point_inputs=points,
             mask_inputs=mask,
-            output_dict=obj.output_dict,
+            output_dict=bank,
             num_frames=self.n,
             track_in_reverse=reverse,
             run_mem_encoder=run_mem,
@@ -249,14 +265,19 @@ class VolumeTracker:
         pred = out["pred_masks"]
         if self.fill_hole_area > 0:
             pred = fill_holes(pred, self.fill_hole_area)
-        return {
-            "maskmem_features": None if mem is None else mem.to(torch.bfloat16),
-            "maskmem_pos_enc": self._pos_enc(out["maskmem_pos_enc"]),
-            "pred_masks": pred,
-            "obj_ptr": out["obj_ptr"],
-            "object_score_logits": out["object_score_logits"],
-            "iou": float(out["ious"].reshape(-1)[0]),
-        }
+        enc = self._pos_enc(out["maskmem_pos_enc"])
+        one = (lambda t, i: t[i : i + 1].clone()) if b > 1 else (lambda t, i: t)  # no view keeps the batch
+        return [
+            {
+                "maskmem_features": None if mem is None else one(mem, i).to(torch.bfloat16),
+                "maskmem_pos_enc": enc,
+                "pred_masks": one(pred, i),
+                "obj_ptr": one(out["obj_ptr"], i),
+                "object_score_logits": one(out["object_score_logits"], i),
+                "iou": float(out["ious"].reshape(b, -1)[i, 0]),
+            }
+            for i in range(b)
+        ]
 
     def _write(self, z: int, outs: dict[int, dict], replace: bool = True) -> dict[int, np.ndarray]:
         """Masks at slice resolution from the outputs' low-res logits, into :attr:`result`."""
@@ -281,6 +302,16 @@ class VolumeTracker:
         return masks
 
     # ------------------------------------------------------------------ propagation
+    def _groups(self, objs: list[ObjectState]) -> list[list[ObjectState]]:
+        """``objs`` in batches tracked together: those whose banks hold the same slices (with
+        ``batch_objects``; the memory encoder's non-overlap option would mix a batch's masks)."""
+        if not self.batch_objects or self.model.non_overlap_masks_for_mem_enc:
+            return [[o] for o in objs]
+        groups: dict[tuple, list[ObjectState]] = {}
+        for o in objs:
+            groups.setdefault(bank_key(o), []).append(o)
+        return list(groups.values())
+
     def _preflight(self) -> None:
         """Encode the pending prompted outputs into memory (Meta's ``propagate_in_video_preflight``)."""
         if not self.objects:
@@ -351,17 +382,16 @@ class VolumeTracker:
                 if is_cancelled(cancel):
                     self.result.cancelled = True
                     return self.result
-                outs = {}
+                outs = {o.oid: o.cond[z] for o in self.objects.values() if z in o.cond}
+                for group in self._groups([o for o in self.objects.values() if z not in o.cond]):
+                    done_here = self._run_batch(group, z, False, None, None, reverse, True)
+                    for obj, out in zip(group, done_here, strict=True):
+                        outs[obj.oid] = obj.non_cond[z] = out
                 for obj in self.objects.values():
-                    if z in obj.cond:
-                        outs[obj.oid] = obj.cond[z]
-                    else:
-                        outs[obj.oid] = obj.non_cond[z] = self._run(
-                            obj, z, False, None, None, reverse, run_mem=True
-                        )
                     obj.tracked[z] = reverse
                     if not self.keep_all_memory:
                         obj.prune([z, *obj.cond], self.reach)
+                outs = {oid: outs[oid] for oid in self.objects}
                 masks = self._write(z, outs)
                 done += 1
                 if on_slice is not None:
@@ -369,26 +399,3 @@ class VolumeTracker:
                 if progress is not None:
                     progress(done, total)
         return self.result
-
-
-def is_sam2(model: Any) -> bool:
-    """Whether ``model`` has SAM 2's memory (so :class:`VolumeTracker` can carry its objects)."""
-    return all(hasattr(model, a) for a in ("forward_image", "sam_mask_decoder", "memory_encoder"))
-
-
-def track_keyframes(
-    store: Any, keyframes: Mapping[int, Mapping[int, Prompt]], progress: Progress = None, cancel: Cancel = None
-) -> VolumeResult:
-    """``segment_volume`` with a SAM 2 model: the objects of ``keyframes`` ({id: {slice: Prompt}})
-    through the stack of ``store`` (an ``EmbeddingStore``: its volume, axis, contrast limits and
-    predictor's model), propagated both ways from the first prompted slice by SAM 2's memory. A
-    keyframe's mask, when it has one, stands for its points and box."""
-    model = store.predictor.model
-    tracker = VolumeTracker(model, store.volume, store.axis, contrast_limits=store.contrast_limits, rgb=store.rgb)
-    # a keyframe with a mask (the widget's preview: the candidate the user chose) is that mask; SAM 2
-    # takes a slice's mask or its clicks, not both
-    tracker.add_prompts({
-        oid: {z: Prompt(mask=p.mask) if p.mask is not None else p for z, p in frames.items()}
-        for oid, frames in keyframes.items()
-    })
-    return tracker.propagate("both", progress=progress, cancel=cancel)
