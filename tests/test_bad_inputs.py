@@ -192,7 +192,7 @@ def test_tile_limit_can_be_raised_or_lifted():
 # ---------------------------------------------------------------- optional dependencies
 def test_coco_rle_without_pycocotools_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)  # as if not installed (an import then fails)
-    with pytest.raises(MissingDependencyError, match=r"coco_rle' needs pycocotools.*pip install 'napari-sam\[coco\]'"
+    with pytest.raises(MissingDependencyError, match=r"coco_rle' needs pycocotools.*pip install 'napari-sam-engine\[coco\]'"
                        r".*output_mode='uncompressed_rle'") as err:
         AutomaticMaskGenerator(make_tiny_sam(), points_per_side=2, output_mode="coco_rle", device="cpu")
     assert isinstance(err.value, ImportError) and isinstance(err.value, SamUserError)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_sam import DISTRIBUTION
 from napari_sam.engine.tiling import tile_origins
 from napari_sam.errors import MissingDependencyError, SamUserError
 
@@ -141,7 +142,7 @@ def coco_mask_utils() -> Any:
         from pycocotools import mask as mask_utils  # type: ignore  # optional: imported only when asked for
     except ImportError:
         raise MissingDependencyError(
-            "output_mode='coco_rle' needs pycocotools, which is not installed: pip install 'napari-sam-engine[coco]' "
+            f"output_mode='coco_rle' needs pycocotools, which is not installed: pip install '{DISTRIBUTION}[coco]' "
             "(or pip install pycocotools); or use output_mode='uncompressed_rle' (the same masks as "
             "{'size', 'counts'} dicts, napari_sam.automatic.utils.rle_to_mask decodes them)"
         ) from None
