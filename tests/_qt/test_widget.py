@@ -29,6 +29,26 @@ def test_widget_shows_model_device_layers(sam_widget, qtbot):
     assert "embedding" in widget.status_label.text()
 
 
+def test_long_layer_names_do_not_widen_the_dock(make_napari_viewer, qtbot, tiny_sam):
+    """A 64-character layer name (an id) elides in the layer lists instead of widening the dock and
+    squeezing the canvas; the popup and the API keep the whole name."""
+    from napari_sam._qt.widget import SamWidget
+
+    viewer = make_napari_viewer(show=True)
+    name = "3f2a9c" * 10 + "abcd"
+    data = image2d()
+    layer = viewer.add_image(data.copy(), name=name)
+    widget = SamWidget(viewer, load_default=False)
+    viewer.window.add_dock_widget(widget, name="Segment Anything")
+    widget.sam.set_model(tiny_sam, device="cpu")
+    wait_encoded(qtbot, widget)
+    assert widget.image_combo.current_layer() is layer and widget.image_combo.currentText() == name
+    assert widget.image_combo.sizeHint().width() < 300
+    assert widget.sizeHint().width() < 600
+    np.testing.assert_array_equal(layer.data, data)
+    qtbot.waitUntil(lambda: not widget.encoder.busy, timeout=30000)
+
+
 def test_point_preview_commit_and_clear(sam_widget, qtbot, tiny_sam):
     viewer, widget = sam_widget
     img = image2d()

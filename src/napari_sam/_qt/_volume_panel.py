@@ -31,9 +31,9 @@ class VolumePanel(JobPanel):
         self.stability_spin = spin(p["stability_threshold"], 0, 1, 0.05, "stop below this stability score (0: never)")
         self.distance_spin = QSpinBox()
         self.distance_spin.setRange(0, 100000)
-        self.distance_spin.setSpecialValueText("no limit")
+        self.distance_spin.setSpecialValueText("all")
         self.distance_spin.setValue(p["max_distance"] or 0)
-        self.distance_spin.setToolTip("stop this many slices away from a prompted slice (0: no limit)")
+        self.distance_spin.setToolTip("stop this many slices away from a prompted slice (0: all slices)")
         # "stop below ...": these end an object's run, unlike the Segment everything panel's "min IoU"
         # (which masks to keep); the two have different defaults, so they must not share a name
         grid = labelled_grid((("stop below IoU", self.iou_spin), ("stop below overlap", self.overlap_spin),

@@ -41,6 +41,7 @@ HELP = (  # explicit lines, no word wrap: a wrapped label is squeezed when the d
     "(several boxes: several objects) · C: commit · N: next mask\n"
     "Shift+C: clear prompts"
 )
+COMBO_CHARS = 18  # characters a layer or model list shows before eliding (its popup shows whole names)
 KEYS = {"c": "commit", "n": "next_mask", "Shift-C": "clear"}
 
 
@@ -72,6 +73,9 @@ class SamWidget(QWidget):
         self.volume_box = self.add_section("Volume", self.volume_panel)
         self.everything_panel = EverythingPanel(self.sam, self.jobs)
         self.add_section("Segment everything", self.everything_panel)
+        for combo in self.findChildren(QComboBox):  # long layer / model names elide instead of widening the dock
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(COMBO_CHARS)
 
         self.sam.events.image_layer.connect(self._on_sam_image)
         self.sam.events.labels_layer.connect(self._on_sam_labels)
