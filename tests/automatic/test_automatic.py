@@ -311,7 +311,7 @@ def test_stack_ids_are_consistent(synth, monkeypatch):
     rng = np.random.default_rng(0)
     lookup = {vol[t].tobytes(): t for t in range(len(vol))}
 
-    def shuffled(sl, cancel=None):
+    def shuffled(sl, progress=None, cancel=None):
         perm = np.concatenate([[0], rng.permutation(3) + 1 + 10 * rng.integers(0, 3)])
         return perm[gt[lookup[np.ascontiguousarray(sl).tobytes()]]].astype(np.int32)
 

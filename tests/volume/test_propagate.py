@@ -109,6 +109,24 @@ def test_stop_on_score_and_max_distance(blobs):
     assert sorted(res.object_masks(1)) == [c - 1, c, c + 1]
 
 
+def test_progress_defaults_to_a_terminal_bar(blobs, monkeypatch):
+    """A script calling segment_volume on a terminal sees a bar; the result is the same as without one."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    image, labels, info = blobs
+    quiet = segment_volume(FakePredictor(image, labels), image, centre_seeds(info), progress=None)
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    res = segment_volume(FakePredictor(image, labels), image, centre_seeds(info))
+    assert "segment_volume" in term.getvalue()
+    assert res.slices == quiet.slices and res.ids == quiet.ids
+
+
 def test_stop_on_overlap():
     yy, xx = np.ogrid[:40, :40]
     labels = np.zeros((10, 40, 40), np.int32)

@@ -36,7 +36,7 @@ from napari_sam.automatic.utils import (
 )
 from napari_sam.engine.images import to_sam_image
 from napari_sam.engine.predictor import SamPredictor
-from napari_sam.engine.progress import Cancel, Progress, check_cancel
+from napari_sam.engine.progress import AUTO, Cancel, Progress, check_cancel, resolve_progress
 from napari_sam.errors import SamInputWarning, SamUserError
 
 __all__ = ["MIN_SIDE", "AutomaticMaskGenerator", "link_slices"]
@@ -144,16 +144,17 @@ class AutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ public API
     def generate(
-        self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
+        self, image: np.ndarray, progress: Progress | str = AUTO, cancel: Cancel = None
     ) -> list[dict[str, Any]]:
         """Masks for ``image`` ((H, W) or (H, W, 3|4), any dtype ``to_sam_image`` takes).
 
         Returns records like the official: ``segmentation`` ((H, W) bool or RLE dict), ``area`` (int),
         ``bbox`` XYWH, ``predicted_iou``, ``point_coords`` ([[x, y]]), ``stability_score``,
-        ``crop_box`` XYWH. ``progress(done, total)`` is called after each embedding and each batch;
-        ``cancel`` (callable or ``threading.Event``) is checked as often and raises :class:`~napari_sam.errors.Cancelled`.
+        ``crop_box`` XYWH. ``progress(done, total)`` is called after each embedding and each batch
+        (default ``"auto"``: a terminal bar when standard error is a terminal); ``cancel`` (callable or
+        ``threading.Event``) is checked as often and raises :class:`~napari_sam.errors.Cancelled`.
         """
-        size, data = self.generate_masks(image, progress, cancel)
+        size, data = self.generate_masks(image, resolve_progress(progress, "segment everything"), cancel)
         out = []
         for i in range(len(data)):
             if self.output_mode == "binary_mask":
@@ -173,16 +174,16 @@ class AutomaticMaskGenerator:
         return out
 
     def generate_labels(
-        self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
+        self, image: np.ndarray, progress: Progress | str = AUTO, cancel: Cancel = None
     ) -> np.ndarray:
         """(H, W) int32 instance labels, 0 = background, ids 1..N without gaps.
 
         Overlaps: masks are painted from the largest to the smallest area, so a smaller mask lying on
         a larger one stays whole and the larger one keeps the rest (ties: higher predicted_iou *
         stability on top). A mask left with no visible pixel is dropped. Full-size masks are never
-        built: memory is the label image plus each mask's box.
+        built: memory is the label image plus each mask's box. ``progress``: as :meth:`generate`.
         """
-        size, data = self.generate_masks(image, progress, cancel)
+        size, data = self.generate_masks(image, resolve_progress(progress, "segment everything"), cancel)
         return paint_labels(data, size)
 
     def generate_labels_stack(
@@ -191,7 +192,7 @@ class AutomaticMaskGenerator:
         axis: int = 0,
         min_iou: float = 0.5,
         rgb: bool | None = None,
-        progress: Progress = None,
+        progress: Progress | str = AUTO,
         cancel: Cancel = None,
     ) -> np.ndarray:
         """Per-slice labels of a stack or time series, linked into consistent ids across slices.
@@ -203,7 +204,11 @@ class AutomaticMaskGenerator:
         id of its partner and an unmatched one gets a new id (see :func:`link_slices`).
         Returns int32 labels shaped like the volume without its channel axis. ``progress`` counts slices.
         """
-        return stack_labels(self.generate_labels, volume, axis, min_iou, rgb, progress, cancel)
+        def one_slice(image: np.ndarray, cancel: Cancel = None) -> np.ndarray:
+            return self.generate_labels(image, progress=None, cancel=cancel)
+
+        progress = resolve_progress(progress, "segment everything (stack)")
+        return stack_labels(one_slice, volume, axis, min_iou, rgb, progress, cancel)
 
     # ------------------------------------------------------------------ the pipeline
     def crop_boxes(self, size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:

@@ -98,7 +98,7 @@ def _image(task: Task, model: Any) -> tuple[np.ndarray | None, int]:
 
         labels = segment_prompts(model, np.asarray(image), task.prompts or [])
     else:
-        labels = _generator(task, model).generate_labels(np.asarray(image))
+        labels = _generator(task, model).generate_labels(np.asarray(image), progress=None)  # the batch has its bar
     if task.kind == "slice":
         return labels, int(labels.max(initial=0))
     write_labels_tif(labels, Path(task.output))

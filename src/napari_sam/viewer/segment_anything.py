@@ -29,6 +29,7 @@ from napari.layers import Image, Labels
 from napari.utils.events import EmitterGroup
 from napari.utils.notifications import show_error, show_warning
 
+from napari_sam.engine.progress import AUTO
 from napari_sam.errors import SamUserError
 from napari_sam.viewer.embeddings import SliceEmbeddings
 from napari_sam.viewer.everything import EverythingActions
@@ -299,7 +300,7 @@ class SegmentAnything:
 
     # ------------------------------------------------------------------ stacks (see VolumeActions)
     def precompute_embeddings(
-        self, progress: Any = None, cancel: Any = None, index: tuple[int, ...] | None = None
+        self, progress: Any = AUTO, cancel: Any = None, index: tuple[int, ...] | None = None
     ) -> int:
         """Encode every slice of the current stack (``progress(done, total)``; ``cancel`` between slices)."""
         return self.volume.precompute_job(index)(progress, cancel)
@@ -314,7 +315,7 @@ class SegmentAnything:
 
     def segment_volume(
         self, index: tuple[int, ...] | None = None, seeds_xy: dict | None = None,
-        progress: Any = None, cancel: Any = None, **params: Any,
+        progress: Any = AUTO, cancel: Any = None, **params: Any,
     ) -> list[int]:
         """Carry the prompted object(s) through the stack and write them as new ids, one undo step.
 
@@ -336,7 +337,7 @@ class SegmentAnything:
 
     def extend_labels(
         self, ids: list[int] | None = None, index: tuple[int, ...] | None = None,
-        progress: Any = None, cancel: Any = None, **params: Any,
+        progress: Any = AUTO, cancel: Any = None, **params: Any,
     ) -> list[int]:
         """Use the existing labels of the stack (all, or ``ids``) as mask seeds: gaps between labelled
         slices are filled and objects extended past their ends, keeping their ids (one undo step).
@@ -358,7 +359,7 @@ class SegmentAnything:
     def segment_everything(
         self, points_per_side: int = 32, pred_iou_thresh: float | None = None,
         stability_score_thresh: float | None = None,
-        min_mask_region_area: int = 0, progress: Any = None, cancel: Any = None, stack: bool = False,
+        min_mask_region_area: int = 0, progress: Any = AUTO, cancel: Any = None, stack: bool = False,
         index: tuple[int, ...] | None = None, **amg: Any,
     ) -> list[int]:
         """Automatic instance labels of the slice on screen (or its whole stack with ``stack=True``,

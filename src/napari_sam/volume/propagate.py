@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_sam.engine.progress import Cancel, Progress, is_cancelled
+from napari_sam.engine.progress import AUTO, Cancel, Progress, is_cancelled, resolve_progress
 from napari_sam.errors import SamTypeError, SamUserError
 from napari_sam.volume.keyframes import is_sam2, track_keyframes
 from napari_sam.volume.result import (
@@ -130,7 +130,7 @@ def segment_volume(
     multimask: bool = False,
     negatives: bool = True,
     keep_seed_masks: bool = True,
-    progress: Progress = None,
+    progress: Progress | str = AUTO,
     cancel: Cancel = None,
 ) -> VolumeResult:
     """Segment objects through a volume from prompts on some of its slices.
@@ -154,7 +154,9 @@ def segment_volume(
             same way) that fall inside an object's box (helps with touching objects).
         keep_seed_masks: mask keyframes keep the given mask (else SAM re-predicts them from their
             box and interior point: refinement).
-        progress: ``progress(done, total)`` after each slice step; cancel: see the module doc.
+        progress: ``progress(done, total)`` after each slice step (default ``"auto"``: a terminal bar when
+            standard error is a terminal, :func:`napari_sam.engine.progress.resolve_progress`); cancel: see
+            the module doc.
 
     Returns:
         a :class:`VolumeResult` (per-slice {id: (H, W) bool mask}), to be written in one step.
@@ -168,6 +170,7 @@ def segment_volume(
         store = EmbeddingStore(store_or_predictor, volume, axis=axis)
     predictor, n = store.predictor, store.n
     hw = store.slice_shape[:2]
+    progress = resolve_progress(progress, "segment_volume")
     use = set(prompt.split("+"))
     if not use or not use <= {"box", "point", "mask"}:
         raise SamUserError(f"prompt must be a '+'-joined subset of box, point, mask (e.g. 'box+point'); got {prompt!r}")

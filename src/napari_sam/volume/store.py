@@ -36,7 +36,7 @@ import torch
 
 from napari_sam.engine.embedding import ImageEmbedding, unpack
 from napari_sam.engine.images import PERCENTILES, to_sam_image
-from napari_sam.engine.progress import Cancel, Progress, is_cancelled
+from napari_sam.engine.progress import AUTO, Cancel, Progress, is_cancelled, resolve_progress
 from napari_sam.errors import SamUserError
 from napari_sam.volume.zarr_cache import (
     STORE_FORMAT,
@@ -317,14 +317,15 @@ class EmbeddingStore:
             done += 1
         return done
 
-    def precompute(self, progress: Progress = None, cancel: Cancel = None) -> int:
+    def precompute(self, progress: Progress | str = AUTO, cancel: Cancel = None) -> int:
         """Encode every slice not cached yet (stored on disk when there is a cache); returns how many.
 
         Without a disk cache only the last ``capacity`` slices stay in memory (a warning says so).
         Slices are encoded ``batch_size`` at a time (8 on a GPU, one on a CPU: the encoder's
-        throughput on a GPU comes with batches). ``progress(done, n)`` is called after each batch;
-        ``cancel`` stops between batches.
+        throughput on a GPU comes with batches). ``progress(done, n)`` is called after each batch
+        (default ``"auto"``: a terminal bar when standard error is a terminal); ``cancel`` stops between batches.
         """
+        progress = resolve_progress(progress, "embeddings")
         if self._disk is None and self.n > self.capacity:
             warnings.warn(
                 f"{self.n} slices do not fit in budget_bytes={self.budget_bytes} "
