@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 
 from napari_sam.batch import segment_batch
@@ -64,8 +65,10 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path) -> None:
         tifffile.imwrite(src / f"img{k}.tif", synthetic_nuclei((128, 160), n=10, seed=k))
     single = segment_batch([src], tmp_path / "single", model="nano_nuclei", workers=0, params=PARAMS)
     killed: list[int] = []
+    # the workers compute with this process's thread count, so that floating-point sums match to the bit
+    threads = str(torch.get_num_threads())
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.CRITICAL) as cluster:
+                      silence_logs=logging.CRITICAL, env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}) as cluster:
 
         def kill_one(done: int, total: int) -> None:
             if done == 1 and not killed:
