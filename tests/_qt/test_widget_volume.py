@@ -42,7 +42,7 @@ def _prompted(sam_widget, qtbot):
     return viewer, widget, img, z, rc
 
 
-def _direct(tiny_sam, img, z, rc, mask, cancel_at=None):
+def _direct(tiny_sam, img, z, rc, mask, cancel_at=None, **rules):
     """The engine on the same stack and seed; ``cancel_at``: cancel once progress reaches it."""
     store = EmbeddingStore(SamPredictor(tiny_sam, device="cpu"), img, axis=0)
     seeds = {1: {z: Prompt(points=np.array([[rc[1], rc[0]]]), labels=np.array([1]), mask=mask)}}  # (x, y)
@@ -52,7 +52,7 @@ def _direct(tiny_sam, img, z, rc, mask, cancel_at=None):
         if cancel_at is not None and done >= cancel_at:
             stop.set()
 
-    return segment_volume(store, seeds=seeds, progress=progress, cancel=stop, min_area=4, **NO_STOP)
+    return segment_volume(store, seeds=seeds, progress=progress, cancel=stop, min_area=4, **{**NO_STOP, **rules})
 
 
 def test_segment_object_in_3d_one_id_one_undo(sam_widget, qtbot, tiny_sam):
@@ -71,6 +71,23 @@ def test_segment_object_in_3d_one_id_one_undo(sam_widget, qtbot, tiny_sam):
     assert "object(s) [1]" in widget.volume_panel.status_label.text()
     sam.labels_layer.undo()
     assert not sam.labels_layer.data.any()
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.05])
+def test_max_depth_control_reaches_the_engine(sam_widget, qtbot, tiny_sam, depth):
+    """The panel's "max depth (x radius)" is segment_volume's ``max_extent`` (0 shows "off": None)."""
+    viewer, widget, img, z, rc = _prompted(sam_widget, qtbot)
+    sam, panel = widget.sam, widget.volume_panel
+    assert panel.extent_spin.value() == pytest.approx(VOLUME_DEFAULTS["max_extent"])
+    panel.extent_spin.setValue(depth)
+    assert (panel.extent_spin.text() == "off") == (depth == 0)
+    seed_mask = sam.objects[0].copy()
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000):
+        qtbot.mouseClick(panel.segment_button, Qt.MouseButton.LeftButton)
+    ref = _direct(tiny_sam, img, z, rc, seed_mask, max_extent=depth or None)
+    np.testing.assert_array_equal(sam.labels_layer.data, np.where(ref.to_labels() > 0, 1, 0))
+    reasons = list(ref.stopped[1].values())
+    assert any(r.startswith("extent") for r in reasons) == (depth > 0), reasons
 
 
 def test_cancel_midway_keeps_whole_slices(sam_widget, qtbot, tiny_sam):

@@ -29,6 +29,10 @@ class VolumePanel(JobPanel):
         self.overlap_spin = spin(p["overlap_threshold"], 0, 1, 0.05,
                                   "stop when the mask overlaps the previous slice's less than this (IoU; 0: never)")
         self.stability_spin = spin(p["stability_threshold"], 0, 1, 0.05, "stop below this stability score (0: never)")
+        self.extent_spin = spin(p["max_extent"] or 0, 0, 10, 0.1,
+                                "stop further from the prompted slice than this many times the object's radius "
+                                "(0: off; switch it off for time series and objects long along the axis)")
+        self.extent_spin.setSpecialValueText("off")
         self.distance_spin = QSpinBox()
         self.distance_spin.setRange(0, 100000)
         self.distance_spin.setSpecialValueText("all")
@@ -37,7 +41,8 @@ class VolumePanel(JobPanel):
         # "stop below ...": these end an object's run, unlike the Segment everything panel's "min IoU"
         # (which masks to keep); the two have different defaults, so they must not share a name
         grid = labelled_grid((("stop below IoU", self.iou_spin), ("stop below overlap", self.overlap_spin),
-                              ("stop below stability", self.stability_spin), ("max slices", self.distance_spin)))
+                              ("stop below stability", self.stability_spin), ("max slices", self.distance_spin),
+                              ("max depth (x radius)", self.extent_spin)))
         self.segment_button = QPushButton("Segment object in 3D")
         self.segment_button.setToolTip(HELP)
         self.extend_button = QPushButton("Extend labels in 3D")
@@ -63,6 +68,7 @@ class VolumePanel(JobPanel):
             "overlap_threshold": self.overlap_spin.value(),
             "stability_threshold": self.stability_spin.value(),
             "max_distance": self.distance_spin.value() or None,
+            "max_extent": self.extent_spin.value() or None,
         }
 
     def segment_3d(self) -> bool:

@@ -31,7 +31,8 @@ from napari_sam.volume.propagate import Prompt, segment_volume
 # the widget's defaults are the engine's (chosen by measurement, see docs/volume.md)
 VOLUME_DEFAULTS: dict[str, Any] = {
     name: inspect.signature(segment_volume).parameters[name].default
-    for name in ("prompt", "iou_threshold", "stability_threshold", "overlap_threshold", "min_area", "max_distance")
+    for name in ("prompt", "iou_threshold", "stability_threshold", "overlap_threshold", "min_area", "max_extent",
+                 "max_distance")
 }
 
 
