@@ -132,6 +132,31 @@ def test_large_image_in_tiles(sam_widget, qtbot, tiny_sam):
     assert not sam.tiled and isinstance(sam.predictor, SamPredictor)
 
 
+def test_tiles_box_follows_the_models_scale(sam_widget, qtbot, tiny_sam):
+    """A model that embeds at its own pixel scale (the nano models) ticks "tiles at full resolution"
+    when it loads, and a large image is encoded in tiles; SAM's kind (fills its input) unticks it."""
+    from dataclasses import replace
+
+    from _synthetic import make_tiny_sam
+
+    from napari_sam.engine.tiling import TiledEmbedding
+
+    viewer, widget = sam_widget
+    sam = widget.sam
+    assert not widget.tiled_check.isChecked()
+    viewer.add_image(image2d((600, 700), seed=3), name="large")
+    native = make_tiny_sam()
+    native.preprocessing = replace(native.preprocessing, zoom=1.0)
+    sam.set_model(native, device="cpu")
+    assert widget.tiled_check.isChecked() and sam.tiled
+    wait_encoded(qtbot, widget)
+    assert isinstance(sam.embedding(), TiledEmbedding)
+    sam.set_model(tiny_sam, device="cpu")
+    assert not widget.tiled_check.isChecked() and not sam.tiled
+    wait_encoded(qtbot, widget)
+    assert not isinstance(sam.embedding(), TiledEmbedding)
+
+
 def test_zoom_control_embeds_small_images_at_their_own_scale(sam_widget, qtbot, tiny_sam):
     """The "small images: zoom" box: at x1 a 120 x 160 image (the tiny model's input is 256 px) is
     embedded unscaled and zero-padded; a click gives SamPredictor(zoom=1)'s mask, commit writes it;

@@ -75,5 +75,23 @@ def test_stack_store_embeddings_are_reused(parts):
     models.predictor.compute_embedding = fail
     e = emb.get((2,))
     torch.testing.assert_close(e.features.float(), stores.stored_embedding((2,)).features.float())
-    models.set_tiled(True)  # tiled embeddings are not the stores' whole-slice ones
-    assert stores.stored_embedding((2,)) is None
+    models.set_tiled(True)  # a slice that fits one tile is embedded as without tiles: the store's serves
+    assert stores.stored_embedding((2,)) is not None
+
+
+def test_tiled_slices_do_not_take_whole_slice_store_embeddings(make_napari_viewer, tiny_sam):
+    """A slice larger than the model's input is cut into tiles: the store's whole-slice embedding
+    (shrunk to the input) must not stand in for them."""
+    viewer = make_napari_viewer()
+    side = tiny_sam.image_encoder.img_size
+    vol = np.random.default_rng(0).integers(0, 255, (2, side + 40, side // 2), dtype=np.uint8)
+    images = ImageSource(viewer)
+    images.layer = viewer.add_image(vol)
+    models = ModelSlot()
+    models.set(tiny_sam, device="cpu")
+    stores = StackStores(images, models)
+    stores.store((0,)).precompute()
+    models.set_tiled(False)
+    assert stores.stored_embedding((1,)) is not None
+    models.set_tiled(True)
+    assert stores.stored_embedding((1,)) is None

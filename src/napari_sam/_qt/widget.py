@@ -128,7 +128,8 @@ class SamWidget(QWidget):
         self.tiled_check.setToolTip(
             "Encode images larger than the model's input (512 px for nano_nuclei, 1024 for SAM) in "
             "overlapping tiles at their own resolution instead of shrinking them: small objects of "
-            "large images get sharper masks; encoding takes one model run per tile."
+            "large images get sharper masks; encoding takes one model run per tile. On by default for "
+            "models that know their pixel scale (the nano models), off for SAM's."
         )
         self.tiled_check.setChecked(self.sam.tiled)
         self.zoom_spin = spin(self.sam.zoom or 0.0, 0.0, 8.0, 0.5, ZOOM_TIP)
@@ -194,9 +195,13 @@ class SamWidget(QWidget):
             show_warning(f"SAM: the model changed while {jobs.name!r} ran: it is cancelled (a 3D run keeps the "
                          "whole slices already finished, other jobs write nothing); run it again with the new model")
         self.everything_panel.use_model_thresholds()
-        self.zoom_spin.blockSignals(True)  # the new model's default (unless a zoom was chosen)
+        # the new model's defaults (unless the user chose): zoom of small images, tiles of large ones
+        self.zoom_spin.blockSignals(True)
         self.zoom_spin.setValue(self.sam.zoom or 0.0)
         self.zoom_spin.blockSignals(False)
+        self.tiled_check.blockSignals(True)
+        self.tiled_check.setChecked(self.sam.tiled)
+        self.tiled_check.blockSignals(False)
         self.encoder.request()
         self._on_status()
 

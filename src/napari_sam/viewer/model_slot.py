@@ -16,6 +16,7 @@ from typing import Any
 
 from napari_sam.engine.predictor import SamPredictor
 from napari_sam.engine.tiling import MAX_TILE_ENCODINGS, TiledPredictor
+from napari_sam.engine.transforms import model_zoom
 from napari_sam.errors import SamUserError
 from napari_sam.weights.loading import load_model
 
@@ -29,7 +30,7 @@ class ModelSlot:
         self.predictor: Any = None
         self.device: str | None = None
         self.version = 0
-        self._tiled = False
+        self._tiled: bool | str = "model"  # "model": tiles for models that know their pixel scale
         self._max_tiles: int | None = MAX_TILE_ENCODINGS
         self._zoom: float | None | str = "model"  # SamPredictor's zoom: "model" = the model's own
         self._background: tuple[int, Any] | None = None
@@ -47,23 +48,31 @@ class ModelSlot:
             model = self.load(model, device=device or self.device)
         else:
             name = getattr(model, "model_name", None) or getattr(model, "arch", "custom model")
-        self.predictor = self._wrap(SamPredictor(model, device=device or self.device, zoom=self._zoom))
-        self.model, self.name = model, name
+        predictor = SamPredictor(model, device=device or self.device, zoom=self._zoom)
+        self.model, self.name = model, name  # before wrapping: tiles by default depend on the model
+        self.predictor = self._wrap(predictor)
         self.device = str(self.predictor.device)
         self.version += 1
         return model
 
     @property
     def tiled(self) -> bool:
-        """Whether the interactive predictor embeds large images in tiles (``TiledPredictor``)."""
-        return self._tiled
+        """Whether the interactive predictor embeds large images in tiles (``TiledPredictor``). By
+        default ("model") a model that embeds at its own pixel scale (``preprocessing.zoom`` set, e.g.
+        the nano models) tiles images larger than its input, and one that fills its input (SAM's
+        resize) shrinks them: the tiles were measured better for nano_nuclei (docs/tiling.md)."""
+        if self._tiled == "model":
+            return self.model is not None and model_zoom(self.model) is not None
+        return bool(self._tiled)
 
-    def set_tiled(self, on: bool) -> bool:
-        """Switch tiles on or off; True when the interactive predictor changed (its embeddings are stale)."""
-        if bool(on) == self._tiled:
-            return False
-        self._tiled = bool(on)
-        if self.predictor is None:
+    def set_tiled(self, on: bool | str) -> bool:
+        """Switch tiles on, off, or back to the model's default ("model"); True when the interactive
+        predictor changed (its embeddings are stale)."""
+        if on != "model":
+            on = bool(on)
+        was = self.tiled
+        self._tiled = on
+        if self.predictor is None or self.tiled == was:
             return False
         # the same model (stack stores, made by the background predictor, stay valid), other embeddings
         self.predictor = self._wrap(getattr(self.predictor, "predictor", self.predictor))
@@ -95,7 +104,7 @@ class ModelSlot:
     @property
     def tag(self) -> tuple[int, bool]:
         """What an interactive embedding is made with: (model version, tiled)."""
-        return (self.version, self._tiled)
+        return (self.version, self.tiled)
 
     def require(self) -> Any:
         """The interactive predictor; ``SamUserError`` when no model is loaded."""
@@ -140,4 +149,4 @@ class ModelSlot:
             self._busy.release()
 
     def _wrap(self, predictor: Any) -> Any:
-        return TiledPredictor(predictor, max_encodings=self._max_tiles) if self._tiled else predictor
+        return TiledPredictor(predictor, max_encodings=self._max_tiles) if self.tiled else predictor

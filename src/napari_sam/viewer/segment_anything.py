@@ -186,11 +186,12 @@ class SegmentAnything:
     def tiled(self) -> bool:
         """Whether images larger than the model's input are segmented at their own resolution, in
         overlapping tiles (``napari_sam.engine.tiling``): clicks and boxes. Automatic masks and propagation
-        through stacks keep whole-slice embeddings (docs/tiling.md says why)."""
+        through stacks keep whole-slice embeddings (docs/tiling.md says why). Default ("model"): on for
+        models that embed at their own pixel scale (the nano models), off for SAM's (they shrink)."""
         return self.model_slot.tiled
 
     @tiled.setter
-    def tiled(self, on: bool) -> None:
+    def tiled(self, on: bool | str) -> None:
         if self.model_slot.set_tiled(on):  # the same model (stack stores stay valid), other embeddings
             self.embeddings.clear()
             self.preview.clear()

@@ -63,12 +63,14 @@ class StackStores:
 
     def stored_embedding(self, index: tuple[int, ...]) -> Any | None:
         """The slice's embedding if a store already holds it (memory or disk), else None (always None
-        with tiles: the stores hold whole-slice embeddings)."""
-        if not self._stores or not index or self.models.tiled:
+        for a slice that tiles cut up: the stores hold whole-slice embeddings)."""
+        if not self._stores or not index:
             return None
         try:
             st = self.images.stack(index)
         except SamUserError:
+            return None
+        if self.models.tiled and self.models.predictor.encodings(st.hw) > 1:
             return None
         store = self._stores.get(self._key(st))
         if store is None or not store.is_cached(st.z):
