@@ -290,3 +290,40 @@ def test_tiles_on_a_huge_image_are_refused_with_the_count(sam_widget, qtbot, not
     (msg,) = [t for k, t in notes if k == "show_error"]
     assert f"needs {n} encoder runs" in msg and "Switch tiles off" in msg and "encoding failed" not in msg
     assert not widget.sam.has_embedding() and widget.sam.existing_labels_layer is None
+
+
+def test_widget_job_during_a_console_call_is_refused(sam_widget, qtbot, notes, monkeypatch):
+    """A console call runs on the GUI thread with the window live (napari's progress bar): the widget's
+    "Segment everything" clicked meanwhile is refused with a message and the console call completes."""
+    from napari.utils import progress as napari_progress
+
+    import napari_sam.viewer.console_progress as cp
+
+    viewer, widget = sam_widget
+    _prompted_stack(viewer, widget, qtbot)
+    monkeypatch.setattr(cp, "PUMP_HZ", 1e9)  # the bar sees every report
+    clicked: list[str] = []
+
+    def click_during(event):
+        for bar in event.added:
+            desc = bar.desc
+
+            def on_value(e, desc=desc):
+                if e.value >= 2 and not clicked:
+                    clicked.append(desc)
+                    qtbot.mouseClick(widget.everything_panel.run_button, Qt.MouseButton.LeftButton)
+                    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=30000)  # its worker ran and ended
+
+            bar.events.value.connect(on_value)
+
+    napari_progress._all_instances.events.changed.connect(click_during)
+    try:
+        ids = widget.sam.segment_volume(iou_threshold=0, overlap_threshold=0, stability_threshold=0)
+    finally:
+        napari_progress._all_instances.events.changed.disconnect(click_during)
+    assert clicked == ["SAM: 3D segmentation"] and ids == [1]
+    assert np.unique(widget.sam.labels_layer.data).tolist() == [0, 1]  # the 3D object only
+    busy = [t for k, t in notes if k == "show_warning" and "SAM is busy with '3D segmentation'" in t]
+    assert busy and "nothing was written" in busy[0]
+    assert not [t for k, t in notes if k == "show_error"], notes
+    assert widget.everything_panel.run_button.isEnabled()

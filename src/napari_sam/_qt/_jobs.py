@@ -101,7 +101,11 @@ class JobRunner(QObject):
         self._outcome = (name, out)
 
     def _on_errored(self, name: str, exc: BaseException) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        if isinstance(exc, SamUserError):  # e.g. refused: a console call holds the model
+            show_warning(str(exc))
+        else:
             show_error(f"SAM: {name} failed: {type(exc).__name__}: {exc}")
 
     def _on_finished(self) -> None:

@@ -21,6 +21,7 @@ need in their constructors (docs/architecture.md draws who calls whom):
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from napari.utils.notifications import show_error, show_warning
 
 from napari_sam.engine.progress import AUTO
 from napari_sam.errors import SamUserError
+from napari_sam.viewer.console_progress import StopWhenClosed, console_progress
 from napari_sam.viewer.embeddings import SliceEmbeddings
 from napari_sam.viewer.everything import EverythingActions
 from napari_sam.viewer.image_source import ImageSource
@@ -150,6 +152,7 @@ class SegmentAnything:
         self.embeddings = SliceEmbeddings(
             self.image_source, self.model_slot, self.stores, cache_size,
             on_stored=lambda key: self.events.embedding(value=key),
+            report=lambda what: console_progress(viewer, AUTO, what),  # tiles encoded for a console call
         )
         self.prompts = PromptLayers(viewer, self.image_source)
         self.preview = Preview(
@@ -303,7 +306,7 @@ class SegmentAnything:
         self, progress: Any = AUTO, cancel: Any = None, index: tuple[int, ...] | None = None
     ) -> int:
         """Encode every slice of the current stack (``progress(done, total)``; ``cancel`` between slices)."""
-        return self.volume.precompute_job(index)(progress, cancel)
+        return self._run(self.volume.precompute_job(index), int, progress, cancel, "embeddings", writes=False)
 
     def volume_job(
         self, index: tuple[int, ...] | None = None, seeds_xy: dict | None = None,
@@ -333,7 +336,7 @@ class SegmentAnything:
         engine's ``VolumeResult`` (object k there = seed k).
         """
         job, apply = self.volume_job(index, renamed_seeds(seeds_xy, params), **params)
-        return apply(job(progress, cancel))
+        return self._run(job, apply, progress, cancel, "3D segmentation")
 
     def extend_labels(
         self, ids: list[int] | None = None, index: tuple[int, ...] | None = None,
@@ -343,7 +346,7 @@ class SegmentAnything:
         slices are filled and objects extended past their ends, keeping their ids (one undo step).
         ``keep_seed_masks=False`` re-predicts the labelled slices too (refinement)."""
         job, apply = self.volume.job(index, extend_labels=True, ids=ids, **params)
-        return apply(job(progress, cancel))
+        return self._run(job, apply, progress, cancel, "extend labels in 3D")
 
     # ------------------------------------------------------------------ automatic (see EverythingActions)
     def everything_job(
@@ -374,7 +377,20 @@ class SegmentAnything:
         job, apply = self.everything.job(
             points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area, stack, index, **amg
         )
-        return apply(job(progress, cancel))
+        return self._run(job, apply, progress, cancel, "segment everything")
+
+    def _run(self, job: Any, apply: Any, progress: Any, cancel: Any, what: str, writes: bool = True) -> Any:
+        """``apply(job(progress, cancel))`` on this thread; ``progress="auto"`` in a napari window is the
+        activity dock's bar, the window live meanwhile (:mod:`napari_sam.viewer.console_progress`).
+        The window closed meanwhile stops the job: nothing is written, ``[]`` and a warning."""
+        stop = StopWhenClosed(self.viewer, cancel)
+        with console_progress(self.viewer, progress, what) as report:
+            result = job(report, stop)
+        if writes and stop.window_closed:
+            warnings.warn(f"SAM: the napari window was closed during {what!r}: it stopped, nothing was written",
+                          RuntimeWarning, stacklevel=3)
+            return []
+        return apply(result)
 
     # ------------------------------------------------------------------ viewer events
     def _on_slice_changed(self, event: Any = None) -> None:
