@@ -5,11 +5,12 @@ the tile encodings of ``sam.segment()``) runs on the GUI thread: napari cannot r
 so a bar drawn by napari would never be seen, and the window looks frozen. With ``progress="auto"``
 (the default) and a napari window open, :func:`console_progress` gives the engine a
 :class:`NapariProgress` instead of the terminal bar (``napari_sam.engine.progress.resolve_progress``):
-it reports to a ``napari.utils.progress`` (the activity dock's bar) and lets Qt repaint, at most
-``PUMP_HZ`` times a second, while the call runs.
+it reports to a ``napari.utils.progress``, which napari's activity dock shows. The dock's bar processes
+Qt's events on each update (napari's own design for progress on the GUI thread), so the window
+repaints while the call runs; updates are throttled to ``PUMP_HZ`` a second (and the last one).
+No Qt import here: ``viewer/`` stays Qt-free, napari does the painting.
 
-The window stays live meanwhile, as with any napari progress bar on the GUI thread (napari's bar
-processes Qt's events on each update): the view can be panned, zoomed and browsed. SAM work started
+The window stays live meanwhile: the view can be panned, zoomed and browsed. SAM work started
 meanwhile (the dock widget's buttons, another console call) is refused at once with a message,
 ``ModelSlot.exclusive``, so it never shares the model with this call; a layer removed meanwhile is
 caught by the ``LabelWriter``'s guard (nothing written, a message says why). To stop a console call
@@ -24,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,14 +36,7 @@ from napari_sam.engine.progress import Cancel, Progress, is_cancelled, resolve_p
 __all__ = ["PUMP_HZ", "NapariProgress", "StopWhenClosed", "console_progress", "has_window"]
 
 PUMP_HZ = 10.0
-"""At most this many repaints a second during a console call (each costs one pass of Qt's event loop)."""
-
-
-def process_events() -> None:
-    """One pass of Qt's event loop on the GUI thread (paint, timers, the user's input)."""
-    from qtpy.QtCore import QCoreApplication  # lazy: only with a window, when Qt is running
-
-    QCoreApplication.processEvents()
+"""At most this many bar updates a second during a console call (each is a pass of Qt's event loop)."""
 
 
 def window_open(viewer: Any) -> bool:
@@ -73,20 +67,20 @@ class StopWhenClosed:
 
 class NapariProgress:
     """A ``progress(done, total)`` reporting to a ``napari.utils.progress`` bar (napari's activity dock),
-    created at the first report; the bar is updated and the GUI let run (``pump``) at most ``hz`` times
-    a second, and at the last report (done == total)."""
+    created at the first report and updated at most ``hz`` (default ``PUMP_HZ``) times a second, and
+    at the last report (done == total). Each update lets the window repaint (the dock's bar does)."""
 
-    def __init__(self, description: str, pump: Callable[[], None] | None = None, hz: float | None = None) -> None:
+    def __init__(self, description: str, hz: float | None = None) -> None:
         self.description = description
         self.bar: Any = None
-        self._pump, self._interval = pump or process_events, 1.0 / (PUMP_HZ if hz is None else hz)
+        self._interval = 1.0 / (PUMP_HZ if hz is None else hz)
         self._last = -float("inf")
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         final = bool(total) and done >= total
         if self.bar is not None and not final and now - self._last < self._interval:
-            return  # napari's bar repaints the window itself on each update: both are throttled
+            return
         self._last = now
         if self.bar is None:
             self.bar = napari_progress(total=total or None, desc=self.description)
@@ -94,7 +88,6 @@ class NapariProgress:
             self.bar.total = total
         if done != self.bar.n:
             self.bar.update(done - self.bar.n)
-        self._pump()
 
     def close(self) -> None:
         """Remove the bar from the activity dock (called when the call ends, done or not)."""
