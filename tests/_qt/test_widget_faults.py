@@ -239,6 +239,44 @@ def test_model_changed_mid_encode(sam_widget, qtbot, tiny_sam, notes):
     assert not [t for k, t in notes if k == "show_error"]
 
 
+def test_device_changed_mid_encode(sam_widget, qtbot, tiny_sam, notes):
+    """The user picks another device while a slice is encoded: the model's weights move under the
+    running encode (on a GPU machine it then fails: "Expected all tensors to be on the same device",
+    simulated here, CPU only). The failure is not shown, the slice is re-encoded on the new device,
+    and the Labels layer is untouched."""
+    viewer, widget = sam_widget
+    sam, box = widget.sam, widget.model_box
+    assert box.device_combo.currentText() == "auto" and box.device_combo.findText("cpu") >= 0
+    old, version = sam.predictor, sam.model_slot.version
+    started, gate = threading.Event(), threading.Event()
+    encode = old.compute_embedding
+
+    def moved_under_it(image):  # worker thread
+        started.set()
+        gate.wait(30)
+        if sam.model_slot.version != version:
+            raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices")
+        return encode(image)
+
+    old.compute_embedding = moved_under_it
+    img = image2d()
+    viewer.add_image(img, name="blobs")
+    labels = sam.labels_layer
+    before = labels.data.copy()
+    qtbot.waitUntil(started.is_set, timeout=30000)
+    box.device_combo.setCurrentText("cpu")  # as the user does
+    assert sam.model_slot.version == version + 1 and sam.predictor is not old and sam.device == "cpu"
+    gate.set()
+    wait_encoded(qtbot, widget)
+    assert len(sam.cache) == 1  # the new predictor's embedding only
+    assert not [t for k, t in notes if k == "show_error"], notes
+    sam.points_layer.add([40, 60])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, direct(tiny_sam, img, [[60, 40]])[0])
+    np.testing.assert_array_equal(labels.data, before)
+    assert not labels._undo_history
+    assert "on cpu" in box.message.text()
+
+
 def test_model_changed_during_a_job_cancels_it(sam_widget, qtbot, tiny_sam, notes):
     viewer, widget = sam_widget
     viewer.add_image(np.stack([image2d(seed=s) for s in range(3)]), name="stack")
@@ -258,6 +296,43 @@ def test_model_changed_during_a_job_cancels_it(sam_widget, qtbot, tiny_sam, note
     np.testing.assert_array_equal(labels.data, before)
     assert [t for k, t in notes if "model changed while 'segment everything' ran" in t]
     assert not [t for k, t in notes if k == "show_error"]
+
+
+def test_device_changed_during_a_3d_job(sam_widget, qtbot, tiny_sam, notes):
+    """Another device picked during a 3D run: the job is cancelled with a warning; the decode that then
+    fails because the weights moved (a GPU machine; simulated here) is not shown as an error, and the
+    Labels layer is untouched."""
+    viewer, widget = sam_widget
+    _prompted_stack(viewer, widget, qtbot)
+    sam = widget.sam
+    labels = sam.labels_layer
+    before = labels.data.copy()
+    bg, version = sam.background_predictor(), sam.model_slot.version
+    decode = bg.predict_torch
+
+    reached, gate, calls = threading.Event(), threading.Event(), []
+
+    def moved_under_it(*args, **kwargs):  # worker thread: the second decode is running when the device changes
+        calls.append(1)
+        if len(calls) == 2:
+            reached.set()
+            gate.wait(30)
+        if sam.model_slot.version != version:
+            raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices")
+        return decode(*args, **kwargs)
+
+    bg.predict_torch = moved_under_it
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000) as sig:
+        qtbot.mouseClick(widget.volume_panel.segment_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(reached.is_set, timeout=30000)
+        widget.model_box.device_combo.setCurrentText("cpu")
+        gate.set()
+    assert sig.args[1] is None  # failed after the cancel: nothing to write
+    np.testing.assert_array_equal(labels.data, before)
+    assert not labels._undo_history
+    assert [t for k, t in notes if "model changed while '3D propagation' ran" in t]
+    assert not [t for k, t in notes if k == "show_error"], notes
+    assert widget.volume_panel.segment_button.isEnabled()
 
 
 def test_second_job_while_one_runs(sam_widget, qtbot, tiny_sam, notes):

@@ -103,6 +103,8 @@ class JobRunner(QObject):
     def _on_errored(self, name: str, exc: BaseException) -> None:
         if self.closed:
             return
+        if self.cancel_event.is_set() and not isinstance(exc, SamUserError):
+            return  # failed after it was cancelled (e.g. the model moved to another device under it): said then
         if isinstance(exc, SamUserError):  # e.g. refused: a console call holds the model
             show_warning(str(exc))
         else:
