@@ -213,6 +213,51 @@ def test_viewer_closed_during_segment_everything(sam_widget, qtbot, notes):
     assert not [t for _, t in notes if "wrote nothing" in t]  # a clean cancel: the result is dropped
 
 
+def test_prompt_layers_removed_and_image_renamed_during_3d_propagation(sam_widget, qtbot, notes):
+    """The seeds are read when the job starts: removing the points layer, renaming the image and the
+    Labels layer mid-job does not stop it; the object is written whole, no traceback."""
+    viewer, widget = sam_widget
+    _prompted_stack(viewer, widget, qtbot)
+    sam = widget.sam
+    labels = sam.labels_layer
+    reached, gate = _hold_jobs(widget)
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000) as sig:
+        qtbot.mouseClick(widget.volume_panel.segment_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(reached.is_set, timeout=30000)
+        viewer.layers.remove(sam.points_layer)
+        viewer.layers.remove(sam.boxes_layer)
+        viewer.layers["stack"].name = "renamed stack"
+        labels.name = "my labels"
+        gate.set()
+    assert sig.args[1] == [1]
+    assert sam.labels_layer is labels and np.unique(labels.data).tolist() == [0, 1]
+    written = [z for z in range(labels.data.shape[0]) if labels.data[z].any()]
+    assert written == list(range(written[0], written[-1] + 1))  # one run of whole slices
+    assert not [t for k, t in notes if k == "show_error"], notes
+    sam.ensure_prompt_layers()  # the prompt layers come back for the next object
+    assert sam.points_layer in viewer.layers and len(sam.points_layer.data) == 0
+
+
+def test_image_replaced_during_3d_propagation_writes_nothing(sam_widget, qtbot, notes):
+    viewer, widget = sam_widget
+    img = _prompted_stack(viewer, widget, qtbot)
+    labels = widget.sam.labels_layer
+    before = labels.data.copy()
+    reached, gate = _hold_jobs(widget)
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000) as sig:
+        qtbot.mouseClick(widget.volume_panel.segment_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(reached.is_set, timeout=30000)
+        viewer.layers.remove("stack")
+        viewer.add_image(img[:, ::-1], name="stack")  # another image under the same name
+        gate.set()
+    assert sig.args[1] is None
+    np.testing.assert_array_equal(labels.data, before)
+    assert not labels._undo_history
+    msg = [t for k, t in notes if "image layer 'stack' was removed or replaced" in t]
+    assert msg and "nothing was written" in msg[0]
+    assert not [t for k, t in notes if k == "show_error"], notes
+
+
 def test_model_changed_mid_encode(sam_widget, qtbot, tiny_sam, notes):
     viewer, widget = sam_widget
     sam = widget.sam
