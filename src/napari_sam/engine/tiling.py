@@ -273,14 +273,13 @@ class TiledPredictor:
         prompts, tiles = self._batch(point_coords, point_labels, boxes, mask_input)
         n, k = len(tiles), 3 if multimask_output else 1
         check_output_size(n, k, self._embedding.original_size, self.low_res_size, return_logits)
-        masks = np.empty((n, k, *self._embedding.original_size), np.float32 if return_logits else bool)
-        scores = np.empty((n, k), np.float32)
-        low = np.empty((n, k, *self.low_res_size), np.float32)
-        order = np.argsort(tiles, kind="stable")  # objects of one tile together: fewest tile switches
-        for idx, m, sc, lo in self._chunks(order, prompts, tiles, multimask_output, return_logits, chunk_size,
-                                           progress, cancel):
-            masks[idx], scores[idx], low[idx] = m, sc, lo
-        return masks, scores, low
+        out = self._outputs(n, k, return_logits)
+        size = self._chunk_size(chunk_size, k, return_logits)
+        groups = [np.flatnonzero(tiles == t) for t in np.unique(tiles)]  # tile by tile: fewest switches and calls
+        batches = [g[i : i + size] for g in groups for i in range(0, len(g), size)]
+        for _ in self._chunks(batches, prompts, tiles, multimask_output, return_logits, progress, cancel, out):
+            pass
+        return out
 
     def iter_predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
                            multimask_output: bool = False, return_logits: bool = False, progress: Progress = None,
@@ -291,9 +290,10 @@ class TiledPredictor:
             return self.predictor.iter_predict_batch(point_coords, point_labels, boxes, mask_input,
                                                      multimask_output, return_logits, progress, cancel, chunk_size)
         prompts, tiles = self._batch(point_coords, point_labels, boxes, mask_input)  # checked now, not lazily
-        chunks = self._chunks(np.arange(len(tiles)), prompts, tiles, multimask_output, return_logits, chunk_size,
-                              progress, cancel)
-        return ((int(idx[0]), m, sc, lo) for idx, m, sc, lo in chunks)
+        n, size = len(tiles), self._chunk_size(chunk_size, 3 if multimask_output else 1, return_logits)
+        batches = [np.arange(i, min(n, i + size)) for i in range(0, n, size)]
+        chunks = self._chunks(batches, prompts, tiles, multimask_output, return_logits, progress, cancel)
+        return ((int(idx[0]), *arrays) for idx, arrays in chunks)
 
     def _batch(self, point_coords, point_labels, boxes, mask_input):
         """Checked prompts (coords (B, N, 2), labels, boxes (B, 4), mask_input (B, 1, *grid)) and each
@@ -327,38 +327,48 @@ class TiledPredictor:
         tiles = np.array([self._choose(coords, labels, boxes, i) for i in range(n)], dtype=int)
         return (coords, labels, boxes, mask_input), tiles
 
-    def _chunks(self, order, prompts, tiles, multimask_output, return_logits, chunk_size, progress, cancel):
-        """Yields ``(indices, masks, scores, low)`` for the objects ``order`` lists, a chunk at a time:
-        at most ``chunk_size`` (``chunks.fit_chunk`` of the image's size) objects of one tile."""
+    def _outputs(self, n: int, k: int, return_logits: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks (n, k, H, W) (False, or ``OUTSIDE_LOGIT`` logits), scores (n, k), low-res (n, k, *grid)."""
+        h, w = self._embedding.original_size
+        masks = np.full((n, k, h, w), OUTSIDE_LOGIT, np.float32) if return_logits else np.zeros((n, k, h, w), bool)
+        return masks, np.zeros((n, k), np.float32), np.full((n, k, *self.low_res_size), OUTSIDE_LOGIT, np.float32)
+
+    def _chunk_size(self, chunk_size: int | None, k: int, return_logits: bool) -> int:
+        """Objects per chunk: ``chunk_size`` (default 32), fewer when their whole-image outputs would
+        exceed ``chunks.CHUNK_BYTES`` (``chunks.fit_chunk``)."""
+        per_mask = math.prod(self._embedding.original_size) * (4 if return_logits else 1)
+        return fit_chunk(chunk_size, k * (per_mask + 4 * math.prod(self.low_res_size)))
+
+    def _chunks(self, batches, prompts, tiles, multimask_output, return_logits, progress, cancel, out=None):
+        """Decodes the objects of each of ``batches`` (index arrays; one decoder call per tile in each)
+        and yields ``(indices, arrays)``: with ``out`` (``_outputs`` of all objects) written there at
+        ``indices`` (``arrays`` None), else the chunk's own (masks, scores, low)."""
         coords, labels, boxes, mask_input = prompts
-        n, k, (h, w) = len(order), 3 if multimask_output else 1, self._embedding.original_size
-        size = fit_chunk(chunk_size, k * (h * w * (4 if return_logits else 1) + 4 * math.prod(self.low_res_size)))
+        emb, n, k = self._embedding, len(tiles), 3 if multimask_output else 1
+        grid = (emb, self.cell, self.img_size, self.mask_input_size)
         done = 0
-        for start in range(0, n, size):
+        for idx in batches:
             check_cancel(cancel)
-            idx = order[start : start + size]
-            masks = np.full((len(idx), k, h, w), OUTSIDE_LOGIT, np.float32) if return_logits else np.zeros(
-                (len(idx), k, h, w), bool)
-            scores = np.zeros((len(idx), k), np.float32)
-            low = np.full((len(idx), k, *self.low_res_size), OUTSIDE_LOGIT, np.float32)
+            (masks, scores, low), rows = (out, idx) if out is not None else (
+                self._outputs(len(idx), k, return_logits), np.arange(len(idx)))
             for t in np.unique(tiles[idx]):
                 at = np.flatnonzero(tiles[idx] == t)
-                sel = idx[at]
-                r, c = (0, 0) if t < 0 else self._embedding.origins[t]
+                sel, dst = idx[at], rows[at]
+                r, c = (0, 0) if t < 0 else emb.origins[t]
                 ci = None if coords is None else coords[sel] - [c, r]
                 bi = None if boxes is None else boxes[sel] - [c, r, c, r]
-                mi = None if mask_input is None else np.stack([grid_to_tile(m, t, self._embedding, self.cell, self.img_size, self.mask_input_size) for m in mask_input[sel]])
+                mi = None if mask_input is None else np.stack([grid_to_tile(m, t, *grid) for m in mask_input[sel]])
                 self._use(t)
                 with warnings.catch_warnings():  # prompts outside the image: said once, by _batch
                     warnings.simplefilter("ignore", SamInputWarning)
                     m, sc, lo = self.predictor.predict_batch(ci, None if labels is None else labels[sel], bi, mi,
                                                              multimask_output, return_logits, chunk_size=len(sel))
                 th, tw = m.shape[-2:]
-                masks[at, :, r : r + th, c : c + tw] = m
-                scores[at] = sc
-                low[at] = np.stack([tile_to_grid(x, t, self._embedding, self.cell, self.img_size, self.mask_input_size) for x in lo])
+                masks[dst, :, r : r + th, c : c + tw] = m
+                scores[dst] = sc
+                low[dst] = np.stack([tile_to_grid(x, t, *grid) for x in lo])
             done += len(idx)
-            yield idx, masks, scores, low
+            yield idx, None if out is not None else (masks, scores, low)
             if progress is not None:
                 progress(done, n)
 
