@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from napari_sam import DISTRIBUTION
+from napari_sam.errors import SamUserError
 
 
 def _cmd_gui(args: argparse.Namespace) -> int:
@@ -17,7 +18,15 @@ def _cmd_gui(args: argparse.Namespace) -> int:
 
     viewer = napari.Viewer(title="napari-sam")
     if args.image:
-        viewer.open(args.image)
+        try:
+            viewer.open(args.image)
+        except Exception as err:  # napari's readers raise many kinds; the window must close cleanly
+            viewer.close()
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SamUserError(
+                f"cannot open {args.image!r} as an image ({reason}); give a complete image file napari can "
+                f"read (PNG, TIFF, JPEG, ...), or run 'napari-sam gui' without a file for the sample"
+            ) from None
     elif not args.no_sample:
         viewer.open_sample(DISTRIBUTION, "nuclei")
     viewer.window.add_plugin_dock_widget(DISTRIBUTION, "Segment Anything")

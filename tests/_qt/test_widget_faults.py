@@ -213,6 +213,51 @@ def test_viewer_closed_during_segment_everything(sam_widget, qtbot, notes):
     assert not [t for _, t in notes if "wrote nothing" in t]  # a clean cancel: the result is dropped
 
 
+def test_prompt_layers_removed_and_image_renamed_during_3d_propagation(sam_widget, qtbot, notes):
+    """The seeds are read when the job starts: removing the points layer, renaming the image and the
+    Labels layer mid-job does not stop it; the object is written whole, no traceback."""
+    viewer, widget = sam_widget
+    _prompted_stack(viewer, widget, qtbot)
+    sam = widget.sam
+    labels = sam.labels_layer
+    reached, gate = _hold_jobs(widget)
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000) as sig:
+        qtbot.mouseClick(widget.volume_panel.segment_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(reached.is_set, timeout=30000)
+        viewer.layers.remove(sam.points_layer)
+        viewer.layers.remove(sam.boxes_layer)
+        viewer.layers["stack"].name = "renamed stack"
+        labels.name = "my labels"
+        gate.set()
+    assert sig.args[1] == [1]
+    assert sam.labels_layer is labels and np.unique(labels.data).tolist() == [0, 1]
+    written = [z for z in range(labels.data.shape[0]) if labels.data[z].any()]
+    assert written == list(range(written[0], written[-1] + 1))  # one run of whole slices
+    assert not [t for k, t in notes if k == "show_error"], notes
+    sam.ensure_prompt_layers()  # the prompt layers come back for the next object
+    assert sam.points_layer in viewer.layers and len(sam.points_layer.data) == 0
+
+
+def test_image_replaced_during_3d_propagation_writes_nothing(sam_widget, qtbot, notes):
+    viewer, widget = sam_widget
+    img = _prompted_stack(viewer, widget, qtbot)
+    labels = widget.sam.labels_layer
+    before = labels.data.copy()
+    reached, gate = _hold_jobs(widget)
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000) as sig:
+        qtbot.mouseClick(widget.volume_panel.segment_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(reached.is_set, timeout=30000)
+        viewer.layers.remove("stack")
+        viewer.add_image(img[:, ::-1], name="stack")  # another image under the same name
+        gate.set()
+    assert sig.args[1] is None
+    np.testing.assert_array_equal(labels.data, before)
+    assert not labels._undo_history
+    msg = [t for k, t in notes if "image layer 'stack' was removed or replaced" in t]
+    assert msg and "nothing was written" in msg[0]
+    assert not [t for k, t in notes if k == "show_error"], notes
+
+
 def test_model_changed_mid_encode(sam_widget, qtbot, tiny_sam, notes):
     viewer, widget = sam_widget
     sam = widget.sam
@@ -239,6 +284,44 @@ def test_model_changed_mid_encode(sam_widget, qtbot, tiny_sam, notes):
     assert not [t for k, t in notes if k == "show_error"]
 
 
+def test_device_changed_mid_encode(sam_widget, qtbot, tiny_sam, notes):
+    """The user picks another device while a slice is encoded: the model's weights move under the
+    running encode (on a GPU machine it then fails: "Expected all tensors to be on the same device",
+    simulated here, CPU only). The failure is not shown, the slice is re-encoded on the new device,
+    and the Labels layer is untouched."""
+    viewer, widget = sam_widget
+    sam, box = widget.sam, widget.model_box
+    assert box.device_combo.currentText() == "auto" and box.device_combo.findText("cpu") >= 0
+    old, version = sam.predictor, sam.model_slot.version
+    started, gate = threading.Event(), threading.Event()
+    encode = old.compute_embedding
+
+    def moved_under_it(image):  # worker thread
+        started.set()
+        gate.wait(30)
+        if sam.model_slot.version != version:
+            raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices")
+        return encode(image)
+
+    old.compute_embedding = moved_under_it
+    img = image2d()
+    viewer.add_image(img, name="blobs")
+    labels = sam.labels_layer
+    before = labels.data.copy()
+    qtbot.waitUntil(started.is_set, timeout=30000)
+    box.device_combo.setCurrentText("cpu")  # as the user does
+    assert sam.model_slot.version == version + 1 and sam.predictor is not old and sam.device == "cpu"
+    gate.set()
+    wait_encoded(qtbot, widget)
+    assert len(sam.cache) == 1  # the new predictor's embedding only
+    assert not [t for k, t in notes if k == "show_error"], notes
+    sam.points_layer.add([40, 60])
+    np.testing.assert_array_equal(sam.preview_layer.data > 0, direct(tiny_sam, img, [[60, 40]])[0])
+    np.testing.assert_array_equal(labels.data, before)
+    assert not labels._undo_history
+    assert "on cpu" in box.message.text()
+
+
 def test_model_changed_during_a_job_cancels_it(sam_widget, qtbot, tiny_sam, notes):
     viewer, widget = sam_widget
     viewer.add_image(np.stack([image2d(seed=s) for s in range(3)]), name="stack")
@@ -258,6 +341,43 @@ def test_model_changed_during_a_job_cancels_it(sam_widget, qtbot, tiny_sam, note
     np.testing.assert_array_equal(labels.data, before)
     assert [t for k, t in notes if "model changed while 'segment everything' ran" in t]
     assert not [t for k, t in notes if k == "show_error"]
+
+
+def test_device_changed_during_a_3d_job(sam_widget, qtbot, tiny_sam, notes):
+    """Another device picked during a 3D run: the job is cancelled with a warning; the decode that then
+    fails because the weights moved (a GPU machine; simulated here) is not shown as an error, and the
+    Labels layer is untouched."""
+    viewer, widget = sam_widget
+    _prompted_stack(viewer, widget, qtbot)
+    sam = widget.sam
+    labels = sam.labels_layer
+    before = labels.data.copy()
+    bg, version = sam.background_predictor(), sam.model_slot.version
+    decode = bg.predict_torch
+
+    reached, gate, calls = threading.Event(), threading.Event(), []
+
+    def moved_under_it(*args, **kwargs):  # worker thread: the second decode is running when the device changes
+        calls.append(1)
+        if len(calls) == 2:
+            reached.set()
+            gate.wait(30)
+        if sam.model_slot.version != version:
+            raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices")
+        return decode(*args, **kwargs)
+
+    bg.predict_torch = moved_under_it
+    with qtbot.waitSignal(widget.jobs.done, timeout=60000) as sig:
+        qtbot.mouseClick(widget.volume_panel.segment_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(reached.is_set, timeout=30000)
+        widget.model_box.device_combo.setCurrentText("cpu")
+        gate.set()
+    assert sig.args[1] is None  # failed after the cancel: nothing to write
+    np.testing.assert_array_equal(labels.data, before)
+    assert not labels._undo_history
+    assert [t for k, t in notes if "model changed while '3D propagation' ran" in t]
+    assert not [t for k, t in notes if k == "show_error"], notes
+    assert widget.volume_panel.segment_button.isEnabled()
 
 
 def test_second_job_while_one_runs(sam_widget, qtbot, tiny_sam, notes):
@@ -290,3 +410,40 @@ def test_tiles_on_a_huge_image_are_refused_with_the_count(sam_widget, qtbot, not
     (msg,) = [t for k, t in notes if k == "show_error"]
     assert f"needs {n} encoder runs" in msg and "Switch tiles off" in msg and "encoding failed" not in msg
     assert not widget.sam.has_embedding() and widget.sam.existing_labels_layer is None
+
+
+def test_widget_job_during_a_console_call_is_refused(sam_widget, qtbot, notes, monkeypatch):
+    """A console call runs on the GUI thread with the window live (napari's progress bar): the widget's
+    "Segment everything" clicked meanwhile is refused with a message and the console call completes."""
+    from napari.utils import progress as napari_progress
+
+    import napari_sam.viewer.console_progress as cp
+
+    viewer, widget = sam_widget
+    _prompted_stack(viewer, widget, qtbot)
+    monkeypatch.setattr(cp, "PUMP_HZ", 1e9)  # the bar sees every report
+    clicked: list[str] = []
+
+    def click_during(event):
+        for bar in event.added:
+            desc = bar.desc
+
+            def on_value(e, desc=desc):
+                if e.value >= 2 and not clicked:
+                    clicked.append(desc)
+                    qtbot.mouseClick(widget.everything_panel.run_button, Qt.MouseButton.LeftButton)
+                    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=30000)  # its worker ran and ended
+
+            bar.events.value.connect(on_value)
+
+    napari_progress._all_instances.events.changed.connect(click_during)
+    try:
+        ids = widget.sam.segment_volume(iou_threshold=0, overlap_threshold=0, stability_threshold=0)
+    finally:
+        napari_progress._all_instances.events.changed.disconnect(click_during)
+    assert clicked == ["SAM: 3D segmentation"] and ids == [1]
+    assert np.unique(widget.sam.labels_layer.data).tolist() == [0, 1]  # the 3D object only
+    busy = [t for k, t in notes if k == "show_warning" and "SAM is busy with '3D segmentation'" in t]
+    assert busy and "nothing was written" in busy[0]
+    assert not [t for k, t in notes if k == "show_error"], notes
+    assert widget.everything_panel.run_button.isEnabled()

@@ -62,7 +62,9 @@ def test_nothing_passing_warns_with_the_thresholds_and_the_registry_advice(pred)
     gen = AutomaticMaskGenerator(pred, points_per_side=4, pred_iou_thresh=1.0, stability_score_thresh=1.0)
     with pytest.warns(SamInputWarning, match=r"no mask passed the thresholds \(pred_iou_thresh=1, stability_score_thresh=1, "
                       r"box_nms_thresh=0\.7.*lower pred_iou_thresh") as rec:
-        assert gen.generate(img) == []
+        out = gen.generate(img)
+    assert out == [] and out.note == gen.last_note == str(rec[0].message)  # the result says it too
+    assert "no mask passed the thresholds" in out.note
     assert len([w for w in rec if issubclass(w.category, SamInputWarning)]) == 1
     # a model with a registry name: its recommended thresholds are named
     model = make_tiny_sam()
@@ -71,3 +73,7 @@ def test_nothing_passing_warns_with_the_thresholds_and_the_registry_advice(pred)
     with pytest.warns(SamInputWarning, match=r"registry recommends for 'nano_nuclei': pred_iou_thresh=0\.5, "
                       r"stability_score_thresh=0\.9, box_nms_thresh=0\.2.*automatic_defaults\('nano_nuclei'\)"):
         assert gen.generate_labels(img).max() == 0
+    assert "registry recommends for 'nano_nuclei'" in gen.last_note
+    gen = AutomaticMaskGenerator(pred, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    found = gen.generate(img)
+    assert found and found.note == gen.last_note == ""

@@ -213,6 +213,93 @@ def test_batch_of_objects_in_different_tiles_equals_one_by_one(tiled):
     assert [a.shape for a in empty] == [(0, 1, H, W), (0, 1), (0, 1, 150, 175)]
 
 
+def _many_boxes(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform([0, 0], [W - 60, H - 60], (n, 2))
+    return np.concatenate([xy, xy + rng.uniform(20, 60, (n, 2))], axis=1)
+
+
+def test_batch_in_chunks_reports_progress_and_cancels(tiled):
+    """Many objects over all tiles: decoded at most ``chunk_size`` (of one tile) per decoder call, in
+    the order of the tiles, with progress in objects and a cancel between chunks (issue 23)."""
+    import threading
+
+    from napari_sam.errors import Cancelled
+
+    tp, _ = tiled
+    boxes = _many_boxes(40)
+    assert len({tp._choose(None, None, boxes, i) for i in range(40)}) >= 4
+    whole = tp.predict_batch(boxes=boxes)  # default chunks
+    seen = []
+    chunked = tp.predict_batch(boxes=boxes, chunk_size=3, progress=lambda d, t: seen.append((d, t)))
+    assert (whole[0] != chunked[0]).mean() < 1e-4  # masks: float rounding apart, the same
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chunked[2], whole[2], rtol=1e-4, atol=1e-4)
+    assert seen[-1] == (40, 40) and [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) >= 40 // 3
+    stop, calls = threading.Event(), []
+
+    def progress(done, total):
+        calls.append(done)
+        if done >= 6:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        tp.predict_batch(boxes=boxes, chunk_size=3, progress=progress, cancel=stop)
+    assert 6 <= calls[-1] < 40 and all(c < 6 for c in calls[:-1])  # stopped at the chunk after the set
+
+
+def test_iter_predict_batch_gives_objects_in_order_in_bounded_chunks(tiled, monkeypatch):
+    import napari_sam.engine.chunks as chunks
+    from napari_sam.errors import TooMuchWorkError
+
+    tp, _ = tiled
+    boxes = _many_boxes(20, seed=1)
+    masks, scores, low = tp.predict_batch(boxes=boxes)
+    per_object = H * W + 4 * 150 * 175  # one bool mask and its low-res logits
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 4 * per_object)  # a large image: 4 objects per chunk
+    got = list(tp.iter_predict_batch(boxes=boxes))
+    assert [start for start, *_ in got] == list(range(0, 20, 4)) and all(len(m) <= 4 for _, m, _, _ in got)
+    assert (np.concatenate([m for _, m, _, _ in got]) != masks).mean() < 1e-4
+    np.testing.assert_allclose(np.concatenate([s for _, _, s, _ in got]), scores, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="boxes must have shape"):  # checked at the call, not at the first chunk
+        tp.iter_predict_batch(boxes=np.zeros((3, 3)))
+    monkeypatch.setattr(chunks, "MAX_BATCH_OUTPUT_BYTES", 10 * per_object)
+    with pytest.raises(TooMuchWorkError, match="20 objects.*iter_predict_batch") as err:
+        tp.predict_batch(boxes=boxes)
+    assert err.value.count == 20
+
+
+def test_bad_objects_in_a_tiled_batch_are_refused_before_any_decode(tiled, monkeypatch):
+    """Every object of a batch is checked before the first chunk is decoded (a NaN in the last one does
+    not cost the others' work), and prompts outside the image are said once, not once per tile."""
+    import warnings
+
+    from napari_sam.errors import SamInputWarning, SamUserError
+
+    tp, _ = tiled
+    boxes = _many_boxes(12, seed=2)
+    calls = []
+    monkeypatch.setattr(tp.predictor, "predict_torch", lambda *a, **k: calls.append(1))
+    bad = boxes.copy()
+    bad[-1, 0] = np.nan
+    with pytest.raises(SamUserError, match="boxes must be finite"):
+        tp.predict_batch(boxes=bad, chunk_size=2)
+    bad = boxes.copy()
+    bad[-1] = bad[-1, [2, 3, 0, 1]]  # corners swapped
+    with pytest.raises(SamUserError, match="x0 <= x1"):
+        tp.predict_batch(boxes=bad, chunk_size=2)
+    with pytest.raises(SamUserError, match="point_labels must be"):
+        tp.predict_batch(np.ones((2, 1, 2)) * 50, np.array([[1], [5]]))
+    assert not calls
+    monkeypatch.undo()
+    far = np.array([[[5000.0, 5000.0]], [[5100.0, 10.0]], [[40.0, 30.0]]])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        tp.predict_batch(far, np.ones((3, 1)))
+    outside = [w for w in seen if issubclass(w.category, SamInputWarning)]
+    assert len(outside) == 1 and "2 of 3 point(s)" in str(outside[0].message)
+
+
 def test_bad_use_is_a_clear_error():
     model = _model()
     with pytest.raises(ValueError, match="overlap"):

@@ -91,12 +91,21 @@ class EncodeRunner:
             self.sam.update_preview()
 
     def _on_errored(self, exc: BaseException) -> None:
-        if self.closed:
-            return
+        if self.closed or self._stale(self._busy_key):
+            return  # the model or its device changed under the encode (weights moved): it is re-encoded
         if isinstance(exc, SamUserError):  # e.g. too many tiles: the message says what to do
             show_error(f"SAM: {exc}")
         else:
             show_error(f"SAM: encoding failed: {type(exc).__name__}: {exc}")
+
+    def _stale(self, key: tuple | None) -> bool:
+        """Whether ``key``'s slice would now be encoded with other settings (model, device, tiles ...)."""
+        if key is None or self.sam.image_layer is None:
+            return key is not None
+        try:
+            return self.sam.embedding_key(key[1]) != key
+        except SamUserError:  # the slice is gone (another image)
+            return True
 
     def _on_finished(self) -> None:
         self.worker, self._busy_key = None, None

@@ -101,7 +101,13 @@ class JobRunner(QObject):
         self._outcome = (name, out)
 
     def _on_errored(self, name: str, exc: BaseException) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        if self.cancel_event.is_set() and not isinstance(exc, SamUserError):
+            return  # failed after it was cancelled (e.g. the model moved to another device under it): said then
+        if isinstance(exc, SamUserError):  # e.g. refused: a console call holds the model
+            show_warning(str(exc))
+        else:
             show_error(f"SAM: {name} failed: {type(exc).__name__}: {exc}")
 
     def _on_finished(self) -> None:

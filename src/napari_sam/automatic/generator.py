@@ -39,7 +39,15 @@ from napari_sam.engine.predictor import SamPredictor
 from napari_sam.engine.progress import AUTO, Cancel, Progress, check_cancel, resolve_progress
 from napari_sam.errors import SamInputWarning, SamUserError
 
-__all__ = ["MIN_SIDE", "AutomaticMaskGenerator", "link_slices"]
+__all__ = ["MIN_SIDE", "AutomaticMaskGenerator", "MaskRecords", "link_slices"]
+
+
+class MaskRecords(list):
+    """What :meth:`AutomaticMaskGenerator.generate` returns: its list of records, and ``note``: ""
+    when masks passed the thresholds, else why none did and which thresholds the model's registry
+    entry recommends (the text of the ``SamInputWarning``; also ``generator.last_note``)."""
+
+    note: str = ""
 
 
 class AutomaticMaskGenerator:
@@ -141,6 +149,8 @@ class AutomaticMaskGenerator:
         self.chunk_pixels = int(chunk_pixels)
         #: crops encoded together (``SamPredictor.encode_batch``): 8 on a GPU, one at a time on a CPU
         self.encode_batch_size = 8 if self.predictor.device.type == "cuda" else 1
+        #: after each image: "" when masks passed the thresholds, else the warning's text (why none did)
+        self.last_note = ""
 
     # ------------------------------------------------------------------ public API
     def generate(
@@ -150,12 +160,14 @@ class AutomaticMaskGenerator:
 
         Returns records like the official: ``segmentation`` ((H, W) bool or RLE dict), ``area`` (int),
         ``bbox`` XYWH, ``predicted_iou``, ``point_coords`` ([[x, y]]), ``stability_score``,
-        ``crop_box`` XYWH. ``progress(done, total)`` is called after each embedding and each batch
+        ``crop_box`` XYWH, in a :class:`MaskRecords` list whose ``note`` says why it is empty when no mask
+        passed the thresholds (as the ``SamInputWarning`` does). ``progress(done, total)`` is called after each embedding and each batch
         (default ``"auto"``: a terminal bar when standard error is a terminal); ``cancel`` (callable or
         ``threading.Event``) is checked as often and raises :class:`~napari_sam.errors.Cancelled`.
         """
         size, data = self.generate_masks(image, resolve_progress(progress, "segment everything"), cancel)
-        out = []
+        out = MaskRecords()
+        out.note = self.last_note
         for i in range(len(data)):
             if self.output_mode == "binary_mask":
                 seg: Any = data.full(i, size)
@@ -272,12 +284,11 @@ class AutomaticMaskGenerator:
             data = data.select(nms(data.boxes.float(), 1 / box_area(data.crop_boxes.float()), self.crop_nms_thresh))
         if self.min_mask_region_area > 0 and len(data):
             data = self._remove_small_regions(data, size)
-        if not len(data):
-            self._warn_nothing_passed()
+        self.last_note = "" if len(data) else self._warn_nothing_passed()
         return size, data
 
-    def _warn_nothing_passed(self) -> None:
-        """One ``SamInputWarning`` naming the thresholds used and the model's registry defaults."""
+    def _warn_nothing_passed(self) -> str:
+        """One ``SamInputWarning`` naming the thresholds used and the model's registry defaults; its text."""
         used = {
             "pred_iou_thresh": self.pred_iou_thresh, "stability_score_thresh": self.stability_score_thresh,
             "box_nms_thresh": self.box_nms_thresh,
@@ -296,11 +307,12 @@ class AutomaticMaskGenerator:
                     )
                 else:
                     hint = f"these are the registry's values for {name!r}; {hint}"
-        warnings.warn(
+        note = (
             f"no mask passed the thresholds ({_fmt(used)}, stability_score_offset={self.stability_score_offset:g}"
-            f"{f', min_mask_region_area={self.min_mask_region_area}' if self.min_mask_region_area else ''}); {hint}",
-            SamInputWarning, stacklevel=4,
+            f"{f', min_mask_region_area={self.min_mask_region_area}' if self.min_mask_region_area else ''}); {hint}"
         )
+        warnings.warn(note, SamInputWarning, stacklevel=4)
+        return note
 
     def _remove_small_regions(self, data: Masks, size: tuple[int, int]) -> Masks:
         """Official post-processing: fill small holes, drop small islands, re-run NMS (changed masks lose)."""

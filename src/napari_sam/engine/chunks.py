@@ -24,6 +24,10 @@ from napari_sam.errors import SamUserError, TooMuchWorkError
 DECODE_CHUNK = 32
 """Objects per decoder call in ``predict_batch`` (results do not depend on it beyond float rounding)."""
 
+CHUNK_BYTES = 256 << 20
+"""A chunk's outputs are kept under this (256 MiB): fewer than ``DECODE_CHUNK`` objects per decoder
+call on large images (:func:`fit_chunk`), so ``iter_predict_batch`` stays bounded at any image size."""
+
 MAX_BATCH_OUTPUT_BYTES = 4 << 30
 """``predict_batch`` refuses batches whose returned masks and logits would exceed this (4 GiB)."""
 
@@ -47,6 +51,15 @@ def check_output_size(n: int, k: int, size: tuple[int, int], low: tuple[int, int
             f"iter_predict_batch(...) to receive them {DECODE_CHUNK} at a time, or pass fewer objects per call",
             count=n, estimate=float(need),
         )
+
+
+def fit_chunk(chunk_size: int | None, bytes_per_object: int) -> int:
+    """Objects per chunk: ``chunk_size`` (default ``DECODE_CHUNK``), fewer when their outputs of
+    ``bytes_per_object`` each would exceed ``CHUNK_BYTES``; at least 1."""
+    size = DECODE_CHUNK if chunk_size is None else int(chunk_size)
+    if size < 1:
+        raise SamUserError(f"chunk_size must be at least 1 (objects per decoder call), got {chunk_size}")
+    return max(1, min(size, CHUNK_BYTES // max(1, bytes_per_object)))
 
 
 def _rows(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ def _show(a: np.ndarray, n: int = 4) -> str:
     return f"[{vals}{', ...' if flat.size > n else ''}]"
 
 
-def _numbers(a, name: str, what: str) -> np.ndarray:
+def as_numbers(a, name: str, what: str) -> np.ndarray:
     """``a`` as a float64 array, or ``SamTypeError`` when it holds something else (strings, None)."""
     arr = np.asarray(a)
     if arr.dtype.kind not in "biuf":
@@ -34,7 +34,7 @@ def _numbers(a, name: str, what: str) -> np.ndarray:
     return arr if arr.dtype.kind == "f" else arr.astype(np.float64)
 
 
-def _finite(a: np.ndarray, name: str, what: str) -> None:
+def check_finite(a: np.ndarray, name: str, what: str) -> None:
     if not np.isfinite(a).all():
         bad = a[~np.isfinite(a)]
         raise SamUserError(
@@ -66,7 +66,7 @@ def check_labels(labels, batch: bool) -> np.ndarray:
 
 def check_boxes(boxes: np.ndarray, name: str) -> None:
     """(..., 4) boxes: finite, and x0 <= x1, y0 <= y1 (``SamUserError`` saying the expected order)."""
-    _finite(boxes, name, "(x0, y0, x1, y1) pixels")
+    check_finite(boxes, name, "(x0, y0, x1, y1) pixels")
     b = boxes.reshape(-1, 4)
     bad = (b[:, 0] > b[:, 2]) | (b[:, 1] > b[:, 3])
     if bad.any():
@@ -132,7 +132,7 @@ def prompt_tensors(
     n = None
     c_t = l_t = b_t = m_t = None
     if coords is not None:
-        coords = _numbers(coords, "point_coords", "(x, y) pixels")
+        coords = as_numbers(coords, "point_coords", "(x, y) pixels")
         labels = np.asarray(labels)
         nd = 3 if batch else 2
         if coords.ndim != nd or coords.shape[-1] != 2 or coords.shape[-2] == 0:
@@ -141,7 +141,7 @@ def prompt_tensors(
             raise SamUserError(
                 f"point_labels must have shape {coords.shape[:-1]} {dims}N), got {labels.shape}"
             )
-        _finite(coords, "point_coords", "(x, y) pixels")
+        check_finite(coords, "point_coords", "(x, y) pixels")
         labels = check_labels(labels, batch)
         c = to_input(coords, emb, transform)
         c_t = torch.as_tensor(c, dtype=torch.float, device=device)
@@ -150,7 +150,7 @@ def prompt_tensors(
             c_t, l_t = c_t[None], l_t[None]
         n = c_t.shape[0]
     if boxes is not None:
-        boxes = _numbers(boxes, "box" + ("es" if batch else ""), "(x0, y0, x1, y1) pixels")
+        boxes = as_numbers(boxes, "box" + ("es" if batch else ""), "(x0, y0, x1, y1) pixels")
         ok = boxes.ndim == 2 and boxes.shape[1] == 4 if batch else boxes.shape in ((4,), (1, 4))
         if not ok:
             raise SamUserError(
@@ -164,7 +164,7 @@ def prompt_tensors(
             raise SamUserError(f"boxes has {b_t.shape[0]} rows but point_coords has batch {n}")
         n = b_t.shape[0]
     if mask_input is not None:
-        m = _numbers(mask_input, "mask_input", "low-res logits")
+        m = as_numbers(mask_input, "mask_input", "low-res logits")
         size = (1, *mask_input_size)
         if batch:
             ok = m.ndim == 4 and m.shape[1:] == size and m.shape[0] >= 1 and n in (None, m.shape[0])
@@ -175,7 +175,7 @@ def prompt_tensors(
                 f"mask_input must have shape {dims}1, {size[1]}, {size[2]}) (low-res logits of a "
                 f"previous prediction{', one per object' if batch else ''}), got {m.shape}"
             )
-        _finite(m, "mask_input", "low-res logits of a previous prediction")
+        check_finite(m, "mask_input", "low-res logits of a previous prediction")
         m_t = torch.as_tensor(m, dtype=torch.float, device=device)
         if not batch:
             m_t = m_t[None]

@@ -11,7 +11,7 @@ overview. An image that fits in one tile is handled exactly as by ``SamPredictor
 The API is ``SamPredictor``'s (``compute_embedding``, ``set_image``, ``set_image_embedding``,
 ``predict``, ``predict_batch``; points (x, y) and boxes (x0, y0, x1, y1) in pixels of the image).
 One difference on a tiled image: the low-res logits, the ``mask_input`` of a refinement, form an
-image-wide grid, (C, ceil(H / c), ceil(W / c)) with c = img_size / 256 px per cell (2 for nano,
+image-wide grid (:mod:`napari_sam.engine.tile_grid`), (C, ceil(H / c), ceil(W / c)) with c = img_size / 256 px per cell (2 for nano,
 4 for SAM), so a refinement may move to another tile; cells the decode did not cover hold
 ``OUTSIDE_LOGIT``, as do the logits (``return_logits=True``) outside the object's tile.
 """
@@ -20,22 +20,24 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from napari_sam.engine.chunks import check_output_size, fit_chunk
 from napari_sam.engine.images import to_sam_image
 from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
-from napari_sam.errors import SamUserError, TooMuchWorkError
+from napari_sam.engine.progress import Cancel, Progress, check_cancel
+from napari_sam.engine.prompts import as_numbers, check_boxes, check_finite, check_labels, warn_outside
+from napari_sam.engine.tile_grid import OUTSIDE_LOGIT, grid_shape, grid_to_tile, tile_to_grid
+from napari_sam.errors import SamInputWarning, SamUserError, TooMuchWorkError
 
 MAX_TILE_ENCODINGS = 500
 """``TiledPredictor`` refuses images that need more encoder runs than this (``max_encodings``): a
 20000 x 20000 image is 2705 runs with nano_nuclei, 677 with SAM."""
 
-OUTSIDE_LOGIT = -20.0
-"""Logit of the pixels and low-res cells a tiled decode did not cover (a confident "background")."""
 
 
 def _duration(seconds: float) -> str:
@@ -229,8 +231,7 @@ class TiledPredictor:
         """(rows, cols) of the low-res logits / ``mask_input`` of the current image."""
         if not self.is_tiled:
             return self.mask_input_size
-        h, w = self._embedding.original_size
-        return (-(-h // self.cell), -(-w // self.cell))
+        return grid_shape(self._embedding, self.cell)
 
     def _use(self, k: int) -> None:
         """Point the inner predictor at tile ``k`` (-1: the overview)."""
@@ -257,22 +258,54 @@ class TiledPredictor:
         return masks[0], scores[0], low[0]
 
     def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      multimask_output: bool = False, return_logits: bool = False):
-        """Masks for B objects; as ``SamPredictor.predict_batch``, each object decoded in its own tile.
+                      multimask_output: bool = False, return_logits: bool = False, progress: Progress = None,
+                      cancel: Cancel = None, chunk_size: int | None = None):
+        """Masks for B objects; as ``SamPredictor.predict_batch``, each object decoded in its own tile,
+        ``chunk_size`` objects of one tile per decoder call, ``progress(done, total)`` in objects after
+        each, ``cancel`` (raises ``Cancelled``) between them; ``TooMuchWorkError`` before any work when
+        the outputs would exceed ``chunks.MAX_BATCH_OUTPUT_BYTES`` (use :meth:`iter_predict_batch`).
 
         Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, *low_res_size); numpy.
         """
         if not self.is_tiled:
-            return self.predictor.predict_batch(point_coords, point_labels, boxes, mask_input,
-                                                multimask_output, return_logits)
-        coords = None if point_coords is None else np.asarray(point_coords, dtype=float)
-        labels = None if point_labels is None else np.asarray(point_labels)
-        boxes = None if boxes is None else np.asarray(boxes, dtype=float)
-        if (coords is None) != (labels is None):
+            return self.predictor.predict_batch(point_coords, point_labels, boxes, mask_input, multimask_output,
+                                                return_logits, progress, cancel, chunk_size)
+        prompts, tiles = self._batch(point_coords, point_labels, boxes, mask_input)
+        n, k = len(tiles), 3 if multimask_output else 1
+        check_output_size(n, k, self._embedding.original_size, self.low_res_size, return_logits)
+        out = self._outputs(n, k, return_logits)
+        size = self._chunk_size(chunk_size, k, return_logits)
+        groups = [np.flatnonzero(tiles == t) for t in np.unique(tiles)]  # tile by tile: fewest switches and calls
+        batches = [g[i : i + size] for g in groups for i in range(0, len(g), size)]
+        for _ in self._chunks(batches, prompts, tiles, multimask_output, return_logits, progress, cancel, out):
+            pass
+        return out
+
+    def iter_predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                           multimask_output: bool = False, return_logits: bool = False, progress: Progress = None,
+                           cancel: Cancel = None, chunk_size: int | None = None):
+        """:meth:`predict_batch` as a generator of ``(start, masks, scores, low_res)`` for objects
+        ``start:start + len(masks)``, in order: memory bounded by one chunk (``chunks.fit_chunk``)."""
+        if not self.is_tiled:
+            return self.predictor.iter_predict_batch(point_coords, point_labels, boxes, mask_input,
+                                                     multimask_output, return_logits, progress, cancel, chunk_size)
+        prompts, tiles = self._batch(point_coords, point_labels, boxes, mask_input)  # checked now, not lazily
+        n, size = len(tiles), self._chunk_size(chunk_size, 3 if multimask_output else 1, return_logits)
+        batches = [np.arange(i, min(n, i + size)) for i in range(0, n, size)]
+        chunks = self._chunks(batches, prompts, tiles, multimask_output, return_logits, progress, cancel)
+        return ((int(idx[0]), *arrays) for idx, arrays in chunks)
+
+    def _batch(self, point_coords, point_labels, boxes, mask_input):
+        """Checked prompts (coords (B, N, 2), labels, boxes (B, 4), mask_input (B, 1, *grid)) and each
+        object's tile (-1: the overview)."""
+        if (point_coords is None) != (point_labels is None):
             raise SamUserError("point_coords and point_labels must be given together")
+        coords = None if point_coords is None else as_numbers(point_coords, "point_coords", "(x, y) pixels")
+        labels = None if point_labels is None else np.asarray(point_labels)
+        boxes = None if boxes is None else as_numbers(boxes, "boxes", "(x0, y0, x1, y1) pixels")
         if coords is not None and (coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]):
             raise SamUserError(f"point_coords must have shape (B, N, 2) (x, y) and point_labels (B, N), got "
-                             f"{coords.shape} and {labels.shape}")
+                               f"{coords.shape} and {labels.shape}")
         if boxes is not None and (boxes.ndim != 2 or boxes.shape[1] != 4):
             raise SamUserError(f"boxes must have shape (B, 4) (x0, y0, x1, y1), got {boxes.shape}")
         n = next((len(a) for a in (coords, boxes, mask_input) if a is not None), 0)
@@ -280,31 +313,64 @@ class TiledPredictor:
             raise SamUserError("point_coords, boxes and mask_input must have the same batch size B")
         grid = self.low_res_size
         if mask_input is not None:
-            mask_input = np.asarray(mask_input, dtype=np.float32)
+            mask_input = as_numbers(mask_input, "mask_input", "low-res logits").astype(np.float32)
             if mask_input.shape != (n, 1, *grid):
                 raise SamUserError(f"mask_input must have shape ({n}, 1, {grid[0]}, {grid[1]}) on this tiled "
-                                 f"image (low-res logits of a previous prediction), got {mask_input.shape}")
-        k_out = 3 if multimask_output else 1
-        h, w = self._embedding.original_size
-        masks = np.full((n, k_out, h, w), OUTSIDE_LOGIT, np.float32) if return_logits else np.zeros(
-            (n, k_out, h, w), bool)
-        scores = np.zeros((n, k_out), np.float32)
-        low = np.full((n, k_out, *grid), OUTSIDE_LOGIT, np.float32)
+                                   f"image (low-res logits of a previous prediction), got {mask_input.shape}")
+            check_finite(mask_input, "mask_input", "low-res logits of a previous prediction")
+        if coords is not None:  # every object checked before the first chunk is decoded
+            check_finite(coords, "point_coords", "(x, y) pixels")
+            labels = check_labels(labels, batch=True)
+        if boxes is not None:
+            check_boxes(boxes, "boxes")
+        warn_outside(coords, labels, boxes, self._embedding.original_size, stacklevel=4)
         tiles = np.array([self._choose(coords, labels, boxes, i) for i in range(n)], dtype=int)
-        for k in np.unique(tiles):
-            idx = np.flatnonzero(tiles == k)
-            r, c = (0, 0) if k < 0 else self._embedding.origins[k]
-            ci = None if coords is None else coords[idx] - [c, r]
-            li = None if labels is None else labels[idx]
-            bi = None if boxes is None else boxes[idx] - [c, r, c, r]
-            mi = None if mask_input is None else np.stack([self._grid_to_tile(m, k) for m in mask_input[idx]])
-            self._use(k)
-            m, s, lo = self.predictor.predict_batch(ci, li, bi, mi, multimask_output, return_logits)
-            th, tw = m.shape[-2:]
-            masks[idx, :, r : r + th, c : c + tw] = m
-            scores[idx] = s
-            low[idx] = np.stack([self._tile_to_grid(x, k) for x in lo])
-        return masks, scores, low
+        return (coords, labels, boxes, mask_input), tiles
+
+    def _outputs(self, n: int, k: int, return_logits: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks (n, k, H, W) (False, or ``OUTSIDE_LOGIT`` logits), scores (n, k), low-res (n, k, *grid)."""
+        h, w = self._embedding.original_size
+        masks = np.full((n, k, h, w), OUTSIDE_LOGIT, np.float32) if return_logits else np.zeros((n, k, h, w), bool)
+        return masks, np.zeros((n, k), np.float32), np.full((n, k, *self.low_res_size), OUTSIDE_LOGIT, np.float32)
+
+    def _chunk_size(self, chunk_size: int | None, k: int, return_logits: bool) -> int:
+        """Objects per chunk: ``chunk_size`` (default 32), fewer when their whole-image outputs would
+        exceed ``chunks.CHUNK_BYTES`` (``chunks.fit_chunk``)."""
+        per_mask = math.prod(self._embedding.original_size) * (4 if return_logits else 1)
+        return fit_chunk(chunk_size, k * (per_mask + 4 * math.prod(self.low_res_size)))
+
+    def _chunks(self, batches, prompts, tiles, multimask_output, return_logits, progress, cancel, out=None):
+        """Decodes the objects of each of ``batches`` (index arrays; one decoder call per tile in each)
+        and yields ``(indices, arrays)``: with ``out`` (``_outputs`` of all objects) written there at
+        ``indices`` (``arrays`` None), else the chunk's own (masks, scores, low)."""
+        coords, labels, boxes, mask_input = prompts
+        emb, n, k = self._embedding, len(tiles), 3 if multimask_output else 1
+        grid = (emb, self.cell, self.img_size, self.mask_input_size)
+        done = 0
+        for idx in batches:
+            check_cancel(cancel)
+            (masks, scores, low), rows = (out, idx) if out is not None else (
+                self._outputs(len(idx), k, return_logits), np.arange(len(idx)))
+            for t in np.unique(tiles[idx]):
+                at = np.flatnonzero(tiles[idx] == t)
+                sel, dst = idx[at], rows[at]
+                r, c = (0, 0) if t < 0 else emb.origins[t]
+                ci = None if coords is None else coords[sel] - [c, r]
+                bi = None if boxes is None else boxes[sel] - [c, r, c, r]
+                mi = None if mask_input is None else np.stack([grid_to_tile(m, t, *grid) for m in mask_input[sel]])
+                self._use(t)
+                with warnings.catch_warnings():  # prompts outside the image: said once, by _batch
+                    warnings.simplefilter("ignore", SamInputWarning)
+                    m, sc, lo = self.predictor.predict_batch(ci, None if labels is None else labels[sel], bi, mi,
+                                                             multimask_output, return_logits, chunk_size=len(sel))
+                th, tw = m.shape[-2:]
+                masks[dst, :, r : r + th, c : c + tw] = m
+                scores[dst] = sc
+                low[dst] = np.stack([tile_to_grid(x, t, *grid) for x in lo])
+            done += len(idx)
+            yield idx, None if out is not None else (masks, scores, low)
+            if progress is not None:
+                progress(done, n)
 
     def _choose(self, coords, labels, boxes, i: int) -> int:
         """The tile that holds object ``i``'s prompts farthest from its inner edges; -1: the overview."""
@@ -330,36 +396,3 @@ class TiledPredictor:
             if margin > best_margin:
                 best, best_margin = k, margin
         return best if best_margin >= need else -1
-
-    def _overview_cells(self) -> tuple[int, int]:
-        """(rows, cols) of the overview's low-res logits that cover the (resized) image."""
-        ih, iw = self._embedding.overview.input_size
-        n = self.mask_input_size[0]
-        return (-(-ih * n // self.img_size), -(-iw * n // self.img_size))
-
-    def _grid_to_tile(self, m: np.ndarray, k: int) -> np.ndarray:
-        """(1, *low_res_size) image-wide logits -> (1, 256, 256) ``mask_input`` of tile ``k`` (-1 overview)."""
-        out = np.full((1, *self.mask_input_size), OUTSIDE_LOGIT, np.float32)
-        if k < 0:
-            lh, lw = self._overview_cells()
-            t = F.interpolate(torch.from_numpy(m)[None], (lh, lw), mode="bilinear", align_corners=False)
-            out[:, :lh, :lw] = t[0].numpy()
-            return out
-        r, c = self._embedding.origins[k]
-        sub = m[:, r // self.cell : r // self.cell + out.shape[1], c // self.cell : c // self.cell + out.shape[2]]
-        out[:, : sub.shape[1], : sub.shape[2]] = sub
-        return out
-
-    def _tile_to_grid(self, lo: np.ndarray, k: int) -> np.ndarray:
-        """(C, 256, 256) low-res logits of tile ``k`` (-1 overview) -> (C, *low_res_size), OUTSIDE_LOGIT elsewhere."""
-        gh, gw = self.low_res_size
-        if k < 0:
-            lh, lw = self._overview_cells()
-            t = torch.from_numpy(np.ascontiguousarray(lo[:, :lh, :lw]))[None]
-            return F.interpolate(t, (gh, gw), mode="bilinear", align_corners=False)[0].numpy()
-        out = np.full((lo.shape[0], gh, gw), OUTSIDE_LOGIT, np.float32)
-        (r, c), (th, tw) = self._embedding.origins[k], self._embedding.tiles[k].original_size
-        r, c = r // self.cell, c // self.cell
-        vh, vw = min(-(-th // self.cell), gh - r), min(-(-tw // self.cell), gw - c)
-        out[:, r : r + vh, c : c + vw] = lo[:, :vh, :vw]
-        return out

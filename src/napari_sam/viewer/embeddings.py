@@ -11,6 +11,7 @@ entries only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ class SliceEmbeddings:
         stores: stack stores whose embeddings are reused instead of encoding again (or None).
         cache_size: slices kept (LRU).
         on_stored: called with the cache key of each embedding stored.
+        report: ``report(what)``, a context giving a ``progress(done, total)`` (or None) for a slice
+            encoded here in several runs (tiles; the façade's ``console_progress``); None: no reports.
 
     ``request``: None -> :meth:`use` computes a missing embedding synchronously; the dock widget sets
     a background runner (``request(index)``) and the preview waits for it.
@@ -37,12 +40,14 @@ class SliceEmbeddings:
     def __init__(
         self, images: ImageSource, models: ModelSlot, stores: StackStores | None = None,
         cache_size: int = 8, on_stored: Callable[[tuple], Any] | None = None,
+        report: Callable[[str], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.images = images
         self.models = models
         self.stores = stores
         self.cache = EmbeddingCache(cache_size)
         self.on_stored = on_stored
+        self.report = report
         self.request: Callable[[tuple[int, ...]], Any] | None = None
         self._predictor_key: Any = None  # the key of the embedding the predictor holds
 
@@ -107,9 +112,23 @@ class SliceEmbeddings:
         emb = self.cache.get(key)
         if emb is None:
             emb = self.stored(key[1])
-            emb = job() if emb is None else emb
+            emb = self._encode(job) if emb is None else emb
             self.store(key, emb)
         return emb
+
+    def _encode(self, job: Any) -> Any:
+        """``job()``; a slice of several encoder runs (tiles) reports them through :attr:`report`."""
+        if self.report is None or job.steps <= 1:
+            return job()
+        with self.report(f"{job.steps} tile encodings") as progress:
+            if progress is None:
+                return job()
+            steps = job.iterate()
+            while True:
+                try:
+                    progress(*next(steps))
+                except StopIteration as end:
+                    return end.value  # a TiledEmbedding: its tiles are prepared when decoded
 
     def use(self, index: tuple[int, ...], sync: bool) -> bool:
         """Point the interactive predictor at the slice's embedding; False (request sent) if not ready."""

@@ -21,6 +21,7 @@ need in their constructors (docs/architecture.md draws who calls whom):
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ from napari.utils.notifications import show_error, show_warning
 
 from napari_sam.engine.progress import AUTO
 from napari_sam.errors import SamUserError
+from napari_sam.viewer.console_progress import StopWhenClosed, console_progress
 from napari_sam.viewer.embeddings import SliceEmbeddings
 from napari_sam.viewer.everything import EverythingActions
+from napari_sam.viewer.forwarding import Forward, Method
 from napari_sam.viewer.image_source import ImageSource
 from napari_sam.viewer.label_writer import LABELS_NAME, LabelWriter
 from napari_sam.viewer.model_slot import ModelSlot
@@ -45,32 +48,6 @@ from napari_sam.viewer.volume import VolumeActions, renamed_seeds
 __all__ = ["SegmentAnything", "SamUserError"]
 
 
-class _Forward:
-    """A façade attribute held by one of its parts: ``multimask = _Forward("preview", "multimask", doc)``
-    reads and writes ``self.preview.multimask``."""
-
-    def __init__(self, part: str, name: str, doc: str) -> None:
-        self.part, self.name, self.__doc__ = part, name, doc
-
-    def __get__(self, obj: Any, owner: Any = None) -> Any:
-        return self if obj is None else getattr(getattr(obj, self.part), self.name)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        setattr(getattr(obj, self.part), self.name, value)
-
-
-class _Method:
-    """A façade method that is one of its parts' (same signature and docstring):
-    ``cycle_mask = _Method("preview", "cycle")`` gives ``self.preview.cycle``."""
-
-    def __init__(self, part: str, name: str) -> None:
-        self.part, self.name = part, name
-        self.__doc__ = f"``{part}.{name}``: the {part} part's method."
-
-    def __get__(self, obj: Any, owner: Any = None) -> Any:
-        return self if obj is None else getattr(getattr(obj, self.part), self.name)
-
-
 class SegmentAnything:
     """Segment Anything bound to a napari viewer (the object behind the dock widget).
 
@@ -81,62 +58,62 @@ class SegmentAnything:
     """
 
     # the model
-    model = _Forward("model_slot", "model", "The ``Sam`` in use (None until :meth:`set_model`).")
-    model_name = _Forward("model_slot", "name", "Registry name, file path or arch of the model.")
-    predictor = _Forward("model_slot", "predictor", "The interactive predictor (``TiledPredictor`` with tiles).")
-    device = _Forward("model_slot", "device", "Device of the model ('cpu', 'cuda:0', ...).")
-    max_tile_encodings = _Forward("model_slot", "max_tile_encodings", "With tiles: most encoder runs per slice (None: any).")
+    model = Forward("model_slot", "model", "The ``Sam`` in use (None until :meth:`set_model`).")
+    model_name = Forward("model_slot", "name", "Registry name, file path or arch of the model.")
+    predictor = Forward("model_slot", "predictor", "The interactive predictor (``TiledPredictor`` with tiles).")
+    device = Forward("model_slot", "device", "Device of the model ('cpu', 'cuda:0', ...).")
+    max_tile_encodings = Forward("model_slot", "max_tile_encodings", "With tiles: most encoder runs per slice (None: any).")
     # the image and the output
-    image_layer = _Forward("image_source", "layer", "The Image layer segmented (set with :meth:`set_image_layer`).")
-    channel_axis = _Forward("image_source", "channel_axis", "Leading axis whose first 3 channels form an RGB composite.")
-    overwrite = _Forward("writer", "overwrite", "Write over the pixels of existing objects (default False).")
+    image_layer = Forward("image_source", "layer", "The Image layer segmented (set with :meth:`set_image_layer`).")
+    channel_axis = Forward("image_source", "channel_axis", "Leading axis whose first 3 channels form an RGB composite.")
+    overwrite = Forward("writer", "overwrite", "Write over the pixels of existing objects (default False).")
     # prompts and preview
-    points_layer = _Forward("prompts", "points_layer", "The 'SAM points' layer (feature ``label``).")
-    boxes_layer = _Forward("prompts", "boxes_layer", "The 'SAM boxes' layer (rectangles).")
-    preview_layer = _Forward("prompts", "preview_layer", "The 'SAM preview' Labels layer.")
-    multimask = _Forward("preview", "multimask", "Preview: SAM's three candidates for a single object (cycle with N).")
-    objects = _Forward("preview", "objects", "(B, H, W) bool masks of the preview, or None.")
-    candidates = _Forward("preview", "candidates", "(C, H, W) candidates of a single previewed object, or None.")
-    scores = _Forward("preview", "scores", "Predicted IoU of the candidates (or of each object), or None.")
-    candidate = _Forward("preview", "candidate", "Index of the candidate shown.")
-    preview_index = _Forward("preview", "index", "Leading-axis index of the previewed slice, or None.")
+    points_layer = Forward("prompts", "points_layer", "The 'SAM points' layer (feature ``label``).")
+    boxes_layer = Forward("prompts", "boxes_layer", "The 'SAM boxes' layer (rectangles).")
+    preview_layer = Forward("prompts", "preview_layer", "The 'SAM preview' Labels layer.")
+    multimask = Forward("preview", "multimask", "Preview: SAM's three candidates for a single object (cycle with N).")
+    objects = Forward("preview", "objects", "(B, H, W) bool masks of the preview, or None.")
+    candidates = Forward("preview", "candidates", "(C, H, W) candidates of a single previewed object, or None.")
+    scores = Forward("preview", "scores", "Predicted IoU of the candidates (or of each object), or None.")
+    candidate = Forward("preview", "candidate", "Index of the candidate shown.")
+    preview_index = Forward("preview", "index", "Leading-axis index of the previewed slice, or None.")
     # embeddings
-    cache = _Forward("embeddings", "cache", "The slice embeddings (``EmbeddingCache``, LRU).")
-    request_embedding = _Forward(
+    cache = Forward("embeddings", "cache", "The slice embeddings (``EmbeddingCache``, LRU).")
+    request_embedding = Forward(
         "embeddings", "request", "None: embeddings are computed when needed; the widget sets a background runner."
     )
-    store_budget = _Forward("stores", "budget", "Bytes of float16 embeddings kept per stack (LRU).")
-    cache_dir = _Forward("stores", "cache_dir", "Optional zarr disk cache of the stacks' embeddings.")
+    store_budget = Forward("stores", "budget", "Bytes of float16 embeddings kept per stack (LRU).")
+    cache_dir = Forward("stores", "cache_dir", "Optional zarr disk cache of the stacks' embeddings.")
     # 3D
-    volume_params = _Forward("volume", "params", "``segment_volume`` options used when not given.")
-    last_volume = _Forward("volume", "last", "The ``VolumeResult`` of the last 3D run.")
+    volume_params = Forward("volume", "params", "``segment_volume`` options used when not given.")
+    last_volume = Forward("volume", "last", "The ``VolumeResult`` of the last 3D run.")
 
     # methods that are their part's (help() shows the part's signature and docstring)
-    current_index = _Method("image_source", "current_index")  # leading index of the slice on screen
-    stack = _Method("image_source", "stack")  # the Stack of a slice
-    background_predictor = _Method("model_slot", "background_predictor")  # for worker threads
-    encode_job = _Method("embeddings", "encode_job")  # (key, job) for a worker thread
-    embedding_key = _Method("embeddings", "key")  # the cache key of a slice
-    has_embedding = _Method("embeddings", "has")
-    store_embedding = _Method("embeddings", "store")
-    embedding = _Method("embeddings", "get")  # the ImageEmbedding of a slice, computed if needed
-    stored_embedding = _Method("stores", "stored_embedding")  # held by a stack store, else None
-    volume_store = _Method("stores", "store")  # the EmbeddingStore of a stack
-    drop_stores = _Method("stores", "clear")
-    ensure_prompt_layers = _Method("prompts", "ensure_prompt_layers")
-    raise_prompt_layers = _Method("prompts", "raise_prompt_layers")
-    read_prompts = _Method("prompts", "read_prompts")  # prompts of a slice in (row, col)
-    add_point = _Method("prompts", "add_point")
-    clear_prompts = _Method("prompts", "clear_prompts")
-    set_preview = _Method("prompts", "set_preview")
-    forget_layer = _Method("prompts", "forget_layer")
-    decode = _Method("preview", "decode")  # prompts in (row, col) of a slice -> masks shown
-    update_preview = _Method("preview", "update")  # decode the prompt layers (the widget's path)
-    cycle_mask = _Method("preview", "cycle")
-    clear_preview = _Method("preview", "clear")
-    precompute_job = _Method("volume", "precompute_job")
-    volume_seeds = _Method("volume", "seeds")
-    automatic_defaults = _Method("everything", "defaults")
+    current_index = Method("image_source", "current_index")  # leading index of the slice on screen
+    stack = Method("image_source", "stack")  # the Stack of a slice
+    background_predictor = Method("model_slot", "background_predictor")  # for worker threads
+    encode_job = Method("embeddings", "encode_job")  # (key, job) for a worker thread
+    embedding_key = Method("embeddings", "key")  # the cache key of a slice
+    has_embedding = Method("embeddings", "has")
+    store_embedding = Method("embeddings", "store")
+    embedding = Method("embeddings", "get")  # the ImageEmbedding of a slice, computed if needed
+    stored_embedding = Method("stores", "stored_embedding")  # held by a stack store, else None
+    volume_store = Method("stores", "store")  # the EmbeddingStore of a stack
+    drop_stores = Method("stores", "clear")
+    ensure_prompt_layers = Method("prompts", "ensure_prompt_layers")
+    raise_prompt_layers = Method("prompts", "raise_prompt_layers")
+    read_prompts = Method("prompts", "read_prompts")  # prompts of a slice in (row, col)
+    add_point = Method("prompts", "add_point")
+    clear_prompts = Method("prompts", "clear_prompts")
+    set_preview = Method("prompts", "set_preview")
+    forget_layer = Method("prompts", "forget_layer")
+    decode = Method("preview", "decode")  # prompts in (row, col) of a slice -> masks shown
+    update_preview = Method("preview", "update")  # decode the prompt layers (the widget's path)
+    cycle_mask = Method("preview", "cycle")
+    clear_preview = Method("preview", "clear")
+    precompute_job = Method("volume", "precompute_job")
+    volume_seeds = Method("volume", "seeds")
+    automatic_defaults = Method("everything", "defaults")
 
     def __init__(self, viewer: Any, cache_size: int = 8) -> None:
         self.viewer = viewer
@@ -150,6 +127,7 @@ class SegmentAnything:
         self.embeddings = SliceEmbeddings(
             self.image_source, self.model_slot, self.stores, cache_size,
             on_stored=lambda key: self.events.embedding(value=key),
+            report=lambda what: console_progress(viewer, AUTO, what),  # tiles encoded for a console call
         )
         self.prompts = PromptLayers(viewer, self.image_source)
         self.preview = Preview(
@@ -304,7 +282,7 @@ class SegmentAnything:
         self, progress: Any = AUTO, cancel: Any = None, index: tuple[int, ...] | None = None
     ) -> int:
         """Encode every slice of the current stack (``progress(done, total)``; ``cancel`` between slices)."""
-        return self.volume.precompute_job(index)(progress, cancel)
+        return self._run(self.volume.precompute_job(index), int, progress, cancel, "embeddings", writes=False)
 
     def volume_job(
         self, index: tuple[int, ...] | None = None, seeds_xy: dict | None = None,
@@ -334,7 +312,7 @@ class SegmentAnything:
         engine's ``VolumeResult`` (object k there = seed k).
         """
         job, apply = self.volume_job(index, renamed_seeds(seeds_xy, params), **params)
-        return apply(job(progress, cancel))
+        return self._run(job, apply, progress, cancel, "3D segmentation")
 
     def extend_labels(
         self, ids: list[int] | None = None, index: tuple[int, ...] | None = None,
@@ -344,7 +322,7 @@ class SegmentAnything:
         slices are filled and objects extended past their ends, keeping their ids (one undo step).
         ``keep_seed_masks=False`` re-predicts the labelled slices too (refinement)."""
         job, apply = self.volume.job(index, extend_labels=True, ids=ids, **params)
-        return apply(job(progress, cancel))
+        return self._run(job, apply, progress, cancel, "extend labels in 3D")
 
     # ------------------------------------------------------------------ automatic (see EverythingActions)
     def everything_job(
@@ -375,7 +353,20 @@ class SegmentAnything:
         job, apply = self.everything.job(
             points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area, stack, index, **amg
         )
-        return apply(job(progress, cancel))
+        return self._run(job, apply, progress, cancel, "segment everything")
+
+    def _run(self, job: Any, apply: Any, progress: Any, cancel: Any, what: str, writes: bool = True) -> Any:
+        """``apply(job(progress, cancel))`` on this thread; ``progress="auto"`` in a napari window is the
+        activity dock's bar, the window live meanwhile (:mod:`napari_sam.viewer.console_progress`).
+        The window closed meanwhile stops the job: nothing is written, ``[]`` and a warning."""
+        stop = StopWhenClosed(self.viewer, cancel)
+        with console_progress(self.viewer, progress, what) as report:
+            result = job(report, stop)
+        if writes and stop.window_closed:
+            warnings.warn(f"SAM: the napari window was closed during {what!r}: it stopped, nothing was written",
+                          RuntimeWarning, stacklevel=3)
+            return []
+        return apply(result)
 
     # ------------------------------------------------------------------ viewer events
     def _on_slice_changed(self, event: Any = None) -> None:
