@@ -39,7 +39,7 @@ from napari_sam.engine.predictor import SamPredictor
 from napari_sam.engine.progress import AUTO, Cancel, Progress, check_cancel, resolve_progress
 from napari_sam.errors import SamInputWarning, SamUserError
 
-__all__ = ["MIN_SIDE", "AutomaticMaskGenerator", "link_slices"]
+__all__ = ["MIN_SIDE", "AutomaticMaskGenerator", "link_slices", "merge_crop_masks", "paint_labels"]
 
 
 class AutomaticMaskGenerator:
@@ -213,28 +213,59 @@ class AutomaticMaskGenerator:
     # ------------------------------------------------------------------ the pipeline
     def crop_boxes(self, size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:
         """Crop boxes XYXY (exclusive end) and their layer index, for an (H, W) image."""
-        h, w = size
-        if self.tile_size is None or max(h, w) <= self.tile_size:
-            return generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)
         boxes, layers = [], []
-        for tx0, ty0, tx1, ty1 in tile_boxes(size, self.tile_size, self.tile_overlap):
-            b, lay = generate_crop_boxes((ty1 - ty0, tx1 - tx0), self.crop_n_layers, self.crop_overlap_ratio)
-            boxes += [[x0 + tx0, y0 + ty0, x1 + tx0, y1 + ty0] for x0, y0, x1, y1 in b]
+        for b, lay in self.tile_crops(size):
+            boxes += b
             layers += lay
         return boxes, layers
+
+    def tile_crops(self, size: tuple[int, int]) -> list[tuple[list[list[int]], list[int]]]:
+        """The crop boxes and layers of :meth:`crop_boxes`, grouped by tile (one group when not tiled).
+
+        Each crop is computed on its own (:meth:`crop_masks`), so a tile's crops can run anywhere (the
+        batch runs one task per tile) and :func:`merge_crop_masks` of all of them, in this order, is
+        :meth:`generate_masks`' result."""
+        h, w = size
+        if self.tile_size is None or max(h, w) <= self.tile_size:
+            return [generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)]
+        groups = []
+        for tx0, ty0, tx1, ty1 in tile_boxes(size, self.tile_size, self.tile_overlap):
+            b, lay = generate_crop_boxes((ty1 - ty0, tx1 - tx0), self.crop_n_layers, self.crop_overlap_ratio)
+            groups.append(([[x0 + tx0, y0 + ty0, x1 + tx0, y1 + ty0] for x0, y0, x1, y1 in b], lay))
+        return groups
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """``image`` as the model takes it ((H, W, 3) uint8, ``to_sam_image``), checked to be large enough."""
+        img = to_sam_image(image)
+        if min(img.shape[:2]) < MIN_SIDE:
+            raise SamUserError(
+                f"automatic masks need an image of at least {MIN_SIDE} x {MIN_SIDE} pixels, got {img.shape[0]} x "
+                f"{img.shape[1]} (H x W); segment it with prompts (SamPredictor.predict) or pass a larger image"
+            )
+        return img
 
     def generate_masks(
         self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
     ) -> tuple[tuple[int, int], Masks]:
         """((H, W), the kept masks as :class:`Masks`) before formatting; see :meth:`generate`."""
-        img = to_sam_image(image)
+        img = self.prepare(image)
         size = (int(img.shape[0]), int(img.shape[1]))
-        if min(size) < MIN_SIDE:
-            raise SamUserError(
-                f"automatic masks need an image of at least {MIN_SIDE} x {MIN_SIDE} pixels, got {size[0]} x {size[1]} "
-                f"(H x W); segment it with prompts (SamPredictor.predict) or pass a larger image"
-            )
         boxes, layers = self.crop_boxes(size)
+        data = merge_crop_masks(
+            self.crop_masks(img, boxes, layers, progress, cancel), size, self.crop_nms_thresh,
+            self.min_mask_region_area, self.box_nms_thresh,
+        )
+        if not len(data):
+            self._warn_nothing_passed()
+        return size, data
+
+    def crop_masks(
+        self, img: np.ndarray, boxes: list[list[int]], layers: list[int], progress: Progress = None,
+        cancel: Cancel = None,
+    ) -> list[Masks]:
+        """The masks of each crop ``boxes[k]`` (XYXY, exclusive end, layer ``layers[k]``) of the prepared
+        (H, W, 3) ``img``, filtered and de-duplicated within the crop, with their crops made."""
+        size = (int(img.shape[0]), int(img.shape[1]))
         n_batches = [-(-len(self.point_grids[k]) // self.points_per_batch) for k in layers]
         total, done = sum(n_batches) + len(boxes), 0
         parts = []
@@ -267,14 +298,7 @@ class AutomaticMaskGenerator:
             data = Masks.cat(crop_parts)
             data = data.select(nms(data.boxes.float(), data.iou, self.box_nms_thresh))
             parts.append(ctx.with_crops(data))
-        data = Masks.cat(parts)
-        if len(boxes) > 1 and len(data):  # duplicates across crops: prefer masks from smaller crops
-            data = data.select(nms(data.boxes.float(), 1 / box_area(data.crop_boxes.float()), self.crop_nms_thresh))
-        if self.min_mask_region_area > 0 and len(data):
-            data = self._remove_small_regions(data, size)
-        if not len(data):
-            self._warn_nothing_passed()
-        return size, data
+        return parts
 
     def _warn_nothing_passed(self) -> None:
         """One ``SamInputWarning`` naming the thresholds used and the model's registry defaults."""
@@ -302,40 +326,56 @@ class AutomaticMaskGenerator:
             SamInputWarning, stacklevel=4,
         )
 
-    def _remove_small_regions(self, data: Masks, size: tuple[int, int]) -> Masks:
-        """Official post-processing: fill small holes, drop small islands, re-run NMS (changed masks lose)."""
-        area = self.min_mask_region_area
-        h, w = size
-        crops, boxes, scores = [], [], []
-        for i in range(len(data)):
-            x0, y0, x1, y1 = data.boxes[i].tolist()
-            m = data.crops[i].cpu().numpy()
-            touch = (x0 == 0, y0 == 0, x1 == w - 1, y1 == h - 1)
-            whole = (touch[0] and touch[2]) or (touch[1] and touch[3]) or h * w - m.size < area
-            if whole:  # the background outside the box may be small or split: work on the full image
-                m, (x0, y0) = data.full(i, size), (0, 0)
-                m, ch1 = remove_small_regions(m, area, "holes")
-            else:  # pad with a ring of outside background where the box is not on the image border
-                pad = ((0 if touch[1] else 1, 0 if touch[3] else 1), (0 if touch[0] else 1, 0 if touch[2] else 1))
-                p = np.pad(m, pad)
-                ring = np.zeros_like(p)
-                ring[: pad[0][0]], ring[p.shape[0] - pad[0][1] :] = True, True
-                ring[:, : pad[1][0]], ring[:, p.shape[1] - pad[1][1] :] = True, True
-                q, ch1 = fill_holes_with_outside(p, ring, area)
-                m = q[pad[0][0] : p.shape[0] - pad[0][1], pad[1][0] : p.shape[1] - pad[1][1]]
-            m, ch2 = remove_small_regions(m, area, "islands")
-            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-            if rows.size:
-                box = [x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1]]
-                m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-            else:
-                box, m = [0, 0, 0, 0], m[:0, :0]
-            crops.append(torch.as_tensor(np.ascontiguousarray(m)))
-            boxes.append(box)
-            scores.append(0.0 if (ch1 or ch2) else 1.0)
-        new = Masks(data.iou, data.stability, torch.tensor(boxes, dtype=torch.long), data.points, data.crop_boxes, crops)
-        thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
-        return new.select(nms(new.boxes.float(), torch.tensor(scores), thresh))
+
+def merge_crop_masks(
+    parts: list[Masks], size: tuple[int, int], crop_nms_thresh: float, min_mask_region_area: int,
+    box_nms_thresh: float,
+) -> Masks:
+    """The masks of all crops (:meth:`AutomaticMaskGenerator.crop_masks`, in ``crop_boxes`` order) of an
+    (H, W) image: duplicates across crops removed (smaller crops win), then the optional hole/island
+    cleanup; the generator's parameters of those names. Needs no model: the batch merges the masks of a
+    large image's tiles where it writes the labels."""
+    data = Masks.cat(parts)
+    if len(parts) > 1 and len(data):  # duplicates across crops: prefer masks from smaller crops
+        data = data.select(nms(data.boxes.float(), 1 / box_area(data.crop_boxes.float()), crop_nms_thresh))
+    if min_mask_region_area > 0 and len(data):
+        data = remove_small_mask_regions(data, size, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh))
+    return data
+
+
+def remove_small_mask_regions(data: Masks, size: tuple[int, int], area: int, nms_thresh: float) -> Masks:
+    """Official post-processing: fill holes and drop islands under ``area`` pixels, re-run NMS at
+    ``nms_thresh`` (changed masks lose)."""
+    h, w = size
+    crops, boxes, scores = [], [], []
+    for i in range(len(data)):
+        x0, y0, x1, y1 = data.boxes[i].tolist()
+        m = data.crops[i].cpu().numpy()
+        touch = (x0 == 0, y0 == 0, x1 == w - 1, y1 == h - 1)
+        whole = (touch[0] and touch[2]) or (touch[1] and touch[3]) or h * w - m.size < area
+        if whole:  # the background outside the box may be small or split: work on the full image
+            m, (x0, y0) = data.full(i, size), (0, 0)
+            m, ch1 = remove_small_regions(m, area, "holes")
+        else:  # pad with a ring of outside background where the box is not on the image border
+            pad = ((0 if touch[1] else 1, 0 if touch[3] else 1), (0 if touch[0] else 1, 0 if touch[2] else 1))
+            p = np.pad(m, pad)
+            ring = np.zeros_like(p)
+            ring[: pad[0][0]], ring[p.shape[0] - pad[0][1] :] = True, True
+            ring[:, : pad[1][0]], ring[:, p.shape[1] - pad[1][1] :] = True, True
+            q, ch1 = fill_holes_with_outside(p, ring, area)
+            m = q[pad[0][0] : p.shape[0] - pad[0][1], pad[1][0] : p.shape[1] - pad[1][1]]
+        m, ch2 = remove_small_regions(m, area, "islands")
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size:
+            box = [x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1]]
+            m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        else:
+            box, m = [0, 0, 0, 0], m[:0, :0]
+        crops.append(torch.as_tensor(np.ascontiguousarray(m)))
+        boxes.append(box)
+        scores.append(0.0 if (ch1 or ch2) else 1.0)
+    new = Masks(data.iou, data.stability, torch.tensor(boxes, dtype=torch.long), data.points, data.crop_boxes, crops)
+    return new.select(nms(new.boxes.float(), torch.tensor(scores), nms_thresh))
 
 
 #: the smallest side (pixels) of an image :class:`AutomaticMaskGenerator` segments: below it every grid
