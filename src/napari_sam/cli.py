@@ -125,6 +125,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             params[key] = getattr(args, key)
     if args.min_area and args.mode != "volume":
         params["min_mask_region_area"] = args.min_area
+    if args.tile_size and args.mode == "everything":  # a larger image is one task per tile
+        params.update(tile_size=args.tile_size, tile_overlap=args.tile_overlap)
     report = segment_batch(
         args.inputs, args.output, mode=args.mode, model=args.model, workers=args.workers,
         threads_per_worker=args.threads_per_worker, scheduler=args.scheduler, overwrite=args.overwrite,
@@ -192,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--stability-score-thresh", type=float, default=None)
     batch.add_argument("--box-nms-thresh", type=float, default=None)
     batch.add_argument("--min-area", type=int, default=0)
+    batch.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                       help="an image with a side above PX is segmented in tiles of PX, one task each")
+    batch.add_argument("--tile-overlap", type=int, default=256, metavar="PX",
+                       help="pixels shared by neighbouring tiles (more than the largest object)")
     batch.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     batch.set_defaults(func=_cmd_batch)
     return parser

@@ -148,3 +148,24 @@ def test_an_interrupted_run_resumes(folder, tmp_path) -> None:
     assert "cancelled" in first.records[1]["message"] and not (out / "img1_labels.tif").exists()
     second = segment_batch(folder, out, model=MODEL, workers=0, params=PARAMS)
     assert [r["status"] for r in second.records] == ["skipped", "done"]
+
+
+def test_a_large_image_is_one_task_per_tile_with_the_one_process_labels(tmp_path) -> None:
+    """tile_size: each tile is a task (its crops' masks come back), merged into generate_labels' labels."""
+    from napari_sam.batch.tasks import tile_count
+
+    src = tmp_path / "images"
+    src.mkdir()
+    image = synthetic_nuclei((300, 420), n=40, seed=3)
+    tifffile.imwrite(src / "big.tif", image)
+    tifffile.imwrite(src / "small.tif", synthetic_nuclei((128, 160), n=12, seed=1))  # under tile_size: one task
+    params = {"points_per_side": 12, "tile_size": 256, "tile_overlap": 64}
+    assert tile_count(image.shape, params) == 4 and tile_count((128, 160), params) == 1
+    seen = []
+    report = segment_batch(src, tmp_path / "out", model=MODEL, workers=0, params=params,
+                           progress=lambda d, t: seen.append((d, t)))
+    assert report.ok and seen[-1] == (5, 5)
+    expected = AutomaticMaskGenerator(get_model(MODEL), **automatic_params(MODEL), **params).generate_labels(image)
+    assert expected.max() > 10
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "big_labels.tif"), expected)
+    assert report.records[0]["objects"] == expected.max()

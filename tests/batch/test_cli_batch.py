@@ -44,3 +44,22 @@ def test_usage_errors_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> No
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         cli.main(["batch", str(tmp_path / "a.tif")])  # --output is required
+
+
+def test_tile_size_runs_a_large_image_in_tiles(tmp_path) -> None:
+    """--tile-size/--tile-overlap: the labels of AutomaticMaskGenerator(tile_size=..., tile_overlap=...)."""
+    import numpy as np
+
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.batch.tasks import get_model
+    from napari_sam.weights.registry import automatic_params
+
+    image = synthetic_nuclei((160, 200), n=16, seed=2)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    args = ["batch", str(tmp_path / "a.tif"), "-o", str(tmp_path / "out"), "--workers", "0", "--model", "nano_nuclei",
+            "--points-per-side", "8", "--tile-size", "128", "--tile-overlap", "48", "-q"]
+    assert cli.main(args) == 0
+    expected = AutomaticMaskGenerator(get_model("nano_nuclei"), **automatic_params("nano_nuclei"), points_per_side=8,
+                                      tile_size=128, tile_overlap=48).generate_labels(image, progress=None)
+    assert expected.max() > 1  # (the merge itself is checked on 40 nuclei in test_batch.py)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a_labels.tif"), expected)

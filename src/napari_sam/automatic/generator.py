@@ -18,20 +18,18 @@ import numpy as np
 import torch
 
 from napari_sam.automatic.batch import CropContext, Masks, default_points_per_batch, process_batch
+from napari_sam.automatic.merge import merge_crop_masks, paint_labels
 from napari_sam.automatic.stack import link_slices, stack_labels
 from napari_sam.automatic.utils import (
-    box_area,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
     check_grid,
     check_params,
     coco_encode_rle,
     coco_mask_utils,
-    fill_holes_with_outside,
     generate_crop_boxes,
     mask_to_rle,
     nms,
-    remove_small_regions,
     tile_boxes,
 )
 from napari_sam.engine.images import to_sam_image
@@ -39,7 +37,7 @@ from napari_sam.engine.predictor import SamPredictor
 from napari_sam.engine.progress import AUTO, Cancel, Progress, check_cancel, resolve_progress
 from napari_sam.errors import SamInputWarning, SamUserError
 
-__all__ = ["MIN_SIDE", "AutomaticMaskGenerator", "MaskRecords", "link_slices"]
+__all__ = ["MIN_SIDE", "AutomaticMaskGenerator", "MaskRecords", "link_slices", "merge_crop_masks", "paint_labels"]
 
 
 class MaskRecords(list):
@@ -225,28 +223,58 @@ class AutomaticMaskGenerator:
     # ------------------------------------------------------------------ the pipeline
     def crop_boxes(self, size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:
         """Crop boxes XYXY (exclusive end) and their layer index, for an (H, W) image."""
-        h, w = size
-        if self.tile_size is None or max(h, w) <= self.tile_size:
-            return generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)
         boxes, layers = [], []
-        for tx0, ty0, tx1, ty1 in tile_boxes(size, self.tile_size, self.tile_overlap):
-            b, lay = generate_crop_boxes((ty1 - ty0, tx1 - tx0), self.crop_n_layers, self.crop_overlap_ratio)
-            boxes += [[x0 + tx0, y0 + ty0, x1 + tx0, y1 + ty0] for x0, y0, x1, y1 in b]
+        for b, lay in self.tile_crops(size):
+            boxes += b
             layers += lay
         return boxes, layers
+
+    def tile_crops(self, size: tuple[int, int]) -> list[tuple[list[list[int]], list[int]]]:
+        """The crop boxes and layers of :meth:`crop_boxes`, grouped by tile (one group when not tiled).
+
+        Each crop is computed on its own (:meth:`crop_masks`), so a tile's crops can run anywhere (the
+        batch runs one task per tile) and :func:`merge_crop_masks` of all of them, in this order, is
+        :meth:`generate_masks`' result."""
+        h, w = size
+        if self.tile_size is None or max(h, w) <= self.tile_size:
+            return [generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)]
+        groups = []
+        for tx0, ty0, tx1, ty1 in tile_boxes(size, self.tile_size, self.tile_overlap):
+            b, lay = generate_crop_boxes((ty1 - ty0, tx1 - tx0), self.crop_n_layers, self.crop_overlap_ratio)
+            groups.append(([[x0 + tx0, y0 + ty0, x1 + tx0, y1 + ty0] for x0, y0, x1, y1 in b], lay))
+        return groups
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """``image`` as the model takes it ((H, W, 3) uint8, ``to_sam_image``), checked to be large enough."""
+        img = to_sam_image(image)
+        if min(img.shape[:2]) < MIN_SIDE:
+            raise SamUserError(
+                f"automatic masks need an image of at least {MIN_SIDE} x {MIN_SIDE} pixels, got {img.shape[0]} x "
+                f"{img.shape[1]} (H x W); segment it with prompts (SamPredictor.predict) or pass a larger image"
+            )
+        return img
 
     def generate_masks(
         self, image: np.ndarray, progress: Progress = None, cancel: Cancel = None
     ) -> tuple[tuple[int, int], Masks]:
         """((H, W), the kept masks as :class:`Masks`) before formatting; see :meth:`generate`."""
-        img = to_sam_image(image)
+        img = self.prepare(image)
         size = (int(img.shape[0]), int(img.shape[1]))
-        if min(size) < MIN_SIDE:
-            raise SamUserError(
-                f"automatic masks need an image of at least {MIN_SIDE} x {MIN_SIDE} pixels, got {size[0]} x {size[1]} "
-                f"(H x W); segment it with prompts (SamPredictor.predict) or pass a larger image"
-            )
         boxes, layers = self.crop_boxes(size)
+        data = merge_crop_masks(
+            self.crop_masks(img, boxes, layers, progress, cancel), size, self.crop_nms_thresh,
+            self.min_mask_region_area, self.box_nms_thresh,
+        )
+        self.last_note = "" if len(data) else self._warn_nothing_passed()
+        return size, data
+
+    def crop_masks(
+        self, img: np.ndarray, boxes: list[list[int]], layers: list[int], progress: Progress = None,
+        cancel: Cancel = None,
+    ) -> list[Masks]:
+        """The masks of each crop ``boxes[k]`` (XYXY, exclusive end, layer ``layers[k]``) of the prepared
+        (H, W, 3) ``img``, filtered and de-duplicated within the crop, with their crops made."""
+        size = (int(img.shape[0]), int(img.shape[1]))
         n_batches = [-(-len(self.point_grids[k]) // self.points_per_batch) for k in layers]
         total, done = sum(n_batches) + len(boxes), 0
         parts = []
@@ -279,13 +307,7 @@ class AutomaticMaskGenerator:
             data = Masks.cat(crop_parts)
             data = data.select(nms(data.boxes.float(), data.iou, self.box_nms_thresh))
             parts.append(ctx.with_crops(data))
-        data = Masks.cat(parts)
-        if len(boxes) > 1 and len(data):  # duplicates across crops: prefer masks from smaller crops
-            data = data.select(nms(data.boxes.float(), 1 / box_area(data.crop_boxes.float()), self.crop_nms_thresh))
-        if self.min_mask_region_area > 0 and len(data):
-            data = self._remove_small_regions(data, size)
-        self.last_note = "" if len(data) else self._warn_nothing_passed()
-        return size, data
+        return parts
 
     def _warn_nothing_passed(self) -> str:
         """One ``SamInputWarning`` naming the thresholds used and the model's registry defaults; its text."""
@@ -314,41 +336,6 @@ class AutomaticMaskGenerator:
         warnings.warn(note, SamInputWarning, stacklevel=4)
         return note
 
-    def _remove_small_regions(self, data: Masks, size: tuple[int, int]) -> Masks:
-        """Official post-processing: fill small holes, drop small islands, re-run NMS (changed masks lose)."""
-        area = self.min_mask_region_area
-        h, w = size
-        crops, boxes, scores = [], [], []
-        for i in range(len(data)):
-            x0, y0, x1, y1 = data.boxes[i].tolist()
-            m = data.crops[i].cpu().numpy()
-            touch = (x0 == 0, y0 == 0, x1 == w - 1, y1 == h - 1)
-            whole = (touch[0] and touch[2]) or (touch[1] and touch[3]) or h * w - m.size < area
-            if whole:  # the background outside the box may be small or split: work on the full image
-                m, (x0, y0) = data.full(i, size), (0, 0)
-                m, ch1 = remove_small_regions(m, area, "holes")
-            else:  # pad with a ring of outside background where the box is not on the image border
-                pad = ((0 if touch[1] else 1, 0 if touch[3] else 1), (0 if touch[0] else 1, 0 if touch[2] else 1))
-                p = np.pad(m, pad)
-                ring = np.zeros_like(p)
-                ring[: pad[0][0]], ring[p.shape[0] - pad[0][1] :] = True, True
-                ring[:, : pad[1][0]], ring[:, p.shape[1] - pad[1][1] :] = True, True
-                q, ch1 = fill_holes_with_outside(p, ring, area)
-                m = q[pad[0][0] : p.shape[0] - pad[0][1], pad[1][0] : p.shape[1] - pad[1][1]]
-            m, ch2 = remove_small_regions(m, area, "islands")
-            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-            if rows.size:
-                box = [x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1]]
-                m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-            else:
-                box, m = [0, 0, 0, 0], m[:0, :0]
-            crops.append(torch.as_tensor(np.ascontiguousarray(m)))
-            boxes.append(box)
-            scores.append(0.0 if (ch1 or ch2) else 1.0)
-        new = Masks(data.iou, data.stability, torch.tensor(boxes, dtype=torch.long), data.points, data.crop_boxes, crops)
-        thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
-        return new.select(nms(new.boxes.float(), torch.tensor(scores), thresh))
-
 
 #: the smallest side (pixels) of an image :class:`AutomaticMaskGenerator` segments: below it every grid
 #: point of a 32 x 32 grid falls on the same few pixels and the thousands of identical masks cost a minute
@@ -357,21 +344,3 @@ MIN_SIDE = 8
 
 def _fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in values.items())
-
-
-def paint_labels(data: Masks, size: tuple[int, int]) -> np.ndarray:
-    """Paint masks into (H, W) int32 labels: largest area first, smaller on top; ids 1..N in painting order."""
-    labels = np.zeros(size, dtype=np.int32)
-    if not len(data):
-        return labels
-    areas = np.array([int(c.sum()) for c in data.crops], dtype=np.float64)
-    quality = (data.iou * data.stability).double().numpy()
-    order = np.lexsort((quality, -areas))  # by area descending, then quality ascending (best on top)
-    for k, i in enumerate(order, start=1):
-        x0, y0, x1, y1 = data.boxes[i].tolist()
-        if data.crops[i].numel():
-            view = labels[y0 : y1 + 1, x0 : x1 + 1]
-            view[data.crops[i].cpu().numpy()] = k
-    from skimage.segmentation import relabel_sequential
-
-    return relabel_sequential(labels)[0].astype(np.int32)

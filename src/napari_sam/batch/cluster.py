@@ -3,12 +3,16 @@
 Imported only when a batch runs on a cluster (``import napari_sam`` never imports dask). The model is
 loaded once per worker, by :class:`PreloadModel` when the worker starts (and by the per-process cache of
 :mod:`napari_sam.batch.tasks` for a worker that joins later); tasks carry only the model's name or path.
+The same plugin gives the worker a plain process's malloc (:func:`restore_malloc`), without which a task
+ran up to 10x slower on a worker than in-process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,11 +21,39 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 from napari_sam.batch.tasks import Task, get_model, run_task
 from napari_sam.engine.progress import Cancel, is_cancelled
 
-__all__ = ["PreloadModel", "run_on_dask"]
+__all__ = ["PreloadModel", "restore_malloc", "run_on_dask"]
+
+#: glibc's own ceiling for its sliding mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX); the trim
+#: threshold follows it at twice that. Parameter numbers of mallopt (malloc.h).
+_MMAP_THRESHOLD_MAX = 32 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def restore_malloc() -> bool:
+    """Undo dask's ``MALLOC_TRIM_THRESHOLD_`` in this process (glibc only); True when it did.
+
+    dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (``distributed.nanny.pre-spawn-environ``)
+    so that freed memory goes back to the OS sooner. Setting it also switches off glibc's sliding mmap
+    threshold, which stays at 128 KiB: every larger block (each activation of the model, each mask) is
+    then a fresh ``mmap``, zero-filled page by page, and unmapped when freed. A plain process lets the
+    threshold rise to the largest freed block (32 MiB at most) and reuses that memory. Measured on this
+    project's 2-core CPU, nano_nuclei on DSB2018 696x520 images: 2.5 s in a plain process, 25 s with the
+    variable set (6x the page faults); the batch on one worker took +108 % over the plain loop.
+    This sets the thresholds to the values the sliding threshold reaches in a plain process.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX))
 
 
 class PreloadModel(WorkerPlugin):
-    """Loads the batch's model into the worker's process cache when the worker starts."""
+    """Gives the worker a plain process's malloc (:func:`restore_malloc`) and loads the batch's model into
+    the worker's process cache when the worker starts."""
 
     name = "napari-sam-model"
 
@@ -29,6 +61,7 @@ class PreloadModel(WorkerPlugin):
         self.model, self.device = model, device
 
     def setup(self, worker: Any) -> None:
+        restore_malloc()
         get_model(self.model, self.device)
 
 
@@ -79,8 +112,9 @@ def run_on_dask(
                     "input": task.input, "output": task.output, "status": "failed", "objects": "",
                     "seconds": "", "message": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                 }
-                if task.z is not None:
-                    record["z"] = task.z
+                for key in ("z", "tile"):
+                    if getattr(task, key) is not None:
+                        record[key] = getattr(task, key)
             fut.release()
             on_record(record)
             if is_cancelled(cancel):

@@ -2,7 +2,8 @@
 
 The plan is made in the calling process (which inputs, which outputs, what is already finished); the
 work runs as :class:`~napari_sam.batch.tasks.Task` s, in this process (``workers=0``) or on dask.distributed
-(:mod:`napari_sam.batch.cluster`). A 2D image is one task; a stack in ``everything`` mode is one task per
+(:mod:`napari_sam.batch.cluster`). A 2D image is one task, or one per tile when ``params['tile_size']``
+tiles it (the tiles' masks come back here to be merged into its labels); a stack in ``everything`` mode is one task per
 slice, whose labels come back here to be linked across slices (``automatic.stack.link_slices``, as the
 widget's "segment everything" on a stack) and written slice by slice; a volume in ``volume`` mode is one
 task. Both ways give the same labels: the tasks are the same calls on the same model.
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_sam.batch.inputs import discover, is_volume, output_path, peek_shape, read_scale
-from napari_sam.batch.tasks import Task, run_task
+from napari_sam.batch.tasks import Task, run_task, tile_count
 from napari_sam.batch.writing import clean_partials, is_finished, read_summary, write_summary
 from napari_sam.engine.progress import Cancel, Progress, is_cancelled
 from napari_sam.errors import SamUserError
@@ -122,6 +123,40 @@ class _Stack:
         return done
 
 
+class _Tiles:
+    """The masks of a large image's tiles, merged and written as its labels once all have arrived."""
+
+    def __init__(self, record: dict[str, Any], shape: tuple[int, ...], n: int) -> None:
+        self.record, self.size, self.n = record, (int(shape[0]), int(shape[1])), n
+        self.parts: dict[int, list] = {}
+        self.merge: dict[str, Any] = {}
+        self.seconds, self.error, self.arrived = 0.0, "", 0
+
+    def add(self, rec: dict[str, Any]) -> bool:
+        """Take one tile's record; True when the image is finished (written, or failed)."""
+        from napari_sam.automatic.merge import merge_crop_masks, paint_labels
+        from napari_sam.batch.writing import write_labels_tif
+
+        self.arrived += 1
+        self.seconds += float(rec.get("seconds") or 0)
+        if rec["status"] != "done":
+            self.error = self.error or f"tile {rec.get('tile')}: {rec['message']}"
+        else:
+            self.parts[int(rec["tile"])] = rec["masks"]
+            self.merge = rec["merge"]
+        if self.arrived < self.n:
+            return False
+        objects = ""
+        if not self.error:
+            parts = [m for k in range(self.n) for m in self.parts.pop(k)]  # crop_boxes order
+            labels = paint_labels(merge_crop_masks(parts, self.size, **self.merge), self.size)
+            write_labels_tif(labels, Path(self.record["output"]))
+            objects = int(labels.max(initial=0))
+        self.record.update(status="failed" if self.error else "done", objects=objects,
+                           seconds=round(self.seconds, 3), message=self.error)
+        return True
+
+
 def segment_batch(
     inputs: Sequence[str | Path] | str | Path,
     output: str | Path,
@@ -156,7 +191,8 @@ def segment_batch(
         overwrite: redo inputs whose output exists (else they are skipped).
         progress: ``progress(done, total)`` after each task; cancel: checked between tasks.
         params: ``AutomaticMaskGenerator`` arguments (``points_per_side``, thresholds ...) or
-            ``segment_volume`` ones for ``volume``.
+            ``segment_volume`` ones for ``volume``; with ``tile_size`` an image with a side above it is
+            one task per tile.
         min_iou: the IoU that links an object to the previous slice of a stack (everything mode).
         on_start: called with the dask dashboard link once the cluster is up.
 
@@ -183,6 +219,7 @@ def segment_batch(
     records: list[dict[str, Any]] = []
     tasks: list[Task] = []
     stacks: dict[str, tuple[dict, tuple[int, ...], Any]] = {}
+    tiled: dict[str, _Tiles] = {}
     owners: dict[Path, Path] = {}
     base = {"mode": mode, "model": spec, "device": device, "params": dict(params or {})}
     for path in discover(inputs):
@@ -219,6 +256,9 @@ def segment_batch(
         elif volume:
             stacks[str(path)] = (rec, shape, read_scale(path))
             tasks += [Task(str(path), str(target), "slice", z=z, **base) for z in range(int(shape[0]))]
+        elif shape is not None and (n := tile_count(shape, base["params"])) > 1:
+            tiled[str(path)] = _Tiles(rec, shape, n)
+            tasks += [Task(str(path), str(target), "tile", tile=k, **base) for k in range(n)]
         else:
             tasks.append(Task(str(path), str(target), "image", **base))
 
@@ -239,6 +279,9 @@ def segment_batch(
                 stack = open_stacks[rec["input"]] = _Stack(first, shape, min_iou, scale)
             if stack is not None and stack.add(rec):
                 del open_stacks[rec["input"]]
+        elif "tile" in rec:
+            if tiled[rec["input"]].add(rec):
+                del tiled[rec["input"]]
         else:
             by_input[rec["input"]].update({k: rec[k] for k in ("status", "objects", "seconds", "message")})
         if progress is not None:

@@ -1,4 +1,5 @@
-"""One unit of batch work (an image, a stack slice, a volume) and the per-process model cache.
+"""One unit of batch work (an image, a tile of a large image, a stack slice, a volume) and the per-process
+model cache.
 
 A task names its model (a registry name or a checkpoint path), never carries it: :func:`get_model` loads
 it once per process (a dask worker, or the calling process with ``workers=0``) and keeps it for every
@@ -6,6 +7,10 @@ later task, also across the threads of one worker. The segmentation is the engin
 (``AutomaticMaskGenerator.generate_labels``, ``SamPredictor.predict``, ``segment_volume``), the same
 calls the widget and the Python API make. A task never raises: a failure is returned as a record with
 ``status='failed'`` and the reason, so one bad input does not stop the batch.
+
+A large 2D image (``params['tile_size']`` set and a side above it) is one task per tile: each returns the
+masks of its tile's crops (``AutomaticMaskGenerator.crop_masks``), and the caller merges them
+(``merge_crop_masks``, ``paint_labels``) into the labels ``generate_labels`` gives in one process.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Task", "get_model", "model_loads", "run_task"]
+__all__ = ["Task", "get_model", "model_loads", "run_task", "tile_count"]
 
 _MODELS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
@@ -50,10 +55,11 @@ def model_loads() -> int:
 
 @dataclass
 class Task:
-    """What to do with one input (or one slice ``z`` of it, ``kind='slice'``).
+    """What to do with one input (or one slice ``z`` of it, ``kind='slice'``, or one tile, ``kind='tile'``).
 
     kind: ``'image'`` (2D, everything or prompts), ``'slice'`` (one slice of a stack, everything; the
-    labels come back to be linked), ``'volume'`` (seeds carried through a volume).
+    labels come back to be linked), ``'tile'`` (tile ``tile`` of a large 2D image, everything; its
+    masks come back to be merged), ``'volume'`` (seeds carried through a volume).
     """
 
     input: str
@@ -67,6 +73,7 @@ class Task:
     z: int | None = None
     seeds: str | None = None
     scale: list | None = None
+    tile: int | None = None
 
 
 def _generator(task: Task, model: Any) -> Any:
@@ -80,6 +87,40 @@ def _generator(task: Task, model: Any) -> Any:
                                   ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")},
     )
     return AutomaticMaskGenerator(model, **thresholds, **params)
+
+
+def tile_count(shape: tuple[int, ...], params: dict[str, Any]) -> int:
+    """How many tiles ``AutomaticMaskGenerator(**params)`` cuts a 2D image of ``shape`` ((H, W[, C])) into;
+    1 when it is not tiled (no ``tile_size``, or no side above it)."""
+    size = params.get("tile_size")
+    if size is None or max(shape[:2]) <= int(size):
+        return 1
+    import inspect
+
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.automatic.utils import tile_boxes
+
+    default = inspect.signature(AutomaticMaskGenerator).parameters["tile_overlap"].default
+    return len(tile_boxes((int(shape[0]), int(shape[1])), int(size), int(params.get("tile_overlap", default))))
+
+
+def _tile(task: Task, model: Any) -> tuple[list, dict[str, Any]]:
+    """The masks of tile ``task.tile``'s crops (on the CPU, without their logits: what travels back) and
+    the generator's parameters that merge them."""
+    from napari_sam.automatic.batch import Masks
+    from napari_sam.batch.inputs import read_image
+
+    gen = _generator(task, model)
+    img = gen.prepare(np.asarray(read_image(Path(task.input))))
+    boxes, layers = gen.tile_crops(img.shape[:2])[int(task.tile)]
+    parts = [
+        Masks(m.iou.cpu(), m.stability.cpu(), m.boxes.cpu(), m.points.cpu(), m.crop_boxes.cpu(),
+              [c.cpu() for c in m.crops])
+        for m in gen.crop_masks(img, boxes, layers)
+    ]
+    merge = {"crop_nms_thresh": gen.crop_nms_thresh, "min_mask_region_area": gen.min_mask_region_area,
+             "box_nms_thresh": gen.box_nms_thresh}
+    return parts, merge
 
 
 def _slice(data: Any, z: int) -> np.ndarray:
@@ -107,13 +148,16 @@ def _image(task: Task, model: Any) -> tuple[np.ndarray | None, int]:
 
 def run_task(task: Task) -> dict[str, Any]:
     """Run ``task``; returns its record: input, output, status (``done``/``failed``), objects, seconds,
-    message, and for slices ``z`` and ``labels`` (the slice's unlinked labels)."""
+    message, and for slices ``z`` and ``labels`` (the slice's unlinked labels), for tiles ``tile``,
+    ``masks`` (a list of ``Masks``, one per crop) and ``merge`` (the parameters that merge them)."""
     import warnings
 
     t0 = time.perf_counter()
     record: dict[str, Any] = {"input": task.input, "output": task.output, "pid": os.getpid()}
     if task.z is not None:
         record["z"] = task.z
+    if task.tile is not None:
+        record["tile"] = task.tile
     try:
         model = get_model(task.model, task.device)
         with warnings.catch_warnings():
@@ -122,6 +166,9 @@ def run_task(task: Task) -> dict[str, Any]:
                 from napari_sam.batch.volume import segment_volume_task
 
                 objects = segment_volume_task(task, model)
+            elif task.kind == "tile":
+                record["masks"], record["merge"] = _tile(task, model)
+                objects = sum(len(m) for m in record["masks"])  # before the merge removes duplicates
             else:
                 labels, objects = _image(task, model)
                 if labels is not None:
