@@ -98,6 +98,21 @@ def evaluate_image(predictor, image: np.ndarray, labels: np.ndarray, max_objects
     return out
 
 
+def stratified_subset(ids: list[str], modality: dict[str, str], n: int, seed: int = 0) -> list[str]:
+    """A fixed seeded subset of about ``n`` of ``ids``: each modality in proportion to its share, at
+    least 2 of each (all when it has fewer), sorted. For models too slow for the whole split."""
+    by_mod: dict[str, list[str]] = {}
+    for i in sorted(ids):
+        by_mod.setdefault(modality[i], []).append(i)
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for mod in sorted(by_mod):
+        group = by_mod[mod]
+        k = min(len(group), max(2, round(n * len(group) / len(ids))))
+        out += [group[j] for j in rng.choice(len(group), k, replace=False)]
+    return sorted(out)
+
+
 def _summary(per: dict[str, list[float]]) -> dict[str, float]:
     res = {k: float(np.mean(v)) if v else float("nan") for k, v in per.items()}
     res["objects"] = len(per["point"])
@@ -120,6 +135,7 @@ def evaluate_model(
     cancel: Cancel = None,
     tiled: bool = False,
     zoom: float | None | str = "model",
+    subset: int = 0,
 ) -> dict:
     """Evaluate ``model`` (a Sam, a registry name, a checkpoint path, or None = the default model).
 
@@ -129,6 +145,8 @@ def evaluate_model(
     "seconds": float, "encoder_s": mean embedding time}``. ``tiled``: images larger than the model's
     input are segmented at their own resolution (:class:`napari_sam.engine.tiling.TiledPredictor`).
     ``zoom``: how images smaller than the model's input are embedded (``SamPredictor``'s ``zoom``).
+    ``subset``: > 0, dsb2018 only: a fixed seeded stratified subset of about this many images
+    (:func:`stratified_subset`, seed 0), the same for every model.
     """
     if model is None or isinstance(model, (str, Path)):
         model = load_model(model, device=device)
@@ -143,6 +161,8 @@ def evaluate_model(
         root = Path(data_root if data_root is not None else "../shared/data/dsb2018")
         rows = {r["id"]: r for r in read_dsb2018_index(root)}
         ids = ids if ids is not None else load_split(root)["val"]
+        if subset:
+            ids = stratified_subset(ids, {i: r["modality"] for i, r in rows.items()}, subset)
         pairs = [(i, None, None, rows[i]["modality"]) for i in ids]
     if limit:
         pairs = pairs[:limit]
