@@ -4,6 +4,8 @@
 - ``evaluate``: 1-click / box / corrective-click IoU and NoC@85/90 of any model on the dsb2018
   validation split (or on your own image + label folders).
 - ``finetune``: fine-tune any registry model (or checkpoint file) on your own images + Labels.
+- ``cache``: embed native-resolution dsb2018 training windows once with a frozen encoder (``fit --cache``).
+- ``export``: keep the parts of trained weights a fine-tune changed (``lite_medsam_nuclei``'s decoder).
 """
 
 from __future__ import annotations
@@ -145,22 +147,44 @@ def cmd_cache(a: argparse.Namespace) -> None:
     log(f"done: {n} windows")
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    """The parts of a trained state dict that a fine-tune changed, as a file that completes its base
+    model's weights (``ModelInfo.base``), with its sha256."""
+    import hashlib
+
+    from ..weights.loading import load_state_dict
+
+    prefixes = tuple(f"{p.strip()}." for p in a.parts.split(",") if p.strip())
+    state = {k: v.contiguous() for k, v in load_state_dict(a.weights).items() if k.startswith(prefixes)}
+    if not state:
+        raise SystemExit(f"no keys of {a.weights} start with {', '.join(prefixes)}")
+    torch.save(state, a.out)
+    digest = hashlib.sha256(Path(a.out).read_bytes()).hexdigest()
+    print(f"{a.out}: {len(state)} tensors, {sum(v.numel() for v in state.values()) / 1e6:.2f} M parameters, "
+          f"{Path(a.out).stat().st_size} bytes, sha256 {digest}")
+
+
 def _zoom(text: str) -> float | None | str:
     """``--zoom``: 'model' (the model's default), 'fit' (enlarge to the input) or a scale."""
     return text if text == "model" else None if text == "fit" else float(text)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from .evaluate import evaluate_model, format_table
+    from .evaluate import evaluate_models, format_table
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    res = evaluate_model(a.model, data_root=a.data, images=a.images, labels=a.labels, device=a.device,
-                         max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None),
-                         tiled=a.tiled, zoom=_zoom(a.zoom), subset=a.subset)
-    print(format_table(res))
+    names = a.model.split(",") if a.model else [None]
+    results = evaluate_models(names, data_root=a.data, images=a.images, labels=a.labels, device=a.device,
+                              max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None),
+                              tiled=a.tiled, zoom=_zoom(a.zoom), subset=a.subset)
+    for name, res in zip(names, results, strict=True):
+        if len(names) > 1:
+            print(f"\n{name or 'default model'} ({res['seconds_per_image']:.1f} s per image)")
+        print(format_table(res))
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
+        out = results[0] if len(names) == 1 else dict(zip(names, results, strict=True))
+        Path(a.json).write_text(json.dumps(out, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,8 +211,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_cache)
+    p = sub.add_parser("export", help="keep the parts a fine-tune changed (e.g. a decoder on a frozen encoder)")
+    p.add_argument("--weights", required=True, help="a trained state dict (run folder's model.pt)")
+    p.add_argument("--parts", default="prompt_encoder,mask_decoder", help="top-level modules to keep")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("evaluate", help="interactive-segmentation metrics of a model")
-    p.add_argument("--model", default=None, help="registry name or checkpoint path")
+    p.add_argument("--model", default=None,
+                   help="registry name or checkpoint path; several, comma-separated: the same objects and prompts, "
+                        "one embedding per image for models with the same encoder")
     p.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"), help="dsb2018 (validation split)")
     p.add_argument("--images", default=None, help="evaluate on these images instead of dsb2018")
     p.add_argument("--labels", default=None)

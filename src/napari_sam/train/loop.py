@@ -154,6 +154,7 @@ class Trainer:
             raise ValueError("native windows are the model's whole input frame: leave window/late_window at 0")
         self.window = self.img_size if cfg.native or cfg.cache else self.window
         self.cached = CachedWindows(cfg.cache) if cfg.cache else None
+        self.log_cache = 0 if self.cached is None else len(self.cached)  # windows in the cache
         self.normalize = getattr(getattr(model, "preprocessing", None), "normalize", "mean_std")
         if cfg.freeze_encoder or cfg.cache:
             for p in model.image_encoder.parameters():
@@ -195,6 +196,8 @@ class Trainer:
     def _embedded_windows(self, side: int) -> tuple[list[Window], torch.Tensor]:
         """``batch`` windows and their embeddings ``(batch, C, h, w)``: from the cache, or the encoder."""
         if self.cached is not None:
+            if self.step_idx % 50 == 0 and self.cached.refresh():  # a cache still being built grows
+                self.log_cache = len(self.cached)
             wins, embs = self.cached.draw(self.rng, self.cfg.batch)
             return wins, embs.to(self.device)
         wins = self._windows(side)
@@ -290,8 +293,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.opt.step()
         self.step_idx += 1
-        return {"loss": loss.item(), "iou_first": ious[0], "iou_last": ious[-1], "objects": float(n),
-                "lr": self.opt.param_groups[0]["lr"]}
+        out = {"loss": loss.item(), "iou_first": ious[0], "iou_last": ious[-1], "objects": float(n),
+               "lr": self.opt.param_groups[0]["lr"]}
+        return out if self.cached is None else {**out, "windows": float(self.log_cache)}
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:

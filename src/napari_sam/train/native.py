@@ -137,14 +137,26 @@ class CachedWindows:
     """Windows with their encoder embeddings from :func:`build_cache` shards, drawn at random."""
 
     def __init__(self, folder: str | Path) -> None:
-        shards = sorted(Path(folder).glob("shard_*.pt"))
-        if not shards:
+        self.folder, self.loaded = Path(folder), set()
+        self.embeddings, self.labels, self.valid, self.modality = None, None, None, []
+        if not self.refresh():
             raise FileNotFoundError(f"no shard_*.pt in {folder}: run `python -m napari_sam.train cache` first")
-        parts = [torch.load(p, weights_only=True) for p in shards]
-        self.embeddings = torch.cat([p["embeddings"] for p in parts])
-        self.labels = torch.cat([p["labels"] for p in parts]).numpy()
-        self.valid = torch.cat([p["valid"] for p in parts]).numpy()
-        self.modality = sum((p["modality"] for p in parts), [])
+
+    def refresh(self) -> int:
+        """Load the shards written since the last call (a cache still being built); returns how many."""
+        new = [p for p in sorted(self.folder.glob("shard_*.pt")) if p.name not in self.loaded]
+        if not new:
+            return 0
+        parts = [torch.load(p, weights_only=True) for p in new]
+        old = [] if self.embeddings is None else [self.embeddings]
+        self.embeddings = torch.cat(old + [p["embeddings"] for p in parts])
+        old = [] if self.labels is None else [torch.from_numpy(self.labels)]
+        self.labels = torch.cat(old + [p["labels"] for p in parts]).numpy()
+        old = [] if self.valid is None else [torch.from_numpy(self.valid)]
+        self.valid = torch.cat(old + [p["valid"] for p in parts]).numpy()
+        self.modality += sum((p["modality"] for p in parts), [])
+        self.loaded |= {p.name for p in new}
+        return len(new)
 
     def __len__(self) -> int:
         return len(self.labels)
