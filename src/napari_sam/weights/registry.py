@@ -65,7 +65,7 @@ class ModelInfo:
 
 _SAM_HOME = "https://github.com/facebookresearch/segment-anything"
 #: sha256 of src/napari_sam/_weights/lite_medsam_nuclei.pt (printed by ``python -m napari_sam.train export``)
-LITE_MEDSAM_NUCLEI_SHA256 = "0" * 64
+LITE_MEDSAM_NUCLEI_SHA256 = "f63980d68d957813b4eb28bf919b199b3be38d4d4394c7b70d2a298878852a41"
 _MICRO_HOME = "https://github.com/computational-cell-analytics/micro-sam"
 _BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 
