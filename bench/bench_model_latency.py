@@ -48,7 +48,7 @@ def main() -> None:
     images = {s: rng.integers(0, 255, (s, s), dtype=np.uint8) for s in sizes}
     print(f"threads {a.threads}, load average at start {os.getloadavg()[0]:.1f}")
     rows = {n: {} for n in names}
-    for n, m in models.items():  # warm-up
+    for m in models.values():  # warm-up
         encoder_latency(m, m.image_encoder.img_size, repeats=1)
     for n, m in models.items():
         rows[n]["input"] = m.image_encoder.img_size

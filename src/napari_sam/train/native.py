@@ -23,7 +23,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import PIXEL_MEAN, PIXEL_STD, Sample, Window, _augment_geometry, _augment_intensity, read_dsb2018_index, to_rgb_uint8
+from .data import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    Sample,
+    Window,
+    _augment_geometry,
+    _augment_intensity,
+    read_dsb2018_index,
+    to_rgb_uint8,
+)
 
 #: windows per training image by (modality, long side): large images and the scarce modalities get more
 DEFAULT_WINDOWS = {"brightfield": 6, "stained": 1, "fluorescence": 1}
