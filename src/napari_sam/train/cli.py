@@ -4,6 +4,8 @@
 - ``evaluate``: 1-click / box / corrective-click IoU and NoC@85/90 of any model on the dsb2018
   validation split (or on your own image + label folders).
 - ``finetune``: fine-tune any registry model (or checkpoint file) on your own images + Labels.
+- ``cache``: embed native-resolution dsb2018 training windows once with a frozen encoder (``fit --cache``).
+- ``export``: keep the parts of trained weights a fine-tune changed (``lite_medsam_nuclei``'s decoder).
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=20, help="steps")
     p.add_argument("--workers", type=int, default=0, help="processes drawing augmented windows ahead (0: inline)")
     p.add_argument("--scale-range", default="0.7,1.4", help="random rescaling range of a sample (p 0.3), 'lo,hi'")
+    p.add_argument("--native", action="store_true",
+                   help="train on native-resolution tiles (the model's whole input frame), as TiledPredictor embeds them")
+    p.add_argument("--cache", default="", help="folder of cached embeddings (`cache` command): encoder frozen, not run")
     p.add_argument("--stop-after", type=float, default=0.0,
                    help="wall-clock seconds; > 0: save the checkpoint and stop after this long (resume later)")
 
@@ -74,7 +79,8 @@ def _config(a: argparse.Namespace):
                        no_mask_input_prob=a.no_mask_input_prob, warmup=a.warmup,
                        freeze_encoder=a.freeze_encoder, seed=a.seed, checkpoint_every_s=a.checkpoint_every,
                        log_every=a.log_every, workers=a.workers,
-                       scale_range=tuple(float(t) for t in a.scale_range.split(",")))
+                       scale_range=tuple(float(t) for t in a.scale_range.split(",")),
+                       native=a.native or bool(a.cache), cache=str(a.cache))
 
 
 def cmd_fit(a: argparse.Namespace) -> None:
@@ -93,7 +99,14 @@ def cmd_fit(a: argparse.Namespace) -> None:
         model = load_model(a.init, arch=a.arch, device="cpu").train().requires_grad_(True)
     else:
         model = build_model(a.arch)
-    samples = data.load_dsb2018(a.data, split["train"], img_size=model.img_size)
+    if a.cache:  # the windows and their embeddings come from the cache
+        samples = []
+    elif a.native:
+        from .native import load_native_dsb2018
+
+        samples = load_native_dsb2018(a.data, split["train"])
+    else:
+        samples = data.load_dsb2018(a.data, split["train"], img_size=model.img_size)
     t_end = time.time() + a.stop_after
     train(model, samples, _config(a), checkpoint=a.out / "checkpoint.pt", device=a.device, log=log,
           export=a.out / "model.pt", threads=a.threads,
@@ -119,22 +132,59 @@ def cmd_finetune(a: argparse.Namespace) -> None:
     finetune(a.model, a.images, a.labels, out=a.out, config=cfg, device=a.device, log=log, threads=a.threads)
 
 
+def cmd_cache(a: argparse.Namespace) -> None:
+    from ..weights.loading import load_model
+    from . import data
+    from .native import build_cache, load_native_dsb2018
+
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = _log_to(a.out / "cache.log")
+    log("command: " + " ".join(sys.argv))
+    model = load_model(a.model, device="cpu")
+    samples = load_native_dsb2018(a.data, data.load_split(a.data)["train"])
+    n = build_cache(model, samples, a.out, seed=a.seed, side=int(model.image_encoder.img_size), log=log)
+    log(f"done: {n} windows")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    """The parts of a trained state dict that a fine-tune changed, as a file that completes its base
+    model's weights (``ModelInfo.base``), with its sha256."""
+    import hashlib
+
+    from ..weights.loading import load_state_dict
+
+    prefixes = tuple(f"{p.strip()}." for p in a.parts.split(",") if p.strip())
+    state = {k: v.contiguous() for k, v in load_state_dict(a.weights).items() if k.startswith(prefixes)}
+    if not state:
+        raise SystemExit(f"no keys of {a.weights} start with {', '.join(prefixes)}")
+    torch.save(state, a.out)
+    digest = hashlib.sha256(Path(a.out).read_bytes()).hexdigest()
+    print(f"{a.out}: {len(state)} tensors, {sum(v.numel() for v in state.values()) / 1e6:.2f} M parameters, "
+          f"{Path(a.out).stat().st_size} bytes, sha256 {digest}")
+
+
 def _zoom(text: str) -> float | None | str:
     """``--zoom``: 'model' (the model's default), 'fit' (enlarge to the input) or a scale."""
     return text if text == "model" else None if text == "fit" else float(text)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from .evaluate import evaluate_model, format_table
+    from .evaluate import evaluate_models, format_table
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    res = evaluate_model(a.model, data_root=a.data, images=a.images, labels=a.labels, device=a.device,
-                         max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None),
-                         tiled=a.tiled, zoom=_zoom(a.zoom))
-    print(format_table(res))
+    names = a.model.split(",") if a.model else [None]
+    results = evaluate_models(names, data_root=a.data, images=a.images, labels=a.labels, device=a.device,
+                              max_objects=a.max_objects, clicks=a.clicks, limit=a.limit, log=_log_to(None),
+                              tiled=a.tiled, zoom=_zoom(a.zoom), subset=a.subset)
+    for name, res in zip(names, results, strict=True):
+        if len(names) > 1:
+            print(f"\n{name or 'default model'} ({res['seconds_per_image']:.1f} s per image)")
+        print(format_table(res))
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
+        out = results[0] if len(names) == 1 else dict(zip(names, results, strict=True))
+        Path(a.json).write_text(json.dumps(out, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,14 +204,30 @@ def main(argv: list[str] | None = None) -> None:
     _add_train_args(p)
     p.add_argument("--train-encoder", action="store_true", help="also train a big (ViT) encoder")
     p.set_defaults(func=cmd_finetune, steps=2000, lr=1e-4, warmup=50, device=None, checkpoint_every=120.0)
+    p = sub.add_parser("cache", help="embed native-resolution dsb2018 training windows once with a frozen encoder")
+    p.add_argument("--model", default="lite_medsam", help="registry name or checkpoint path")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
+    p.add_argument("--out", type=Path, required=True, help="folder for shard_NNNN.pt (resumable) and cache.log")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_cache)
+    p = sub.add_parser("export", help="keep the parts a fine-tune changed (e.g. a decoder on a frozen encoder)")
+    p.add_argument("--weights", required=True, help="a trained state dict (run folder's model.pt)")
+    p.add_argument("--parts", default="prompt_encoder,mask_decoder", help="top-level modules to keep")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("evaluate", help="interactive-segmentation metrics of a model")
-    p.add_argument("--model", default=None, help="registry name or checkpoint path")
+    p.add_argument("--model", default=None,
+                   help="registry name or checkpoint path; several, comma-separated: the same objects and prompts, "
+                        "one embedding per image for models with the same encoder")
     p.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"), help="dsb2018 (validation split)")
     p.add_argument("--images", default=None, help="evaluate on these images instead of dsb2018")
     p.add_argument("--labels", default=None)
     p.add_argument("--max-objects", type=int, default=20, help="objects per image (seeded choice)")
     p.add_argument("--clicks", type=int, default=10, help="max clicks for NoC")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
+    p.add_argument("--subset", type=int, default=0,
+                   help="dsb2018: a fixed seeded subset of about N validation images, stratified by modality (0: all)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -98,14 +98,60 @@ def evaluate_image(predictor, image: np.ndarray, labels: np.ndarray, max_objects
     return out
 
 
+def stratified_subset(ids: list[str], modality: dict[str, str], n: int, seed: int = 0) -> list[str]:
+    """A fixed seeded subset of about ``n`` of ``ids``: each modality in proportion to its share, at
+    least 2 of each (all when it has fewer), sorted. For models too slow for the whole split."""
+    by_mod: dict[str, list[str]] = {}
+    for i in sorted(ids):
+        by_mod.setdefault(modality[i], []).append(i)
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for mod in sorted(by_mod):
+        group = by_mod[mod]
+        k = min(len(group), max(2, round(n * len(group) / len(ids))))
+        out += [group[j] for j in rng.choice(len(group), k, replace=False)]
+    return sorted(out)
+
+
 def _summary(per: dict[str, list[float]]) -> dict[str, float]:
     res = {k: float(np.mean(v)) if v else float("nan") for k, v in per.items()}
     res["objects"] = len(per["point"])
     return res
 
 
-def evaluate_model(
-    model=None,
+def evaluate_model(model=None, **kwargs) -> dict:
+    """Evaluate ``model`` (a Sam, a registry name, a checkpoint path, or None = the default model):
+    :func:`evaluate_models` of one model, same arguments and result."""
+    return evaluate_models([model], **kwargs)[0]
+
+
+class _Embedded:
+    """A predictor whose image embedding is already set: ``set_image`` keeps it (shared embeddings)."""
+
+    def __init__(self, predictor) -> None:
+        self._p = predictor
+
+    def set_image(self, image: np.ndarray) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._p, name)
+
+
+def _same_encoder(a: SamPredictor, b: SamPredictor) -> bool:
+    """True when ``a`` and ``b`` embed every image alike: same encoder weights, input and preprocessing."""
+    ma, mb = a.model, b.model
+    pa, pb = getattr(ma, "preprocessing", None), getattr(mb, "preprocessing", None)
+    if (type(ma.image_encoder) is not type(mb.image_encoder) or a.img_size != b.img_size or a.zoom != b.zoom
+            or getattr(pa, "resize", None) != getattr(pb, "resize", None)
+            or getattr(pa, "normalize", None) != getattr(pb, "normalize", None)):
+        return False  # (the model's own zoom only sets the predictor's default: a.zoom is what counts)
+    sa, sb = ma.image_encoder.state_dict(), mb.image_encoder.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def evaluate_models(
+    models: list,
     data_root: str | Path | None = None,
     images=None,
     labels=None,
@@ -120,21 +166,31 @@ def evaluate_model(
     cancel: Cancel = None,
     tiled: bool = False,
     zoom: float | None | str = "model",
-) -> dict:
-    """Evaluate ``model`` (a Sam, a registry name, a checkpoint path, or None = the default model).
+    subset: int = 0,
+) -> list[dict]:
+    """Evaluate each of ``models`` (Sams, registry names, checkpoint paths, None = the default model)
+    on the same objects and prompts; models whose encoders embed alike (same weights, input and
+    preprocessing: a fine-tuned decoder on a frozen encoder) share one embedding per image.
 
     Data: ``images`` + ``labels`` (folders, tif stacks or lists of arrays, see
     :func:`.data.read_pairs`), else dsb2018 at ``data_root`` restricted to ``ids`` (default: the
-    packaged validation split). Returns ``{"by_modality": {modality: {metric: mean}}, "all": {...},
-    "seconds": float, "encoder_s": mean embedding time}``. ``tiled``: images larger than the model's
-    input are segmented at their own resolution (:class:`napari_sam.engine.tiling.TiledPredictor`).
+    packaged validation split). Returns per model ``{"by_modality": {modality: {metric: mean}},
+    "all": {...}, "seconds": float, "seconds_per_image": mean time per image (embedding included
+    for the model that computed it)}``. ``tiled``: images larger than the model's input are
+    segmented at their own resolution (:class:`napari_sam.engine.tiling.TiledPredictor`).
     ``zoom``: how images smaller than the model's input are embedded (``SamPredictor``'s ``zoom``).
+    ``subset``: > 0, dsb2018 only: a fixed seeded stratified subset of about this many images
+    (:func:`stratified_subset`, seed 0), the same for every model.
     """
-    if model is None or isinstance(model, (str, Path)):
-        model = load_model(model, device=device)
-    predictor = SamPredictor(model, device=device, zoom=zoom)
-    if tiled:
-        predictor = TiledPredictor(predictor)
+    predictors, owner = [], []
+    for model in models:
+        if model is None or isinstance(model, (str, Path)):
+            model = load_model(model, device=device)
+        p = SamPredictor(model, device=device, zoom=zoom)
+        owner.append(next((k for k, q in enumerate(predictors) if owner[k] == k and _same_encoder(q, p)),
+                          len(predictors)))
+        predictors.append(p)
+    wrapped = [TiledPredictor(p) if tiled else p for p in predictors]
     if images is not None:
         pairs = [(sid, im, lb, "custom") for sid, im, lb in read_pairs(images, labels)]
     else:
@@ -143,11 +199,13 @@ def evaluate_model(
         root = Path(data_root if data_root is not None else "../shared/data/dsb2018")
         rows = {r["id"]: r for r in read_dsb2018_index(root)}
         ids = ids if ids is not None else load_split(root)["val"]
+        if subset:
+            ids = stratified_subset(ids, {i: r["modality"] for i, r in rows.items()}, subset)
         pairs = [(i, None, None, rows[i]["modality"]) for i in ids]
     if limit:
         pairs = pairs[:limit]
-    per_mod: dict[str, dict[str, list[float]]] = {}
-    t0, enc_t = time.time(), []
+    per_mod: list[dict[str, dict[str, list[float]]]] = [{} for _ in models]
+    t0, img_t = time.time(), [[] for _ in models]
     with torch.inference_mode():
         for j, (sid, im, lb, mod) in enumerate(pairs):
             if is_cancelled(cancel):
@@ -155,20 +213,33 @@ def evaluate_model(
             if im is None:
                 im = np.array(Image.open(root / "images" / f"{sid}.png"))
                 lb = np.array(Image.open(root / "labels" / f"{sid}.png"))
-            te = time.time()
-            r = evaluate_image(predictor, im, lb, max_objects, clicks, seed=seed + j)
-            enc_t.append(time.time() - te)
-            acc = per_mod.setdefault(mod, {k: [] for k in METRICS})
-            for k in METRICS:
-                acc[k] += r[k]
+            embeddings = {}
+            for k, pred in enumerate(wrapped):
+                te = time.time()
+                if owner[k] != k:
+                    pred.set_image_embedding(embeddings[owner[k]])
+                    pred = _Embedded(pred)
+                elif k in owner[k + 1:]:
+                    embeddings[k] = pred.compute_embedding(im)
+                    pred.set_image_embedding(embeddings[k])
+                    pred = _Embedded(pred)
+                r = evaluate_image(pred, im, lb, max_objects, clicks, seed=seed + j)
+                img_t[k].append(time.time() - te)
+                acc = per_mod[k].setdefault(mod, {m: [] for m in METRICS})
+                for m in METRICS:
+                    acc[m] += r[m]
             if progress is not None:
                 progress(j + 1, len(pairs))
             if log is not None and (j + 1) % 10 == 0:
                 log(f"evaluated {j + 1}/{len(pairs)} images ({time.time() - t0:.0f} s)")
-    everything = {k: sum((v[k] for v in per_mod.values()), []) for k in METRICS}
-    return {"by_modality": {m: _summary(v) for m, v in sorted(per_mod.items())}, "all": _summary(everything),
-            "seconds": time.time() - t0, "images": len(pairs), "max_objects": max_objects, "clicks": clicks,
-            "seconds_per_image": float(np.mean(enc_t)) if enc_t else float("nan")}
+    out = []
+    for k in range(len(models)):
+        everything = {m: sum((v[m] for v in per_mod[k].values()), []) for m in METRICS}
+        out.append({"by_modality": {m: _summary(v) for m, v in sorted(per_mod[k].items())},
+                    "all": _summary(everything), "seconds": time.time() - t0, "images": len(pairs),
+                    "max_objects": max_objects, "clicks": clicks, "shares_embeddings_with": owner[k],
+                    "seconds_per_image": float(np.mean(img_t[k])) if img_t[k] else float("nan")})
+    return out
 
 
 def format_table(res: dict) -> str:

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.progress import Cancel, Progress, is_cancelled
-from .data import PIXEL_MEAN, PIXEL_STD, SCALE_RANGE, Sample, Window, random_window
+from .data import SCALE_RANGE, Sample, Window, random_window
 from .losses import sam_loss
+from .native import CachedWindows, native_window, window_input
 from .prompts import center_point, corrective_point, jitter_box, random_point
 
 
@@ -62,13 +63,11 @@ class TrainConfig:
     log_every: int = 20
     workers: int = 0              # > 0: augmented windows are drawn ahead in this many forked processes
     scale_range: tuple[float, float] = SCALE_RANGE  # random rescaling of a sample (p 0.3), log-uniform
+    native: bool = False          # windows are native-resolution tiles (``native.native_window``): samples
+    #                               at their own scale, each window the model's whole input frame
+    cache: str = ""               # folder of cached embeddings (``native.build_cache``): the encoder is frozen
+    #                               and never run; windows and their embeddings come from there
     extra: dict = field(default_factory=dict)
-
-
-def _window_tensor(w: Window, device: torch.device) -> torch.Tensor:
-    x = (w.image.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
-    x[~w.valid] = 0.0
-    return torch.from_numpy(x).permute(2, 0, 1).to(device)
 
 
 def _pick_objects(w: Window, k: int, rng: np.random.Generator, min_area: int = 16) -> list[np.ndarray]:
@@ -151,7 +150,13 @@ class Trainer:
         self.window = cfg.window or (256 if self.stride <= 8 and self.img_size > 256 else self.img_size)
         if self.window % 32 and self.window != self.img_size:
             raise ValueError("window must be a multiple of 32")
-        if cfg.freeze_encoder:
+        if (cfg.native or cfg.cache) and (cfg.window or cfg.late_window) not in (0, self.img_size):
+            raise ValueError("native windows are the model's whole input frame: leave window/late_window at 0")
+        self.window = self.img_size if cfg.native or cfg.cache else self.window
+        self.cached = CachedWindows(cfg.cache) if cfg.cache else None
+        self.log_cache = 0 if self.cached is None else len(self.cached)  # windows in the cache
+        self.normalize = getattr(getattr(model, "preprocessing", None), "normalize", "mean_std")
+        if cfg.freeze_encoder or cfg.cache:
             for p in model.image_encoder.parameters():
                 p.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -160,7 +165,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.step_idx, self.elapsed = 0, 0.0
         self.scale_range = (float(cfg.scale_range[0]), float(cfg.scale_range[1]))
-        self.pool = None if cfg.workers <= 0 else _WindowPool(samples, cfg.workers, self.img_size, self.scale_range)
+        self.pool = None if cfg.workers <= 0 or cfg.native or cfg.cache else _WindowPool(samples, cfg.workers, self.img_size, self.scale_range)
 
     # -- schedule ---------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -180,7 +185,25 @@ class Trainer:
     def _windows(self, side: int) -> list[Window]:
         if self.pool is not None:
             return self.pool.get(self.rng, self.cfg.batch, side)
+        if self.cfg.native:
+            out: list[Window] = []
+            while len(out) < self.cfg.batch:
+                w = native_window(self.samples[int(self.rng.integers(len(self.samples)))], self.rng, side)
+                out += [] if w is None else [w]
+            return out
         return draw_windows(self.samples, self.rng, self.cfg.batch, side, self.img_size, self.scale_range)
+
+    def _embedded_windows(self, side: int) -> tuple[list[Window], torch.Tensor]:
+        """``batch`` windows and their embeddings ``(batch, C, h, w)``: from the cache, or the encoder."""
+        if self.cached is not None:
+            if self.step_idx % 50 == 0 and self.cached.refresh():  # a cache still being built grows
+                self.log_cache = len(self.cached)
+            wins, embs = self.cached.draw(self.rng, self.cfg.batch)
+            return wins, embs.to(self.device)
+        wins = self._windows(side)
+        x = torch.stack([window_input(w, self.normalize) for w in wins]).to(self.device)
+        with torch.set_grad_enabled(not self.cfg.freeze_encoder):
+            return wins, self.model.image_encoder(x)
 
     def _crops(self, wins: list[Window], d: int):
         """Per-object decoder crops: returns (window idx, cell y, cell x, gt mask crop) per object."""
@@ -202,7 +225,7 @@ class Trainer:
         """One optimisation step; returns logged scalars."""
         cfg, dev, rng, st = self.cfg, self.device, self.rng, self.stride
         self.model.train()
-        if cfg.freeze_encoder:
+        if cfg.freeze_encoder or cfg.cache:
             self.model.image_encoder.eval()
         for grp in self.opt.param_groups:
             grp["lr"] = self.lr()
@@ -213,11 +236,8 @@ class Trainer:
         d = min(g, int(rng.choice(crops))) if crops else g
         objs: list = []
         while not objs:
-            wins = self._windows(side)
+            wins, embs = self._embedded_windows(side)
             objs = self._crops(wins, d)
-        x = torch.stack([_window_tensor(w, dev) for w in wins])
-        with torch.set_grad_enabled(not cfg.freeze_encoder):
-            embs = self.model.image_encoder(x)
         full_pe = self.model.prompt_encoder.get_dense_pe()[0]
         emb = torch.stack([embs[b, :, y0 : y0 + d, x0 : x0 + d] for b, y0, x0, _ in objs])
         frame = [((wins[b].offset[0] // st + y0), (wins[b].offset[1] // st + x0)) for b, y0, x0, _ in objs]
@@ -273,8 +293,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.opt.step()
         self.step_idx += 1
-        return {"loss": loss.item(), "iou_first": ious[0], "iou_last": ious[-1], "objects": float(n),
-                "lr": self.opt.param_groups[0]["lr"]}
+        out = {"loss": loss.item(), "iou_first": ious[0], "iou_last": ious[-1], "objects": float(n),
+               "lr": self.opt.param_groups[0]["lr"]}
+        return out if self.cached is None else {**out, "windows": float(self.log_cache)}
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:

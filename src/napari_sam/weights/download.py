@@ -81,8 +81,9 @@ def model_path(name: str) -> Path:
 
 def is_cached(name: str) -> bool:
     """True when the weights of ``name`` are on disk (packaged, in an installed package, or in the
-    cache); no hash check."""
-    return model_path(name).is_file()
+    cache), and those of the model it completes (``ModelInfo.base``); no hash check."""
+    base = get_model_info(name).base
+    return model_path(name).is_file() and (base is None or is_cached(base))
 
 
 # --------------------------------------------------------------------------- download
@@ -237,7 +238,7 @@ def fetch(name: str, progress: Progress = None) -> Path:
                 f"napari-sam; reinstall the package (in a source checkout, the file is produced by "
                 f"the training code in napari_sam/train), or pick another model."
             )
-        return path
+        return _checked(path, info.sha256, info.name, "shipped with napari-sam")
     if info.in_package is not None:
         return _from_package(info)
 

@@ -20,7 +20,7 @@ import torch
 
 from napari_sam.engine.device import pick_device
 from napari_sam.engine.progress import Progress
-from napari_sam.errors import CheckpointError, SamTypeError
+from napari_sam.errors import CheckpointError, ChecksumError, ModelDownloadError, SamTypeError
 from napari_sam.models.sam import Sam, build_model, infer_arch
 from napari_sam.weights import download
 from napari_sam.weights.registry import DEFAULT_MODEL, REGISTRY
@@ -157,6 +157,23 @@ def _resolve(name_or_path: str | Path, progress: Progress) -> tuple[Path, str | 
     return path, None, path.name
 
 
+def _on_base(part: dict[str, torch.Tensor], path: Path, base: str, progress: Progress) -> dict[str, torch.Tensor]:
+    """The weights of registry model ``base`` with those of ``part`` (a file holding only the parts a
+    fine-tune changed, e.g. ``lite_medsam_nuclei``'s prompt encoder and mask decoder) put in their
+    place; every key of ``part`` must be one of ``base``'s, with its shape."""
+    try:
+        state = load_state_dict(_resolve(base, progress)[0])
+    except ModelDownloadError as exc:
+        kind = ChecksumError if isinstance(exc, ChecksumError) else ModelDownloadError
+        raise kind(f"{path.name} holds a fine-tuned decoder for the image encoder of {base!r}: {exc}") from exc
+    wrong = [k for k, v in part.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} does not fit the weights of {base!r} it completes: "
+                              f"{len(wrong)} keys unknown or of another shape ({_first(wrong)})")
+    state.update(part)
+    return state
+
+
 def load_model(
     name_or_path: str | Path | None = None,
     arch: str | None = None,
@@ -174,6 +191,9 @@ def load_model(
     dev = pick_device(device)
     path, registry_arch, display = _resolve(DEFAULT_MODEL if name_or_path is None else name_or_path, progress)
     state = load_state_dict(path)
+    base = REGISTRY[display].base if registry_arch is not None else None
+    if base is not None:
+        state = _on_base(state, path, base, progress)
     if arch is None:
         arch = registry_arch
     if arch is None:

