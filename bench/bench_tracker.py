@@ -18,7 +18,11 @@ slices 50, 100, 200 and 300 (``--checkpoints``). The image features are one prec
 handed out for every slice through ``VolumeTracker(features=...)`` (no encoder per slice: the
 question is the memory bank, not the encoder).
 
-    python bench/bench_tracker.py --long [--slices 300] [--hw 512] [--objects 1] [--image-size 1024]
+    python bench/bench_tracker.py --long [--slices 300] [--hw 512] [--objects 1] [--image-size 1024] [--trim]
+
+``--trim``: at each checkpoint glibc's ``malloc_trim(0)`` returns the allocator's free pages to the
+system and the RSS after it is printed too: growth that it removes was freed memory kept by the
+allocator, growth that stays is held by live objects.
 
 ``--image-size 512`` runs the model at a 512 px input (32 x 32 memory tokens instead of 64 x 64: a
 quarter of the memory per bank entry, about a sixteenth of the attention work), to reach 300 slices
@@ -28,6 +32,7 @@ on a busy CPU; the bank's entries are the same.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import json
 import os
@@ -129,6 +134,9 @@ def long_run(args) -> None:
                     "result_masks_mib": round(result / 2**20, 1),
                     "s_per_slice": round((time.perf_counter() - start) / (z + 1), 2),
                 }
+                if args.trim:  # hand glibc's free pages back: what remains is held by live objects
+                    ctypes.CDLL("libc.so.6").malloc_trim(0)
+                    row["rss_after_trim_mib"] = round(proc.memory_info().rss / 2**20, 1)
                 rows.append(row)
                 print(row, flush=True)
 
@@ -147,6 +155,8 @@ def main() -> None:
     ap.add_argument("--hw", type=int, default=512)
     ap.add_argument("--checkpoints", default="50,100,200,300")
     ap.add_argument("--image-size", type=int, default=1024, help="--long: the model's input side (SAM 2.1: 1024)")
+    ap.add_argument("--trim", action="store_true",
+                    help="--long: at each checkpoint also the RSS after glibc's malloc_trim(0) (allocator vs live memory)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the shared CPU: OMP_NUM_THREADS=1
     if args.long:
