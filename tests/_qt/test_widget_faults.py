@@ -194,6 +194,9 @@ def _close_mid_job(viewer, widget, qtbot, button, notes):
     np.testing.assert_array_equal(labels.data, before)
     assert not labels._undo_history
     assert not [t for k, t in notes if k == "show_error"], notes
+    from napari.utils import progress as napari_progress
+
+    assert not [b for b in napari_progress._all_instances if str(b.desc).startswith("SAM")]  # its bar went too
 
 
 def test_viewer_closed_during_3d_propagation(sam_widget, qtbot, notes):

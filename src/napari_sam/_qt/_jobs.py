@@ -120,9 +120,13 @@ class JobRunner(QObject):
             self.done.emit(*self._outcome)
 
     def close(self) -> None:
-        """Cancel the running job and ignore its result."""
+        """Cancel the running job and ignore its result; its bar leaves the activity dock now (the
+        worker's ``finished`` may never arrive once the window is gone)."""
         self.cancel()
         self.closed = True
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
 
 
 class JobPanel(QWidget):
