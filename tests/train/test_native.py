@@ -83,3 +83,21 @@ def test_cache_round_trip_and_training_from_it(tmp_path):
     assert all(np.isfinite(o["loss"]) for o in out)
     assert all(torch.equal(a, b) for a, b in zip(enc_before, model.image_encoder.parameters(), strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(dec_before, model.mask_decoder.parameters(), strict=True))
+
+
+def test_cache_built_in_parts_equals_one_process(tmp_path):
+    """``part=(i, n)``: n processes each embed every n-th shard of the same windows; together they
+    write exactly the shards one process writes."""
+    torch.manual_seed(0)
+    model = build_model("nano", img_size=128)
+    samples = [_sample(seed=k) for k in range(3)]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    build_cache(model, samples, whole, seed=0, side=128, shard=1, log=lambda m: None)
+    build_cache(model, samples, parts, seed=0, side=128, shard=1, part=(1, 2), log=lambda m: None)
+    assert sorted(p.name for p in parts.glob("shard_*.pt")) == ["shard_0001.pt"]
+    build_cache(model, samples, parts, seed=0, side=128, shard=1, part=(0, 2), log=lambda m: None)
+    names = sorted(p.name for p in whole.glob("shard_*.pt"))
+    assert names == sorted(p.name for p in parts.glob("shard_*.pt")) and len(names) == 3
+    for name in names:
+        a, b = (torch.load(d / name, weights_only=True) for d in (whole, parts))
+        assert torch.equal(a["embeddings"], b["embeddings"]) and torch.equal(a["labels"], b["labels"])

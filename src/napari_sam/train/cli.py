@@ -143,7 +143,13 @@ def cmd_cache(a: argparse.Namespace) -> None:
     log("command: " + " ".join(sys.argv))
     model = load_model(a.model, device="cpu")
     samples = load_native_dsb2018(a.data, data.load_split(a.data)["train"])
-    n = build_cache(model, samples, a.out, seed=a.seed, side=int(model.image_encoder.img_size), log=log)
+    try:
+        i, n_parts = (int(v) for v in a.part.split("/"))
+        assert 0 <= i < n_parts
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--part must be I/N with 0 <= I < N (e.g. 0/2), not {a.part!r}") from None
+    n = build_cache(model, samples, a.out, seed=a.seed, side=int(model.image_encoder.img_size),
+                    part=(i, n_parts), log=log)
     log(f"done: {n} windows")
 
 
@@ -210,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for shard_NNNN.pt (resumable) and cache.log")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--part", default="0/1", help="I/N: embed every N-th shard from the I-th (N processes, one cache)")
     p.set_defaults(func=cmd_cache)
     p = sub.add_parser("export", help="keep the parts a fine-tune changed (e.g. a decoder on a frozen encoder)")
     p.add_argument("--weights", required=True, help="a trained state dict (run folder's model.pt)")

@@ -107,12 +107,13 @@ def window_input(w: Window, normalize: str = "mean_std") -> torch.Tensor:
 
 def build_cache(model: torch.nn.Module, samples: list[Sample], out: str | Path, seed: int = 0,
                 side: int = 256, shard: int = 32, per_modality: dict[str, int] | None = None,
-                log: Callable[[str], None] = print) -> int:
+                part: tuple[int, int] = (0, 1), log: Callable[[str], None] = print) -> int:
     """Draw :func:`windows_for` native windows per sample (seeded, shuffled across samples), embed
     each with ``model.image_encoder`` and write shards ``out/shard_NNNN.pt`` of ``shard`` windows:
     ``{"embeddings": (n, C, h, w) fp16, "labels": (n, side, side) int32, "valid": (n, side, side)
     bool, "ids": [sample id], "modality": [...]}``. Shards already there are kept (resumable).
-    Returns the number of windows."""
+    ``part=(i, n)`` embeds only the shards ``j`` with ``j % n == i``, so ``n`` processes can build
+    one cache together (every process draws the same windows). Returns the number of windows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -128,14 +129,14 @@ def build_cache(model: torch.nn.Module, samples: list[Sample], out: str | Path, 
     model.eval()
     for j, start in enumerate(range(0, len(wins), shard)):
         path = out / f"shard_{j:04d}.pt"
-        if path.exists():
+        if path.exists() or j % part[1] != part[0]:
             continue
-        part = wins[start : start + shard]
+        chunk = wins[start : start + shard]
         with torch.inference_mode():
-            emb = torch.cat([model.image_encoder(window_input(w, normalize)[None]) for _, w in part])
-        torch.save({"embeddings": emb.half(), "labels": torch.from_numpy(np.stack([w.labels for _, w in part])),
-                    "valid": torch.from_numpy(np.stack([w.valid for _, w in part])),
-                    "ids": [samples[k].id for k, _ in part], "modality": [samples[k].modality for k, _ in part]},
+            emb = torch.cat([model.image_encoder(window_input(w, normalize)[None]) for _, w in chunk])
+        torch.save({"embeddings": emb.half(), "labels": torch.from_numpy(np.stack([w.labels for _, w in chunk])),
+                    "valid": torch.from_numpy(np.stack([w.valid for _, w in chunk])),
+                    "ids": [samples[k].id for k, _ in chunk], "modality": [samples[k].modality for k, _ in chunk]},
                    path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
         log(f"cached {min(start + shard, len(wins))}/{len(wins)} windows")
