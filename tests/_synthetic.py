@@ -4,6 +4,7 @@
   (Z, Y, X) int32 labels (0 = background, 1..n = objects; the labels are the exact voxel sets
   the image was drawn from, so Dice against them is exact).
 - :func:`moving_disks`: a (T, Y, X) time series of disks moving along straight lines.
+- :func:`balls_volume`: bright balls at given centres (for prompts at known (slice, row, col)).
 - :func:`tiny_sam`: a SAM with a 1-layer conv encoder (img_size 128, 8x8 grid, 32 channels) and a
   1-layer decoder: random weights, a few ms per slice; for tests of plumbing, never of quality.
 
@@ -88,6 +89,23 @@ def moving_disks(
             cy, cx = np.clip(starts[i] + t * vel[i], radius + 1, (h - radius - 1, w - radius - 1))
             labels[t][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i + 1
     img = (labels > 0) * 150.0 + 40 + rng.normal(0, 10, shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), labels
+
+
+def balls_volume(
+    shape: tuple[int, int, int] = (12, 64, 64),
+    centres: tuple[tuple[int, int, int], ...] = ((4, 20, 22), (7, 44, 42)),
+    radii: tuple[float, float] = (4.5, 10.0),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Z, Y, X) uint8 image of bright balls (semi-axes ``radii`` = (along z, in y and x)) at ``centres``
+    (z, y, x) on a noisy background, and their (Z, Y, X) int32 labels 1..n in the order of ``centres``."""
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.int32)
+    for k, (cz, cy, cx) in enumerate(centres, start=1):
+        labels[((z - cz) / radii[0]) ** 2 + ((y - cy) ** 2 + (x - cx) ** 2) / radii[1] ** 2 <= 1] = k
+    img = ndimage.gaussian_filter((labels > 0) * 160.0, (0, 1, 1)) + 30
+    img += np.random.default_rng(seed).normal(0, 6, shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), labels
 
 

@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="an existing dask scheduler (tcp://host:8786) instead of a LocalCluster")
     batch.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
-    batch.add_argument("--prompts", default=None, metavar="FILE", help="--mode prompts: points/boxes, .csv or .json")
+    batch.add_argument("--prompts", default=None, metavar="FILE",
+                       help="--mode prompts: points/boxes (row, col), .csv or .json; --mode volume: the same with a "
+                            "slice per prompt (objects carried from those slices)")
     batch.add_argument("--seeds", default=None, metavar="LABELS",
                        help="--mode volume: a seeds labels file, or a folder of <name>_seeds.tif|.zarr")
     batch.add_argument("--device", default=None)

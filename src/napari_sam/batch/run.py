@@ -6,7 +6,7 @@ work runs as :class:`~napari_sam.batch.tasks.Task` s, in this process (``workers
 tiles it (the tiles' masks come back here to be merged into its labels); a stack in ``everything`` mode is one task per
 slice, whose labels come back here to be linked across slices (``automatic.stack.link_slices``, as the
 widget's "segment everything" on a stack) and written slice by slice; a volume in ``volume`` mode is one
-task. Both ways give the same labels: the tasks are the same calls on the same model.
+task (its keyframes from a seeds file or from prompts on chosen slices). Both ways give the same labels: the tasks are the same calls on the same model.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def segment_batch(
         inputs: image files, folders, glob patterns or list files (:func:`~napari_sam.batch.inputs.discover`).
         mode: ``'everything'`` (automatic masks with the model's own thresholds), ``'prompts'`` (points
             and boxes from ``prompts``, a CSV/JSON file, :mod:`napari_sam.batch.prompts`) or ``'volume'``
-            (objects of the ``seeds`` labels carried through each volume, ``segment_volume``).
+            (objects carried through each volume with ``segment_volume``, from the ``seeds`` labels or
+            from ``prompts`` on chosen slices; :mod:`napari_sam.batch.volume`).
         model: registry name or checkpoint path (None: the default model); a model object only with ``workers=0``.
         workers: 0 runs in this process with no cluster; N a ``LocalCluster`` of N worker processes
             (None: dask's choice) with ``threads_per_worker`` threads each; ``scheduler`` (an address)
@@ -203,13 +204,15 @@ def segment_batch(
         raise SamUserError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     in_process = workers == 0 and not scheduler
     spec = _model_spec(model, in_process)
-    from napari_sam.batch.prompts import prompts_for, read_prompts
+    from napari_sam.batch.prompts import image_prompts, prompts_for, read_prompts
+    from napari_sam.batch.volume import keyframe_source
 
     if mode == "prompts" and prompts is None:
         raise SamUserError("--mode prompts needs a prompts file (--prompts FILE.csv|.json)")
-    table = read_prompts(prompts) if mode == "prompts" else None
-    if mode == "volume" and seeds is None:
-        raise SamUserError("--mode volume needs seeds (--seeds LABELS, a file or a folder of <name>_seeds files)")
+    if mode == "volume" and seeds is None and prompts is None:
+        raise SamUserError("--mode volume needs seeds (--seeds LABELS, a file or a folder of <name>_seeds files) "
+                           "or prompts on chosen slices (--prompts FILE.csv|.json with a slice per prompt)")
+    table = read_prompts(prompts) if mode in ("prompts", "volume") and prompts is not None else None
 
     out = Path(output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -242,17 +245,25 @@ def segment_batch(
                        message="output exists (--overwrite to redo)")
             continue
         if mode == "volume":
-            from napari_sam.batch.volume import seeds_for
-
-            tasks.append(Task(str(path), str(target), "volume", seeds=seeds_for(seeds, path), scale=read_scale(path), **base))
+            try:
+                seed_file, objects = keyframe_source(path, seeds, table, prompts)
+            except SamUserError as exc:
+                rec.update(status="failed", message=f"SamUserError: {exc}")
+                continue
+            tasks.append(Task(str(path), str(target), "volume", seeds=seed_file, prompts=objects,
+                              scale=read_scale(path), **base))
         elif mode == "prompts":
             objects = prompts_for(table, path)
             if volume:
-                rec.update(status="failed", message="prompts mode takes 2D images; carry objects through stacks with --mode volume")
+                rec.update(status="failed", message="prompts mode takes 2D images; carry objects through stacks with "
+                                                    "--mode volume (a slice per prompt)")
             elif objects is None:
                 rec.update(status="failed", message=f"no prompts for {path.name} in {prompts}")
             else:
-                tasks.append(Task(str(path), str(target), "image", prompts=objects, **base))
+                try:
+                    tasks.append(Task(str(path), str(target), "image", prompts=image_prompts(objects, path.name), **base))
+                except SamUserError as exc:
+                    rec.update(status="failed", message=f"SamUserError: {exc}")
         elif volume:
             stacks[str(path)] = (rec, shape, read_scale(path))
             tasks += [Task(str(path), str(target), "slice", z=z, **base) for z in range(int(shape[0]))]

@@ -59,7 +59,9 @@ class Task:
 
     kind: ``'image'`` (2D, everything or prompts), ``'slice'`` (one slice of a stack, everything; the
     labels come back to be linked), ``'tile'`` (tile ``tile`` of a large 2D image, everything; its
-    masks come back to be merged), ``'volume'`` (seeds carried through a volume).
+    masks come back to be merged), ``'volume'`` (objects carried through a volume from the ``seeds`` file or,
+    without one, from ``prompts``). ``prompts``: an image's objects (``ObjectPrompt`` s, ids 1..N) or a
+    volume's (``PromptedObject`` s, prompts per slice); :mod:`napari_sam.batch.prompts`.
     """
 
     input: str
