@@ -7,6 +7,7 @@ All nuclei go through one ``segment_volume`` call (one decoder call per slice an
 the score is the Dice of each nucleus' 3D mask with its label, averaged over nuclei.
 
     python bench/eval_gonuclear3d.py                      # the default model (nano_nuclei)
+    python bench/eval_gonuclear3d.py --model lite_medsam_nuclei --zoom 1   # + its own stop rules (registry)
     python bench/eval_gonuclear3d.py --model random       # random nano weights: mechanics only
     python bench/eval_gonuclear3d.py --sweep              # prompt kinds and thresholds, one table
     python bench/eval_gonuclear3d.py --axis 1             # propagate along y instead of z
@@ -289,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             ({"multimask": True}, {"negatives": True}),
         )
         configs = [{}, *grid]
-    else:
-        configs = [{}]
+    else:  # segment_volume's defaults, and the model's own stop rules (registry) where it has them
+        from napari_sam.weights.registry import volume_overrides
+
+        own = volume_overrides(getattr(model, "model_name", None))
+        configs = [{}, own] if own else [{}]
     for kw in configs:
         row = run(store, labels, args.axis, args.objects, **kw)
         rows.append(row)

@@ -190,3 +190,22 @@ def test_one_min_iou_field_and_documented_3d_defaults(sam_widget):
     assert f"stop below IoU {VOLUME_DEFAULTS['iou_threshold']:g}," in row
     assert f"stop below overlap {VOLUME_DEFAULTS['overlap_threshold']:g}," in row
     assert f"stop below stability {VOLUME_DEFAULTS['stability_threshold']:g}," in row
+
+
+def test_stop_controls_show_the_models_own_rules(sam_widget, tiny_sam):
+    """A model with its own stop rules (registry: lite_medsam_nuclei) sets the Volume panel's controls when
+    it loads; a model without them puts the defaults back."""
+    from napari_sam.weights.registry import volume_overrides
+
+    _, widget = sam_widget
+    vol = widget.volume_panel
+    own = volume_overrides("lite_medsam_nuclei")
+    tiny_sam.model_name = "lite_medsam_nuclei"  # the name decides (the network stays the tiny one)
+    widget.sam.set_model(tiny_sam, device="cpu")
+    shown = vol.params()
+    assert {k: shown[k] for k in own} == pytest.approx(own)
+    tiny_sam.model_name = "nano_nuclei"
+    widget.sam.set_model(tiny_sam, device="cpu")
+    assert vol.extent_spin.value() == pytest.approx(VOLUME_DEFAULTS["max_extent"])
+    assert vol.overlap_spin.value() == pytest.approx(VOLUME_DEFAULTS["overlap_threshold"])
+    assert vol.stability_spin.value() == pytest.approx(VOLUME_DEFAULTS["stability_threshold"])

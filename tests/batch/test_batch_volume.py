@@ -100,3 +100,23 @@ def test_seeds_and_prompts_for_one_volume_are_refused(tmp_path) -> None:
     assert rec["status"] == "failed" and rec["message"].startswith("SamUserError: vol.tif has both seeds")
     assert str(tmp_path / "vol_seeds.tif") in rec["message"] and str(prompts) in rec["message"]
     assert not (tmp_path / "out" / "vol_labels.zarr").exists()
+
+
+def test_the_models_own_stop_rules_apply_unless_given(tmp_path, monkeypatch) -> None:
+    """A model with stop rules in the registry (``ModelInfo.volume``) gets them, as in the widget."""
+    import dataclasses
+
+    from napari_sam.weights import registry
+
+    monkeypatch.setitem(registry.REGISTRY, MODEL, dataclasses.replace(registry.REGISTRY[MODEL],
+                                                                      volume=(("max_distance", 1),)))
+    image, _ = balls_volume()
+    tifffile.imwrite(tmp_path / "vol.tif", image)
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text(HEADER + "vol.tif,7,4,point,20,22,,,1\n")
+    report = segment_batch(tmp_path / "vol.tif", tmp_path / "out", mode="volume", prompts=prompts, model=MODEL, workers=0)
+    assert report.ok, report.describe()
+    seeds = {1: {4: {"points": [[22, 20]], "labels": [1]}}}
+    short = segment_volume(SamPredictor(get_model(MODEL)), image, seeds=seeds, progress=None, max_distance=1)
+    np.testing.assert_array_equal(_written(tmp_path / "out"), short.to_labels())
+    assert sorted(np.nonzero(short.to_labels().any(axis=(1, 2)))[0]) == [3, 4, 5]

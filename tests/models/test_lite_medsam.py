@@ -44,6 +44,25 @@ def test_builds_a_256_model_with_a_64_grid_and_its_own_preprocessing() -> None:
     assert torch.all(x.amin(dim=(1, 2, 3)) == 0) and torch.all(x.amax(dim=(1, 2, 3)) == 1)
 
 
+def test_student_has_litemedsams_grid_decoder_and_preprocessing() -> None:
+    """``lite_medsam_nano``: a nano encoder with its FPN to stride 4 under LiteMedSAM's prompt encoder and
+    decoder (the same state-dict shapes), told apart from ``nano`` by its 256 output channels."""
+    from napari_sam.models.lite_medsam import LITE_MEDSAM_NATIVE_PREPROCESSING
+
+    student, lite = build_model("lite_medsam_nano"), build_model("lite_medsam")
+    assert student.img_size == 256 and student.embedding_size == (64, 64)
+    assert student.preprocessing == LITE_MEDSAM_NATIVE_PREPROCESSING
+    for part in ("prompt_encoder", "mask_decoder"):
+        mine, theirs = getattr(student, part).state_dict(), getattr(lite, part).state_dict()
+        assert {k: v.shape for k, v in mine.items()} == {k: v.shape for k, v in theirs.items()}
+    with torch.inference_mode():
+        assert student.image_encoder(torch.rand(2, 3, 256, 256)).shape == (2, 256, 64, 64)
+    assert infer_arch(student.state_dict()) == "lite_medsam_nano"
+    assert infer_arch(build_model("nano").state_dict()) == "nano"
+    assert not any("lat4" in k for k in build_model("nano").state_dict())  # nano's files are unchanged
+    assert sum(p.numel() for p in student.image_encoder.parameters()) < 2.5e6
+
+
 def test_official_checkpoint_loads_strictly_and_is_recognised(state) -> None:
     assert infer_arch(state) == "lite_medsam"
     model = build_lite_medsam()

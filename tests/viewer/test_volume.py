@@ -18,7 +18,9 @@ from napari_sam.engine.images import to_sam_image
 from napari_sam.engine.predictor import SamPredictor
 from napari_sam.errors import SamUserError
 from napari_sam.volume.propagate import segment_volume
+from napari_sam.volume.stops import DEFAULT_RULES
 from napari_sam.volume.store import EmbeddingStore
+from napari_sam.weights.registry import volume_overrides
 
 NO_STOP = {"iou_threshold": float("-inf"), "overlap_threshold": 0.0}
 
@@ -61,6 +63,25 @@ def test_boxes_on_two_slices_become_two_new_ids(stack_sam, tiny_sam):
     np.testing.assert_array_equal(sam.labels_layer.data, np.where(existing > 0, existing, want))
     sam.labels_layer.undo()
     np.testing.assert_array_equal(sam.labels_layer.data, existing)
+
+
+def test_stop_rules_follow_the_model(stack_sam, tiny_sam):
+    """A model with its own stop rules in the registry gets them when it is set; others get the defaults."""
+    viewer, sam, img, info = stack_sam
+    assert sam.volume_params["max_extent"] == DEFAULT_RULES.max_extent
+    own = volume_overrides("lite_medsam_nuclei")
+    tiny_sam.model_name = "lite_medsam_nuclei"  # the name decides (the network stays the tiny one)
+    sam.set_model(tiny_sam, device="cpu")
+    assert {k: sam.volume_params[k] for k in own} == own
+    sam.add_point([3, 20, 20])
+    viewer.dims.set_current_step(0, 3)
+    seeds = sam.volume_seeds()
+    sam.segment_volume()
+    ref = _engine(tiny_sam, img, seeds=seeds, **{**sam.volume_params, **own})
+    np.testing.assert_array_equal(sam.labels_layer.data, ref.to_labels())
+    tiny_sam.model_name = "nano_nuclei"  # no rules of its own: back to the defaults
+    sam.set_model(tiny_sam, device="cpu")
+    assert all(sam.volume_params[k] == getattr(DEFAULT_RULES, k) for k in own)
 
 
 def test_4d_writes_the_current_time_point_only(make_napari_viewer, tiny_sam):

@@ -48,3 +48,17 @@ def test_automatic_params_fill_only_what_is_missing():
         "pred_iou_thresh": 0.3, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
     with pytest.raises(TypeError, match="crop_n_layers"):
         automatic_params("vit_b", crop_n_layers=1)
+
+
+def test_volume_overrides_are_stop_rules():
+    from dataclasses import fields
+
+    from napari_sam.volume.stops import StopRules
+    from napari_sam.weights.registry import volume_overrides
+
+    names = {f.name for f in fields(StopRules)}
+    for info in list_models():
+        assert set(dict(info.volume)) <= names, info.name
+        assert volume_overrides(info.name) == dict(info.volume)
+    assert volume_overrides("vit_b") == volume_overrides("/some/file.pth") == volume_overrides(None) == {}
+    assert volume_overrides("lite_medsam_nuclei")  # its rules were measured (docs/volume.md)

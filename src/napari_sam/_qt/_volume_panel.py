@@ -24,20 +24,19 @@ class VolumePanel(JobPanel):
 
     def __init__(self, sam: Any, jobs: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(sam, jobs, parent)
-        p = sam.volume_params
-        self.iou_spin = spin(p["iou_threshold"], 0, 1, 0.05, "stop when SAM's predicted IoU falls below this (0: never)")
-        self.overlap_spin = spin(p["overlap_threshold"], 0, 1, 0.05,
+        self.iou_spin = spin(0, 0, 1, 0.05, "stop when SAM's predicted IoU falls below this (0: never)")
+        self.overlap_spin = spin(0, 0, 1, 0.05,
                                   "stop when the mask overlaps the previous slice's less than this (IoU; 0: never)")
-        self.stability_spin = spin(p["stability_threshold"], 0, 1, 0.05, "stop below this stability score (0: never)")
-        self.extent_spin = spin(p["max_extent"] or 0, 0, 10, 0.1,
+        self.stability_spin = spin(0, 0, 1, 0.05, "stop below this stability score (0: never)")
+        self.extent_spin = spin(0, 0, 10, 0.1,
                                 "stop further from the prompted slice than this many times the object's radius "
                                 "(0: off; switch it off for time series and objects long along the axis)")
         self.extent_spin.setSpecialValueText("off")
         self.distance_spin = QSpinBox()
         self.distance_spin.setRange(0, 100000)
         self.distance_spin.setSpecialValueText("all")
-        self.distance_spin.setValue(p["max_distance"] or 0)
         self.distance_spin.setToolTip("stop this many slices away from a prompted slice (0: all slices)")
+        self.use_model_rules()
         # "stop below ...": these end an object's run, unlike the Segment everything panel's "min IoU"
         # (which masks to keep); the two have different defaults, so they must not share a name
         grid = labelled_grid((("stop below IoU", self.iou_spin), ("stop below overlap", self.overlap_spin),
@@ -60,6 +59,16 @@ class VolumePanel(JobPanel):
         self.segment_button.clicked.connect(self.segment_3d)
         self.extend_button.clicked.connect(self.extend_3d)
         self.precompute_button.clicked.connect(self.precompute)
+
+    def use_model_rules(self) -> None:
+        """Show the stop rules of ``sam.volume_params`` (the current model's; called when a model loads)."""
+        p = self.sam.volume_params
+        iou = p["iou_threshold"]
+        self.iou_spin.setValue(0 if iou is None or iou == float("-inf") else iou)
+        self.overlap_spin.setValue(p["overlap_threshold"] or 0)
+        self.stability_spin.setValue(p["stability_threshold"] or 0)
+        self.extent_spin.setValue(p["max_extent"] or 0)
+        self.distance_spin.setValue(p["max_distance"] or 0)
 
     def params(self) -> dict[str, Any]:
         """The stop criteria set in the panel (``segment_volume`` keywords)."""

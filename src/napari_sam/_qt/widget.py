@@ -195,6 +195,7 @@ class SamWidget(QWidget):
             show_warning(f"SAM: the model changed while {jobs.name!r} ran: it is cancelled (a 3D run keeps the "
                          "whole slices already finished, other jobs write nothing); run it again with the new model")
         self.everything_panel.use_model_thresholds()
+        self.volume_panel.use_model_rules()
         # the new model's defaults (unless the user chose): zoom of small images, tiles of large ones
         self.zoom_spin.blockSignals(True)
         self.zoom_spin.setValue(self.sam.zoom or 0.0)

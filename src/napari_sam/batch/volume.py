@@ -97,6 +97,7 @@ def segment_volume_task(task: Any, model: Any) -> int:
     from napari_sam.engine.predictor import SamPredictor
     from napari_sam.volume.propagate import segment_volume
     from napari_sam.volume.store import EmbeddingStore
+    from napari_sam.weights.registry import volume_overrides
 
     name = Path(task.input).name
     if task.seeds is None and not task.prompts:
@@ -114,7 +115,9 @@ def segment_volume_task(task: Any, model: Any) -> int:
     # the per-slice loop walks away from the seeds: a small embedding cache is enough, and keeps a worker's
     # memory flat on a volume of any length
     store = EmbeddingStore(SamPredictor(model), volume, budget_bytes=EMBEDDING_BUDGET)
-    result = segment_volume(store, seeds=seeds, **task.params)
+    # the model's own stop rules (registry; docs/volume.md) unless the task sets them
+    model_name = task.model if isinstance(task.model, str) else getattr(model, "model_name", None)
+    result = segment_volume(store, seeds=seeds, **{**volume_overrides(model_name), **task.params})
     with VolumeWriter(Path(task.output), shape[:3], task.scale) as writer:
         for z in range(shape[0]):
             writer[z] = result.label_slice(z)

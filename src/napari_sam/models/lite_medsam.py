@@ -6,6 +6,10 @@ The encoder is MobileSAM's TinyViT (:mod:`napari_sam.models.tiny_vit`) with Lite
 (``4h = 256``: the low-resolution masks are already at the input size). Its images are resized with
 OpenCV's area interpolation and min-max normalised to [0, 1] (:data:`LITE_MEDSAM_PREPROCESSING`).
 State-dict keys are exactly those of the official ``lite_medsam.pth``.
+
+``lite_medsam_nano``: the same prompt encoder, decoder and preprocessing behind a small student encoder
+(:class:`~napari_sam.models.nano_encoder.NanoEncoder` with its FPN to stride 4, 256 channels) that learned to give
+LiteMedSAM's embeddings (``python -m napari_sam.train distill``; docs/training.md).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .nano_encoder import NanoEncoder
 from .sam import Preprocessing, Sam, build_sam, register_arch
 from .tiny_vit import TinyViT
 
@@ -64,5 +69,22 @@ def build_lite_medsam_native(img_size: int = 256) -> Sam:
     return build_lite_medsam(img_size, LITE_MEDSAM_NATIVE_PREPROCESSING)
 
 
+def build_lite_medsam_nano(img_size: int = 256) -> Sam:
+    """LiteMedSAM's prompt encoder and decoder (native preprocessing) on a ``nano``-sized student encoder:
+    ``(B, 3, 256, 256) -> (B, 256, 64, 64)``, the embedding LiteMedSAM's decoder reads."""
+    encoder = NanoEncoder(img_size=img_size, out_chans=256, dims=(24, 48, 80, 128, 192), depths=(2, 2, 2),
+                          num_heads=6, out_stride=4)
+    grid = img_size // 4
+    return build_sam(encoder, img_size=img_size, embedding_size=(grid, grid), arch="lite_medsam_nano",
+                     preprocessing=LITE_MEDSAM_NATIVE_PREPROCESSING)
+
+
+def _matches_nano(sd: Mapping[str, Any]) -> bool:
+    """A nano encoder with 256 output channels (the ``nano`` models' have 128)."""
+    lat8 = sd.get("image_encoder.lat8.weight")
+    return lat8 is not None and lat8.shape[0] == 256 and "image_encoder.stem.0.0.weight" in sd
+
+
 register_arch("lite_medsam", build_lite_medsam, _matches)
 register_arch("lite_medsam_native", build_lite_medsam_native)
+register_arch("lite_medsam_nano", build_lite_medsam_nano, _matches_nano)

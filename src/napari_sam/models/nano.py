@@ -68,9 +68,10 @@ def _matcher(variant: str):
     d8 = NANO_ENCODERS[variant]["dims"][2]
 
     def matches(state_dict: Mapping[str, Any]) -> bool:
-        """True for state dicts of this variant (the FPN encoder's key names and stride-8 width)."""
+        """True for state dicts of this variant (the FPN encoder's key names, stride-8 width, 128 channels out)."""
         lat8 = state_dict.get("image_encoder.lat8.weight")
-        return lat8 is not None and lat8.shape[1] == d8 and "image_encoder.stem.0.0.weight" in state_dict
+        return (lat8 is not None and lat8.shape[1] == d8 and lat8.shape[0] == NANO_CONFIG["prompt_embed_dim"]
+                and "image_encoder.stem.0.0.weight" in state_dict)
 
     return matches
 

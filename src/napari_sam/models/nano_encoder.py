@@ -2,7 +2,9 @@
 
 ``NanoEncoder.forward(x: (B, 3, S, S) float, normalized and padded like SAM) -> (B, C, S/8, S/8)``.
 Unlike SAM's ViT, the output grid is stride 8 (64x64 for ``img_size=512``), so the decoder's
-low-res masks and ``mask_input`` stay 256x256 exactly like SAM. The network is fully
+low-res masks and ``mask_input`` stay 256x256 exactly like SAM. With ``out_stride=4`` the FPN goes on
+to stride 4 (64x64 for a 256 input, LiteMedSAM's grid) and the neck's 3x3 conv is depthwise (a full
+3x3 conv of 256 channels on that grid would cost more than the rest of the encoder). The network is fully
 convolutional plus position-free global attention (positions come from depthwise convs), so it
 accepts any input side that is a multiple of 32 (training runs on 256x256 windows).
 
@@ -77,11 +79,15 @@ class NanoEncoder(nn.Module):
         dims: tuple[int, int, int, int, int] = (24, 48, 80, 128, 192),
         depths: tuple[int, int, int] = (2, 2, 2),
         num_heads: int = 6,
+        out_stride: int = 8,
     ) -> None:
         """``dims``: channels at strides 2, 4, 8, 16, 32; ``depths``: inverted-residual blocks at
-        strides 8 and 16, attention blocks at stride 32."""
+        strides 8 and 16, attention blocks at stride 32; ``out_stride``: 8 or 4."""
         super().__init__()
+        if out_stride not in (4, 8):
+            raise ValueError(f"out_stride must be 4 or 8, got {out_stride!r}")
         self.img_size = img_size
+        self.out_stride = out_stride
         d2, d4, d8, d16, d32 = dims
         self.stem = nn.Sequential(conv_bn(3, d2, 3, 2), conv_bn(d2, d4, 3, 2), InvertedResidual(d4))
         self.stage8 = nn.Sequential(conv_bn(d4, d8, 3, 2), *[InvertedResidual(d8) for _ in range(depths[0])])
@@ -91,15 +97,16 @@ class NanoEncoder(nn.Module):
         self.lat32 = nn.Conv2d(d32, out_chans, 1)
         self.lat16 = nn.Conv2d(d16, out_chans, 1)
         self.lat8 = nn.Conv2d(d8, out_chans, 1)
+        self.lat4 = nn.Conv2d(d4, out_chans, 1) if out_stride == 4 else None
         self.neck = nn.Sequential(
             nn.Conv2d(out_chans, out_chans, 1, bias=False),
             LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
+            nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False, groups=out_chans if out_stride == 4 else 1),
             LayerNorm2d(out_chans),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, out_chans, S/8, S/8); S a multiple of 32."""
+        """(B, 3, S, S) -> (B, out_chans, S/out_stride, S/out_stride); S a multiple of 32."""
         f4 = self.stem(x)
         f8 = self.stage8(f4)
         f16 = self.stage16(f8)
@@ -109,4 +116,6 @@ class NanoEncoder(nn.Module):
         p = self.lat32(f32)
         p = self.lat16(f16) + F.interpolate(p, size=f16.shape[-2:], mode="nearest")
         p = self.lat8(f8) + F.interpolate(p, size=f8.shape[-2:], mode="bilinear", align_corners=False)
+        if self.lat4 is not None:
+            p = self.lat4(f4) + F.interpolate(p, size=f4.shape[-2:], mode="bilinear", align_corners=False)
         return self.neck(p)

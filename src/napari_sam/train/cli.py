@@ -6,6 +6,7 @@
 - ``finetune``: fine-tune any registry model (or checkpoint file) on your own images + Labels.
 - ``cache``: embed native-resolution dsb2018 training windows once with a frozen encoder (``fit --cache``).
 - ``export``: keep the parts of trained weights a fine-tune changed (``lite_medsam_nuclei``'s decoder).
+- ``distill``: train a small student encoder on a cache of a teacher's embeddings (``lite_medsam_nano``).
 """
 
 from __future__ import annotations
@@ -170,6 +171,37 @@ def cmd_export(a: argparse.Namespace) -> None:
           f"{Path(a.out).stat().st_size} bytes, sha256 {digest}")
 
 
+def cmd_distill(a: argparse.Namespace) -> None:
+    from ..models.sam import build_model
+    from ..weights.loading import load_model
+    from . import data
+    from .distill import distill, init_matching, paired_windows
+    from .native import load_native_dsb2018
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = _log_to(a.out / "train.log")
+    log("command: " + " ".join(sys.argv))
+    student = build_model(a.arch)
+    teacher = load_model(a.teacher, device="cpu")
+    side = int(student.image_encoder.img_size)
+    if teacher.img_size != side or teacher.preprocessing != student.preprocessing:
+        raise SystemExit(f"{a.teacher} ({teacher.img_size} px) and {a.arch} ({side} px) differ in input or preprocessing")
+    # the student reads the same prompts into the same decoder: take the teacher's
+    student.prompt_encoder.load_state_dict(teacher.prompt_encoder.state_dict())
+    student.mask_decoder.load_state_dict(teacher.mask_decoder.state_dict())
+    if a.init:
+        log(f"{init_matching(student.image_encoder, load_model(a.init, device='cpu').image_encoder)} encoder "
+            f"tensors from {a.init}")
+    samples = load_native_dsb2018(a.data, data.load_split(a.data)["train"])
+    windows, embeddings = paired_windows(a.cache, samples, seed=a.cache_seed, side=side)
+    log(f"{len(windows)} windows from {a.cache}")
+    distill(student, windows, embeddings, normalize=student.preprocessing.normalize, out=a.out, steps=a.steps,
+            time_budget_s=a.time_budget, batch=a.batch, lr=a.lr, holdout=a.holdout, seed=a.seed,
+            log_every=a.log_every, log=log)
+
+
 def _zoom(text: str) -> float | None | str:
     """``--zoom``: 'model' (the model's default), 'fit' (enlarge to the input) or a scale."""
     return text if text == "model" else None if text == "fit" else float(text)
@@ -223,6 +255,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parts", default="prompt_encoder,mask_decoder", help="top-level modules to keep")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("distill", help="train a small student encoder on a teacher's cached embeddings")
+    p.add_argument("--cache", type=Path, required=True, help="the teacher's `cache` folder")
+    p.add_argument("--cache-seed", type=int, default=0, help="the --seed the cache was built with")
+    p.add_argument("--teacher", default="lite_medsam_nuclei", help="whose prompt encoder and decoder the student gets")
+    p.add_argument("--arch", default="lite_medsam_nano", help="the student's architecture")
+    p.add_argument("--init", default="nano_nuclei", help="encoder tensors of the same shape start from this model")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
+    p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, train.log")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--time-budget", type=float, default=0.0, help="seconds; > 0: schedule by wall-clock time")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--holdout", type=int, default=32, help="last cached windows kept out of training")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=20)
+    p.set_defaults(func=cmd_distill)
     p = sub.add_parser("evaluate", help="interactive-segmentation metrics of a model")
     p.add_argument("--model", default=None,
                    help="registry name or checkpoint path; several, comma-separated: the same objects and prompts, "

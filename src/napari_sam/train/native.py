@@ -105,6 +105,22 @@ def window_input(w: Window, normalize: str = "mean_std") -> torch.Tensor:
     return torch.from_numpy(x).permute(2, 0, 1)
 
 
+def draw_windows(samples: list[Sample], seed: int = 0, side: int = 256,
+                 per_modality: dict[str, int] | None = None) -> list[tuple[int, Window]]:
+    """The windows :func:`build_cache` embeds, in its order: (sample index, window) pairs, seeded; the
+    same arguments draw the same windows (``train distill`` pairs them with a cache's embeddings)."""
+    rng = np.random.default_rng(seed)
+    plan = [k for k, s in enumerate(samples) for _ in range(windows_for(s, side, per_modality))]
+    rng.shuffle(plan)
+    wins = []
+    for k in plan:
+        w = None
+        while w is None:
+            w = native_window(samples[k], rng, side)
+        wins.append((k, w))
+    return wins
+
+
 def build_cache(model: torch.nn.Module, samples: list[Sample], out: str | Path, seed: int = 0,
                 side: int = 256, shard: int = 32, per_modality: dict[str, int] | None = None,
                 part: tuple[int, int] = (0, 1), log: Callable[[str], None] = print) -> int:
@@ -116,16 +132,8 @@ def build_cache(model: torch.nn.Module, samples: list[Sample], out: str | Path, 
     one cache together (every process draws the same windows). Returns the number of windows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    plan = [k for k, s in enumerate(samples) for _ in range(windows_for(s, side, per_modality))]
-    rng.shuffle(plan)
     normalize = getattr(getattr(model, "preprocessing", None), "normalize", "mean_std")
-    wins = []
-    for k in plan:  # draw every window first, so a resumed run draws the same ones
-        w = None
-        while w is None:
-            w = native_window(samples[k], rng, side)
-        wins.append((k, w))
+    wins = draw_windows(samples, seed, side, per_modality)  # all first, so a resumed run draws the same ones
     model.eval()
     for j, start in enumerate(range(0, len(wins), shard)):
         path = out / f"shard_{j:04d}.pt"

@@ -158,6 +158,7 @@ class SegmentAnything:
         self.embeddings.clear()
         self.stores.clear()
         self.preview.clear()
+        self.volume.use_model_rules()
         self.events.model(value=model)
 
     @property

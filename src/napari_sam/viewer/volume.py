@@ -27,6 +27,7 @@ from napari_sam.viewer.slicing import box_rc_to_xy, in_slice, rc_to_xy, to_image
 from napari_sam.viewer.stack import Stack
 from napari_sam.viewer.stores import StackStores
 from napari_sam.volume.propagate import Prompt, segment_volume
+from napari_sam.weights.registry import volume_overrides
 
 # the widget's defaults are the engine's (chosen by measurement, see docs/volume.md)
 VOLUME_DEFAULTS: dict[str, Any] = {
@@ -71,6 +72,12 @@ class VolumeActions:
         self.writer = writer
         self.params: dict[str, Any] = dict(VOLUME_DEFAULTS)
         self.last: Any = None
+
+    def use_model_rules(self) -> None:
+        """Reset the stop rules in ``params`` to the current model's: ``segment_volume``'s defaults with the
+        registry's ``volume`` overrides for it (called when a model is set; other options are kept)."""
+        rules = {k: v for k, v in VOLUME_DEFAULTS.items() if k != "prompt"}
+        self.params.update({**rules, **volume_overrides(self.models.name)})
 
     # ------------------------------------------------------------------ precompute
     def precompute_job(self, index: tuple[int, ...] | None = None) -> Callable[..., int]:

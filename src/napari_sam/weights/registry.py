@@ -25,6 +25,9 @@ class ModelInfo:
     ``automatic`` is the (pred_iou_thresh, stability_score_thresh, box_nms_thresh) that "segment
     everything" uses by default with this model: SAM's own defaults unless the model's scores were
     measured to need others (docs/automatic.md).
+    ``volume`` is the stop rules (``segment_volume`` keywords, as (name, value) pairs) that the widget and
+    ``napari-sam batch --mode volume`` use with this model where they differ from
+    ``napari_sam.volume.stops.DEFAULT_RULES``: measured for the model (docs/volume.md); empty for most.
     """
 
     name: str
@@ -42,6 +45,7 @@ class ModelInfo:
     in_package: str | None = None
     extra: str | None = None
     base: str | None = None
+    volume: tuple[tuple[str, float | int | None], ...] = ()
 
     @property
     def downloadable(self) -> bool:
@@ -65,7 +69,7 @@ class ModelInfo:
 
 _SAM_HOME = "https://github.com/facebookresearch/segment-anything"
 #: sha256 of src/napari_sam/_weights/lite_medsam_nuclei.pt (printed by ``python -m napari_sam.train export``)
-LITE_MEDSAM_NUCLEI_SHA256 = "f63980d68d957813b4eb28bf919b199b3be38d4d4394c7b70d2a298878852a41"
+LITE_MEDSAM_NUCLEI_SHA256 = "31836f42186d2a2ac81fc3425e1334513cc6abe948604342fe394f09cad91d21"
 _MICRO_HOME = "https://github.com/computational-cell-analytics/micro-sam"
 _BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 
@@ -266,6 +270,9 @@ _ENTRIES: list[ModelInfo] = [
         homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
         extra="medsam",
         base="lite_medsam",
+        # its masks stay confident past a nucleus' end: stricter stability and overlap, a shorter reach
+        # (GoNuclear, chosen on half the nuclei: docs/volume.md, "Per-model stop rules")
+        volume=(("stability_threshold", 0.9), ("overlap_threshold", 0.7), ("max_extent", 0.6)),
     ),
     # SAM 2.1 (Meta, Apache-2.0): the official files of 2024-09-28. Their sizes are approximate (as
     # reported by users of the files); no hash was published and none could be measured here (no
@@ -322,6 +329,13 @@ def automatic_params(name: str | None, **given: float | None) -> dict[str, float
         raise TypeError(f"not automatic thresholds: {sorted(unknown)}")
     params.update({k: v for k, v in given.items() if v is not None})
     return params
+
+
+def volume_overrides(name: str | None) -> dict[str, float | int | None]:
+    """The stop rules (``segment_volume`` keywords) that differ for model ``name`` from
+    ``DEFAULT_RULES``: the registry entry's ``volume``; empty for files and unknown names."""
+    info = REGISTRY.get(name) if name else None
+    return dict(info.volume) if info is not None else {}
 
 
 def get_model_info(name: str) -> ModelInfo:
