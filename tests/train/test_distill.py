@@ -43,3 +43,22 @@ def test_init_matching_copies_only_equal_shapes():
     assert n == sum(1 for k in tgt if k in src and src[k].shape == tgt[k].shape) > 100
     assert torch.equal(tgt["stem.0.0.weight"], src["stem.0.0.weight"])
     assert not torch.equal(tgt["lat8.weight"][:128], src["lat8.weight"])  # 256 vs 128 channels: left alone
+
+
+def test_export_half_loads_into_a_float32_model(tmp_path, capsys):
+    """``export --half``: a whole student in float16 (half the file) that loads strictly as float32."""
+    from napari_sam.train.cli import main
+    from napari_sam.weights.loading import load_model
+
+    model = build_model("lite_medsam_nano")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    main(["export", "--weights", str(tmp_path / "model.pt"), "--parts", "image_encoder,prompt_encoder,mask_decoder",
+          "--half", "--out", str(tmp_path / "half.pt")])
+    assert "sha256" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "half.pt", weights_only=True)
+    assert saved.keys() == model.state_dict().keys() and saved["mask_decoder.iou_token.weight"].dtype == torch.float16
+    loaded = load_model(tmp_path / "half.pt", device="cpu")
+    assert loaded.arch == "lite_medsam_nano" and next(loaded.parameters()).dtype == torch.float32
+    for k, v in model.state_dict().items():
+        want = v.half().float() if v.is_floating_point() else v
+        assert torch.equal(loaded.state_dict()[k], want), k

@@ -165,6 +165,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     state = {k: v.contiguous() for k, v in load_state_dict(a.weights).items() if k.startswith(prefixes)}
     if not state:
         raise SystemExit(f"no keys of {a.weights} start with {', '.join(prefixes)}")
+    if a.half:  # float tensors as float16 (loading casts them back to the model's float32)
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, a.out)
     digest = hashlib.sha256(Path(a.out).read_bytes()).hexdigest()
     print(f"{a.out}: {len(state)} tensors, {sum(v.numel() for v in state.values()) / 1e6:.2f} M parameters, "
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", required=True, help="a trained state dict (run folder's model.pt)")
     p.add_argument("--parts", default="prompt_encoder,mask_decoder", help="top-level modules to keep")
     p.add_argument("--out", required=True)
+    p.add_argument("--half", action="store_true", help="store float tensors as float16 (half the size)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("distill", help="train a small student encoder on a teacher's cached embeddings")
     p.add_argument("--cache", type=Path, required=True, help="the teacher's `cache` folder")
