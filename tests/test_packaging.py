@@ -59,7 +59,7 @@ def test_sdist_and_wheel_build_and_pass_twine(tmp_path: Path) -> None:
         metadata = whl.read(f"{info}/METADATA").decode()
         entry_points = whl.read(f"{info}/entry_points.txt").decode()
         manifest = yaml.safe_load(whl.read("napari_sam/napari.yaml"))
-        for name in ("nano_nuclei.pt", "nano_nuclei_v1.pt", "lite_medsam_nuclei.pt"):
+        for name in ("nano_nuclei.pt", "nano_nuclei_v1.pt", "lite_medsam_nuclei.pt", "lite_medsam_nano_nuclei.pt"):
             member = f"napari_sam/_weights/{name}"
             assert member in names, member
             assert whl.getinfo(member).file_size == (ROOT / "src" / "napari_sam" / "_weights" / name).stat().st_size
