@@ -275,6 +275,8 @@ _ENTRIES: list[ModelInfo] = [
         # its masks stay confident past a nucleus' end: stricter stability and overlap, a shorter reach
         # (GoNuclear, chosen on half the nuclei: docs/volume.md, "Per-model stop rules")
         volume=(("stability_threshold", 0.9), ("overlap_threshold", 0.7), ("max_extent", 0.6)),
+        # at SAM's 0.88/0.95/0.7 "segment everything" finds nothing (docs/automatic.md)
+        automatic=(0.5, 0.9, 0.2),
     ),
     # lite_medsam_nuclei distilled: a nano-sized encoder trained to give LiteMedSAM's embeddings, with
     # lite_medsam_nuclei's decoder fine-tuned on them (docs/training.md, "A distilled student"); the
@@ -294,6 +296,7 @@ _ENTRIES: list[ModelInfo] = [
         homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
         # chosen on half of GoNuclear's nuclei, as lite_medsam_nuclei's (docs/volume.md)
         volume=(("stability_threshold", 0.8), ("max_extent", 0.5)),
+        automatic=(0.5, 0.9, 0.2),  # as lite_medsam_nuclei's: SAM's find nothing (docs/automatic.md)
     ),
     # SAM 2.1 (Meta, Apache-2.0): the official files of 2024-09-28. Their sizes are approximate (as
     # reported by users of the files); no hash was published and none could be measured here (no
