@@ -78,14 +78,18 @@ class Task:
     tile: int | None = None
 
 
+def model_name(task: Task, model: Any) -> str | None:
+    """The registry name (or path) of ``task``'s model, whose registry defaults apply; None if unknown."""
+    return task.model if isinstance(task.model, str) else getattr(model, "model_name", None)
+
+
 def _generator(task: Task, model: Any) -> Any:
     from napari_sam.automatic.generator import AutomaticMaskGenerator
     from napari_sam.weights.registry import DEFAULT_MODEL, automatic_params
 
     params = dict(task.params)
-    name = task.model if isinstance(task.model, str) else getattr(model, "model_name", None)
     thresholds = automatic_params(
-        name or DEFAULT_MODEL, **{k: params.pop(k, None) for k in
+        model_name(task, model) or DEFAULT_MODEL, **{k: params.pop(k, None) for k in
                                   ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")},
     )
     return AutomaticMaskGenerator(model, **thresholds, **params)

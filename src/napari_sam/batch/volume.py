@@ -93,6 +93,7 @@ def segment_volume_task(task: Any, model: Any) -> int:
     """Carry the objects of ``task`` (its seeds file, else its prompted objects) through its volume and write its
     labels; returns the number of objects."""
     from napari_sam.batch.inputs import read_image
+    from napari_sam.batch.tasks import model_name
     from napari_sam.batch.writing import VolumeWriter
     from napari_sam.engine.predictor import SamPredictor
     from napari_sam.volume.propagate import segment_volume
@@ -116,8 +117,7 @@ def segment_volume_task(task: Any, model: Any) -> int:
     # memory flat on a volume of any length
     store = EmbeddingStore(SamPredictor(model), volume, budget_bytes=EMBEDDING_BUDGET)
     # the model's own stop rules (registry; docs/volume.md) unless the task sets them
-    model_name = task.model if isinstance(task.model, str) else getattr(model, "model_name", None)
-    result = segment_volume(store, seeds=seeds, **{**volume_overrides(model_name), **task.params})
+    result = segment_volume(store, seeds=seeds, **{**volume_overrides(model_name(task, model)), **task.params})
     with VolumeWriter(Path(task.output), shape[:3], task.scale) as writer:
         for z in range(shape[0]):
             writer[z] = result.label_slice(z)

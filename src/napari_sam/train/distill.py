@@ -13,7 +13,6 @@ with the teacher's prompt encoder and mask decoder, which read the embeddings it
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from ..models.common import LayerNorm2d
 from .data import Sample, Window
+from .loop import warmup_cosine
 from .native import draw_windows, window_input
 
 __all__ = ["paired_windows", "init_matching", "distill"]
@@ -75,11 +75,11 @@ def distill(student: torch.nn.Module, windows: list[Window], teacher: torch.Tens
         raise ValueError(f"{n} cached windows: need more than the {holdout} held out")
     inputs = torch.stack([window_input(w, normalize) for w in windows])
     train_ids, held_ids = np.arange(n - holdout), np.arange(n - holdout, n)
-    scale = float(teacher[train_ids[:64]].float().var())  # errors also as a fraction of the embedding variance
+    sample = teacher[train_ids[:64]].float()
+    scale = float(sample.var())  # errors also as a fraction of the embedding variance
     enc = student.image_encoder
     last = getattr(enc, "neck", [None])[-1]
     if isinstance(last, LayerNorm2d):  # start at the teacher's per-channel mean and spread (its scale is ~0.1)
-        sample = teacher[train_ids[:64]].float()
         with torch.no_grad():
             last.weight.copy_(sample.std(dim=(0, 2, 3)))
             last.bias.copy_(sample.mean(dim=(0, 2, 3)))
@@ -100,10 +100,9 @@ def distill(student: torch.nn.Module, windows: list[Window], teacher: torch.Tens
 
     enc.train()
     while progress() < 1.0:
-        step += 1
-        ramp = min(1.0, step / max(1, warmup))
         for g in opt.param_groups:
-            g["lr"] = lr * ramp * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress()))))
+            g["lr"] = warmup_cosine(lr, step, warmup, progress())
+        step += 1
         idx = torch.from_numpy(rng.choice(train_ids, batch, replace=False))
         loss = F.mse_loss(enc(inputs[idx]), teacher[idx].float())
         opt.zero_grad(set_to_none=True)

@@ -137,6 +137,15 @@ class _WindowPool:
         self.pool.terminate()
 
 
+def warmup_cosine(lr: float, step: int, warmup: int, progress: float, min_ratio: float = 0.02) -> float:
+    """The learning rate at 0-based ``step``: linear warm-up over ``warmup`` steps, then a cosine from ``lr``
+    down to ``min_ratio * lr`` over the schedule's ``progress`` (0 -> 1)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return lr * (min_ratio + (1 - min_ratio) * cos)
+
+
 class Trainer:
     """Holds model, optimizer and data; :meth:`step` runs one interactive training step."""
 
@@ -176,10 +185,7 @@ class Trainer:
 
     def lr(self) -> float:
         c = self.cfg
-        if self.step_idx < c.warmup:
-            return c.lr * (self.step_idx + 1) / c.warmup
-        cos = 0.5 * (1 + math.cos(math.pi * self.progress()))
-        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * cos)
+        return warmup_cosine(c.lr, self.step_idx, c.warmup, self.progress(), c.min_lr_ratio)
 
     # -- one step ---------------------------------------------------------------------------------
     def _windows(self, side: int) -> list[Window]:
