@@ -20,16 +20,15 @@ import numpy as np
 import torch
 
 from napari_sam.engine.chunks import decode_chunked, iter_chunks
-from napari_sam.engine.device import autocast_dtype, encoder_context, pick_device
+from napari_sam.engine.device import autocast_dtype, pick_device
 from napari_sam.engine.embedding import DecoderPreparation, ImageEmbedding, check_embedding, tensor_bytes
 from napari_sam.engine.graph_clicks import GraphClicks, flat_high_res
 from napari_sam.engine.graphs import GraphCache
-from napari_sam.engine.model_interface import decode, embed, img_size
+from napari_sam.engine.model_interface import decode, encode_images, img_size
 from napari_sam.engine.postprocess import MaskUpsampler
 from napari_sam.engine.progress import Cancel, Progress
 from napari_sam.engine.prompts import prompt_tensors
-from napari_sam.engine.transforms import SquareResize, make_transform, model_input, model_zoom
-from napari_sam.errors import SamUserError
+from napari_sam.engine.transforms import SquareResize, make_transform, model_zoom
 from napari_sam.models.common import weights_key
 from napari_sam.models.fast import fast_decoder, mask_update, resolve_decoder_path
 
@@ -139,30 +138,9 @@ class SamPredictor(GraphClicks):
         """:meth:`compute_embedding` of several images, the encoder run on up to ``batch_size`` of
         them at once: a GPU's throughput (stack slices, crops, tiles, batch jobs); the same
         embeddings as one at a time. The state is unchanged."""
-        if image_format not in ("RGB", "BGR"):
-            raise SamUserError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        if batch_size < 1:
-            raise SamUserError(f"batch_size must be at least 1 (images per encoder run), got {batch_size}")
         zoom = self.zoom if zoom == "predictor" else zoom
-        out: list[ImageEmbedding] = []
-        for start in range(0, len(images), batch_size):
-            inputs = [
-                model_input(im, self.model, self.transform, self.device, image_format, contrast_limits, native, zoom)
-                for im in images[start : start + batch_size]
-            ]
-            with torch.inference_mode():
-                x = torch.cat([x for x, _, _ in inputs])
-                with encoder_context(self.device, self.autocast_dtype, len(x)):
-                    features, high_res = embed(self.model, x)
-                features = features.float()
-                high_res = None if high_res is None else [t.float() for t in high_res]
-            if len(inputs) == 1:
-                out.append(ImageEmbedding(features, inputs[0][1], inputs[0][2], None if high_res is None else tuple(high_res)))
-                continue
-            for i, (_, orig, size) in enumerate(inputs):  # each embedding owns its tensors (a view would keep the batch)
-                hr = None if high_res is None else tuple(t[i : i + 1].clone() for t in high_res)
-                out.append(ImageEmbedding(features[i : i + 1].clone(), orig, size, hr))
-        return out
+        return encode_images(self.model, self.transform, self.device, self.autocast_dtype, images, image_format,
+                             contrast_limits, native, zoom, batch_size)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB", contrast_limits=None) -> None:
         """Compute and keep the embedding of ``image`` (see :meth:`compute_embedding`), and
