@@ -12,6 +12,7 @@ Cellpose-SAM 0.656). The thresholds default to the model's own (its registry ent
     python bench/eval_automatic_dsb.py                       # nano_nuclei, default parameters
     python bench/eval_automatic_dsb.py --model path.pt --points-per-side 32 --pred-iou-thresh 0.8 --limit 20
     python bench/eval_automatic_dsb.py --min-side 512 --tile-size 512   # large images, tiles at full resolution
+    python bench/eval_automatic_dsb.py --model lite_medsam_nano_nuclei --tile-size 0   # no tiles (its default: 256)
 """
 
 from __future__ import annotations
@@ -73,17 +74,21 @@ def main() -> None:
     ap.add_argument("--min-mask-region-area", type=int, default=0)
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tile-size", type=int, default=None, help="images larger than this in tiles at full resolution")
-    ap.add_argument("--tile-overlap", type=int, default=128)
-    ap.add_argument("--crop-nms-thresh", type=float, default=0.7, help="box IoU for duplicates across crops/tiles")
+    ap.add_argument("--tile-size", type=int, default=None,
+                    help="images larger than this in tiles at full resolution (0: never; default: the model's own)")
+    ap.add_argument("--tile-overlap", type=int, default=128, help="with --tile-size")
+    ap.add_argument("--crop-nms-thresh", type=float, default=0.7, help="box IoU for duplicates across tiles, with --tile-size")
+    ap.add_argument("--zoom", default="model",
+                    help="scale of images smaller than the model's input: 'model' (its own), 'none' (enlarged to the input), or a number")
     ap.add_argument("--min-side", type=int, default=0, help="only images whose longer side exceeds this (px)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from PIL import Image
 
     from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.engine.predictor import SamPredictor
     from napari_sam.weights.loading import load_model
-    from napari_sam.weights.registry import automatic_params
+    from napari_sam.weights.registry import automatic_settings
 
     split = Path(args.split)
     if not split.is_file():
@@ -94,16 +99,18 @@ def main() -> None:
     with open(DATA / "index.csv") as f:
         modality = {row["id"]: row["modality"] for row in csv.DictReader(f)}
     model = load_model(args.model, device=args.device)
-    thresholds = automatic_params(
-        args.model, pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
-    )
-    gen = AutomaticMaskGenerator(
-        model, points_per_side=args.points_per_side, **thresholds,
-        min_mask_region_area=args.min_mask_region_area, crop_n_layers=args.crop_n_layers,
-        tile_size=args.tile_size, tile_overlap=args.tile_overlap, crop_nms_thresh=args.crop_nms_thresh,
-    )
-    print(f"# model {args.model}, {len(val)} validation images, {vars(args)}, thresholds {thresholds}")
+    params = {
+        "points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh, "box_nms_thresh": args.box_nms_thresh,
+        "min_mask_region_area": args.min_mask_region_area, "crop_n_layers": args.crop_n_layers,
+    }
+    if args.tile_size is not None:  # else the model's own (registry), as in the widget
+        params.update(tile_size=args.tile_size or None, tile_overlap=args.tile_overlap,
+                      crop_nms_thresh=args.crop_nms_thresh)
+    params = automatic_settings(args.model, params)
+    zoom = args.zoom if args.zoom == "model" else None if args.zoom == "none" else float(args.zoom)
+    gen = AutomaticMaskGenerator(SamPredictor(model, zoom=zoom), **params)
+    print(f"# model {args.model}, {len(val)} validation images, {vars(args)}, generator {params}")
     stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     t0 = time.perf_counter()
     for k, image_id in enumerate(val, 1):

@@ -60,6 +60,24 @@ def test_auto_tiles(tmp_path) -> None:
     np.testing.assert_array_equal(tifffile.imread(out), expected)
 
 
+def test_auto_tiles_follow_the_model(tmp_path) -> None:
+    """lite_medsam_nano_nuclei segments a 300 x 320 image in its 256-px tiles unless ``--no-tiles``."""
+    image = (np.random.default_rng(2).random((300, 320)) * 255).astype(np.uint8)
+    image[100:130, 100:130] = 250
+    src, out = tmp_path / "image.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(src, image)
+    args = ["auto", str(src), "-o", str(out), "--model", "lite_medsam_nano_nuclei", "--points-per-side", "3",
+            "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--device", "cpu"]
+    model = load_model("lite_medsam_nano_nuclei", device="cpu")
+    kw = {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.2}
+    for flag, tiles in (([], {"tile_size": 256, "tile_overlap": 64, "crop_nms_thresh": 0.2}), (["--no-tiles"], {})):
+        assert cli.main(args + flag) == 0
+        expected = AutomaticMaskGenerator(model, **kw, **tiles).generate_labels(image)
+        np.testing.assert_array_equal(tifffile.imread(out), expected)
+    assert not np.array_equal(tifffile.imread(out), AutomaticMaskGenerator(
+        model, **kw, tile_size=256, tile_overlap=64, crop_nms_thresh=0.2).generate_labels(image))
+
+
 def test_auto_default_model_uses_its_thresholds(tmp_path) -> None:
     """No model and no thresholds: the packaged nano_nuclei with its registry defaults."""
     rng = np.random.default_rng(1)

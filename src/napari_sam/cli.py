@@ -81,28 +81,21 @@ def _cmd_auto(args: argparse.Namespace) -> int:
 
     from napari_sam.automatic.generator import AutomaticMaskGenerator
     from napari_sam.weights.loading import load_model
-    from napari_sam.weights.registry import DEFAULT_MODEL, automatic_params
+    from napari_sam.weights.registry import DEFAULT_MODEL, automatic_settings, automatic_tile_params
 
     image = np.asarray(io.imread(args.image))
     model = load_model(args.model, device=args.device)
-    thresholds = automatic_params(
-        args.model or DEFAULT_MODEL,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        box_nms_thresh=args.box_nms_thresh,
-    )
-    tiles = {}
-    if args.tiles:
-        from napari_sam.engine.tiling import automatic_tile_params
-
-        tiles = automatic_tile_params(model.img_size, thresholds["box_nms_thresh"])
-    generator = AutomaticMaskGenerator(
-        model,
-        points_per_side=args.points_per_side,
-        **thresholds,
-        min_mask_region_area=args.min_area,
-        **tiles,
-    )
+    params = {
+        "points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh, "box_nms_thresh": args.box_nms_thresh,
+        "min_mask_region_area": args.min_area,
+    }
+    if args.tiles is False:
+        params["tile_size"] = None
+    params = automatic_settings(args.model or DEFAULT_MODEL, params)
+    if args.tiles and params.get("tile_size") is None:
+        params.update(automatic_tile_params(model.img_size, params["box_nms_thresh"]))
+    generator = AutomaticMaskGenerator(model, **params)
     labels = generator.generate_labels(image)
     tifffile.imwrite(args.output, labels)
     print(f"{args.output}: {int(labels.max())} objects")
@@ -165,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--stability-score-thresh", type=float, default=None, help=f"min stability {thr}")
     auto.add_argument("--box-nms-thresh", type=float, default=None, help=f"box IoU for duplicates {thr}")
     auto.add_argument("--min-area", type=int, default=0, help="remove holes/islands below this area (px)")
-    auto.add_argument("--tiles", action="store_true",
-                      help="an image larger than the model's input in tiles at full resolution (docs/tiling.md)")
+    auto.add_argument("--tiles", action=argparse.BooleanOptionalAction, default=None,
+                      help="an image larger than the model's input in tiles at full resolution (default: the "
+                           "model's; on for lite_medsam_nuclei and lite_medsam_nano_nuclei; docs/tiling.md)")
     auto.set_defaults(func=_cmd_auto)
 
     batch = sub.add_parser(

@@ -169,3 +169,24 @@ def test_a_large_image_is_one_task_per_tile_with_the_one_process_labels(tmp_path
     assert expected.max() > 10
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "big_labels.tif"), expected)
     assert report.records[0]["objects"] == expected.max()
+
+
+def test_a_model_that_segments_in_tiles_gets_one_task_per_tile(tmp_path) -> None:
+    """lite_medsam_nano_nuclei's registry tiles (256 px) apply without ``tile_size``: 4 tasks for a 300 x 420
+    image, the labels of the one-process generator with its settings (registry.automatic_settings)."""
+    from napari_sam.weights.registry import automatic_settings
+
+    name = "lite_medsam_nano_nuclei"
+    src = tmp_path / "images"
+    src.mkdir()
+    image = synthetic_nuclei((300, 420), n=30, seed=4)
+    tifffile.imwrite(src / "big.tif", image)
+    seen = []
+    report = segment_batch(src, tmp_path / "out", model=name, workers=0, params={"points_per_side": 4},
+                           progress=lambda d, t: seen.append((d, t)))
+    assert report.ok and seen[-1] == (4, 4)
+    settings = automatic_settings(name, {"points_per_side": 4})
+    assert settings["tile_size"] == 256
+    expected = AutomaticMaskGenerator(get_model(name), **settings).generate_labels(image)
+    assert expected.max() > 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "big_labels.tif"), expected)

@@ -192,3 +192,25 @@ def test_2d_image_has_no_stack(make_napari_viewer, tiny_sam):
         sam.segment_volume()
     with pytest.raises(SamUserError, match="slider axis"):
         sam.precompute_embeddings()
+
+
+def test_segment_everything_tiles_follow_the_model(make_napari_viewer, tiny_sam):
+    """A model whose registry entry segments in tiles (lite_medsam_nano_nuclei: 256 px) gets them on an
+    image larger than that; ``tile_size=None`` asks for the whole image."""
+    viewer = make_napari_viewer()
+    img = (np.random.default_rng(3).random((300, 400)) * 255).astype(np.uint8)
+    sam = SegmentAnything(viewer)
+    sam.set_model(tiny_sam, device="cpu")
+    sam.set_image_layer(viewer.add_image(img))
+    sam.model_name = "lite_medsam_nano_nuclei"  # the name decides (the network stays the tiny one)
+    kw = {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    sam.segment_everything(**kw)
+    tiled = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), **kw, box_nms_thresh=0.2,
+                                   tile_size=256, tile_overlap=64, crop_nms_thresh=0.2)
+    whole = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu"), **kw, box_nms_thresh=0.2)
+    ref = tiled.generate_labels(to_sam_image(img))
+    assert ref.any() and not np.array_equal(ref, whole.generate_labels(to_sam_image(img)))  # tiles matter here
+    np.testing.assert_array_equal(sam.labels_layer.data, ref)
+    sam.labels_layer.data = np.zeros_like(sam.labels_layer.data)
+    sam.segment_everything(tile_size=None, **kw)
+    np.testing.assert_array_equal(sam.labels_layer.data, whole.generate_labels(to_sam_image(img)))

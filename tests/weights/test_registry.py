@@ -50,6 +50,21 @@ def test_automatic_params_fill_only_what_is_missing():
         automatic_params("vit_b", crop_n_layers=1)
 
 
+def test_automatic_settings_add_the_models_tiles():
+    """lite_medsam_nano_nuclei segments in 256-px tiles (overlap 64, duplicates across tiles at its box NMS);
+    what the caller gives wins, ``tile_size=None`` included; other keywords pass through."""
+    from napari_sam.weights.registry import automatic_settings
+
+    own = automatic_settings("lite_medsam_nano_nuclei", {"points_per_side": 16, "pred_iou_thresh": None})
+    assert own == {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.9,
+                   "box_nms_thresh": 0.2, "tile_size": 256, "tile_overlap": 64, "crop_nms_thresh": 0.2}
+    assert automatic_settings("lite_medsam_nano_nuclei", {"tile_overlap": 32})["tile_overlap"] == 32
+    assert automatic_settings("lite_medsam_nano_nuclei", {"tile_size": None})["tile_size"] is None
+    assert automatic_settings("lite_medsam_nuclei", {})["tile_size"] == 256
+    for name in ("nano_nuclei", "vit_b", None, "/some/file.pth"):
+        assert "tile_size" not in automatic_settings(name, {})
+
+
 def test_volume_overrides_are_stop_rules():
     from dataclasses import fields
 

@@ -224,7 +224,13 @@ def segment_batch(
     stacks: dict[str, tuple[dict, tuple[int, ...], Any]] = {}
     tiled: dict[str, _Tiles] = {}
     owners: dict[Path, Path] = {}
-    base = {"mode": mode, "model": spec, "device": device, "params": dict(params or {})}
+    params = dict(params or {})
+    if mode == "everything":  # the model's thresholds and tiles where not given (tiles: one task each)
+        from napari_sam.weights.registry import DEFAULT_MODEL, automatic_settings
+
+        name = spec if isinstance(spec, str) else getattr(spec, "model_name", None)
+        params = automatic_settings(name or DEFAULT_MODEL, params)
+    base = {"mode": mode, "model": spec, "device": device, "params": params}
     for path in discover(inputs):
         shape = peek_shape(path)
         rec: dict[str, Any] = {"input": str(path), "status": "", "objects": "", "seconds": "", "message": ""}

@@ -85,14 +85,9 @@ def model_name(task: Task, model: Any) -> str | None:
 
 def _generator(task: Task, model: Any) -> Any:
     from napari_sam.automatic.generator import AutomaticMaskGenerator
-    from napari_sam.weights.registry import DEFAULT_MODEL, automatic_params
+    from napari_sam.weights.registry import DEFAULT_MODEL, automatic_settings
 
-    params = dict(task.params)
-    thresholds = automatic_params(
-        model_name(task, model) or DEFAULT_MODEL, **{k: params.pop(k, None) for k in
-                                  ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")},
-    )
-    return AutomaticMaskGenerator(model, **thresholds, **params)
+    return AutomaticMaskGenerator(model, **automatic_settings(model_name(task, model) or DEFAULT_MODEL, task.params))
 
 
 def tile_count(shape: tuple[int, ...], params: dict[str, Any]) -> int:

@@ -57,13 +57,6 @@ def tile_origins(length: int, tile: int, overlap: int, step: int = 1) -> list[in
     return starts + [-(-(length - tile) // step) * step]
 
 
-def automatic_tile_params(img_size: int, box_nms_thresh: float) -> dict[str, float]:
-    """``AutomaticMaskGenerator`` arguments for "tiles at full resolution": tiles of the model's
-    input side overlapping by a quarter of it, and duplicates across tiles (which share one scale)
-    judged like duplicates within one (``crop_nms_thresh`` = ``box_nms_thresh``)."""
-    return {"tile_size": int(img_size), "tile_overlap": int(img_size) // 4, "crop_nms_thresh": float(box_nms_thresh)}
-
-
 @dataclass
 class TiledEmbedding:
     """The embeddings of one large image.

@@ -21,7 +21,7 @@ from napari_sam.viewer.label_writer import LabelWriter
 from napari_sam.viewer.model_slot import ModelSlot
 from napari_sam.viewer.slicing import slice_image
 from napari_sam.viewer.stack import StackSlices
-from napari_sam.weights.registry import automatic_defaults, automatic_params
+from napari_sam.weights.registry import automatic_defaults, automatic_settings
 
 
 class EverythingActions:
@@ -45,19 +45,18 @@ class EverythingActions:
         """(job(progress, cancel) -> (k, H, W) labels or None if cancelled, apply(labels) -> new ids).
 
         Thresholds left None (and ``box_nms_thresh`` when not in ``amg``) are the model's
-        :meth:`defaults`."""
+        :meth:`defaults`, and so are its tiles when ``amg`` has no ``tile_size`` (``registry.automatic_settings``)."""
         img = self.images.require()
         self.models.require()
         index = self.images.index_or_current(index)
         limits, chan = self.images.settings()
         still_valid = self.writer.guard("segment everything")
-        thresholds = automatic_params(
-            self.models.name, pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh, box_nms_thresh=amg.pop("box_nms_thresh", None),
+        params = automatic_settings(
+            self.models.name, {**amg, "pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh},
         )
         gen = AutomaticMaskGenerator(
             self.models.background_predictor(), points_per_side=points_per_side,
-            min_mask_region_area=min_mask_region_area, **thresholds, **amg,
+            min_mask_region_area=min_mask_region_area, **params,
         )
         if stack:
             st = self.images.stack(index)

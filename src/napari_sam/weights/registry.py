@@ -1,11 +1,12 @@
 """The model registry: what each checkpoint is (architecture, URL, hash, size, licence).
 
-Data only, plus two look-ups; downloading and loading live in :mod:`napari_sam.weights`.
+Data only, plus the look-ups of a model's defaults; downloading and loading live in :mod:`napari_sam.weights`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class ModelInfo:
     ``automatic`` is the (pred_iou_thresh, stability_score_thresh, box_nms_thresh) that "segment
     everything" uses by default with this model: SAM's own defaults unless the model's scores were
     measured to need others (docs/automatic.md).
+    ``automatic_tile`` (px): "segment everything" cuts an image with a side above it into tiles of this
+    side at full resolution (:func:`automatic_tile_params`); None: the whole image is resized to the
+    model's input. Set where tiles were measured to help (docs/automatic.md).
     ``volume`` is the stop rules (``segment_volume`` keywords, as (name, value) pairs) that the widget and
     ``napari-sam batch --mode volume`` use with this model where they differ from
     ``napari_sam.volume.stops.DEFAULT_RULES``: measured for the model (docs/volume.md); empty for most.
@@ -46,6 +50,7 @@ class ModelInfo:
     extra: str | None = None
     base: str | None = None
     volume: tuple[tuple[str, float | int | None], ...] = ()
+    automatic_tile: int | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -277,6 +282,7 @@ _ENTRIES: list[ModelInfo] = [
         volume=(("stability_threshold", 0.9), ("overlap_threshold", 0.7), ("max_extent", 0.6)),
         # at SAM's 0.88/0.95/0.7 "segment everything" finds nothing (docs/automatic.md)
         automatic=(0.5, 0.9, 0.2),
+        automatic_tile=256,
     ),
     # lite_medsam_nuclei distilled: a nano-sized encoder trained to give LiteMedSAM's embeddings, with
     # lite_medsam_nuclei's decoder fine-tuned on them (docs/training.md, "A distilled student"); the
@@ -297,6 +303,7 @@ _ENTRIES: list[ModelInfo] = [
         # chosen on half of GoNuclear's nuclei, as lite_medsam_nuclei's (docs/volume.md)
         volume=(("stability_threshold", 0.8), ("max_extent", 0.5)),
         automatic=(0.5, 0.9, 0.2),  # as lite_medsam_nuclei's: SAM's find nothing (docs/automatic.md)
+        automatic_tile=256,  # its native scale: dsb2018 F1@0.5 0.34 -> 0.80 (docs/automatic.md)
     ),
     # SAM 2.1 (Meta, Apache-2.0): the official files of 2024-09-28. Their sizes are approximate (as
     # reported by users of the files); no hash was published and none could be measured here (no
@@ -353,6 +360,27 @@ def automatic_params(name: str | None, **given: float | None) -> dict[str, float
         raise TypeError(f"not automatic thresholds: {sorted(unknown)}")
     params.update({k: v for k, v in given.items() if v is not None})
     return params
+
+
+def automatic_tile_params(tile: int, box_nms_thresh: float) -> dict[str, float]:
+    """``AutomaticMaskGenerator`` arguments for "tiles at full resolution": tiles of ``tile`` px (a model's
+    input side) overlapping by a quarter of it, and duplicates across tiles (which share one scale)
+    judged like duplicates within one (``crop_nms_thresh`` = ``box_nms_thresh``)."""
+    return {"tile_size": int(tile), "tile_overlap": int(tile) // 4, "crop_nms_thresh": float(box_nms_thresh)}
+
+
+def automatic_settings(name: str | None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``AutomaticMaskGenerator`` keywords: ``params`` with model ``name``'s defaults for what they leave
+    out: thresholds left None or unset (:func:`automatic_params`) and, for a model whose entry has
+    ``automatic_tile``, its tiles (:func:`automatic_tile_params`) unless ``params`` has ``tile_size``
+    (``tile_size=None`` there: the whole image)."""
+    out = dict(params or {})
+    out.update(automatic_params(name, **{k: out.pop(k, None) for k in _AUTOMATIC_KEYS}))
+    info = REGISTRY.get(name) if name else None
+    if "tile_size" not in out and info is not None and info.automatic_tile is not None:
+        for k, v in automatic_tile_params(info.automatic_tile, out["box_nms_thresh"]).items():
+            out.setdefault(k, v)
+    return out
 
 
 def volume_overrides(name: str | None) -> dict[str, float | int | None]:
