@@ -360,3 +360,24 @@ def test_count_true_equals_bool_sum():
     assert torch.equal(batch.count_true(m), m.flatten(1).sum(1))
     assert batch.count_true(m[:0]).shape == (0,)
     assert torch.equal(batch.count_true(m[:, ::2, 1::3]), m[:, ::2, 1::3].flatten(1).sum(1))
+
+
+def test_small_crops_are_resized_to_the_input_unless_asked(tiny_sam):
+    """``zoom`` (default None): a 100 x 120 image reaches the model resized to its input, as in SAM's
+    generator, even through a predictor that embeds at native scale; ``zoom="predictor"`` follows the
+    predictor; a bad zoom is refused at construction."""
+    from napari_sam.errors import SamUserError
+
+    img = (np.random.default_rng(0).random((100, 120, 3)) * 255).astype(np.uint8)
+    kw = {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    native = SamPredictor(tiny_sam, device="cpu", zoom=1.0)
+    seen = []
+    encode = native.encode_batch
+    native.encode_batch = lambda crops, **k: seen.append(k["zoom"]) or encode(crops, **k)
+    labels = [AutomaticMaskGenerator(native, **kw, **z).generate_labels(img) for z in ({}, {"zoom": "predictor"})]
+    assert seen == [None, "predictor"]
+    resized = AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu", zoom=None), **kw).generate_labels(img)
+    np.testing.assert_array_equal(labels[0], resized)
+    np.testing.assert_array_equal(labels[1], AutomaticMaskGenerator(SamPredictor(tiny_sam, device="cpu", zoom=1.0), **kw, zoom="predictor").generate_labels(img))
+    with pytest.raises(SamUserError, match="zoom must be"):
+        AutomaticMaskGenerator(native, **kw, zoom=-1)
