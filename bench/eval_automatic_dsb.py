@@ -78,8 +78,9 @@ def main() -> None:
                     help="images larger than this in tiles at full resolution (0: never; default: the model's own)")
     ap.add_argument("--tile-overlap", type=int, default=128, help="with --tile-size")
     ap.add_argument("--crop-nms-thresh", type=float, default=0.7, help="box IoU for duplicates across tiles, with --tile-size")
-    ap.add_argument("--zoom", default="model",
-                    help="scale of images smaller than the model's input: 'model' (its own), 'none' (enlarged to the input), or a number")
+    ap.add_argument("--zoom", default="none",
+                    help="images smaller than the model's input: 'none' (resized to it, the default), 'model' (the "
+                         "model's own scale), or a number")
     ap.add_argument("--min-side", type=int, default=0, help="only images whose longer side exceeds this (px)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,8 +109,8 @@ def main() -> None:
         params.update(tile_size=args.tile_size or None, tile_overlap=args.tile_overlap,
                       crop_nms_thresh=args.crop_nms_thresh)
     params = automatic_settings(args.model, params)
-    zoom = args.zoom if args.zoom == "model" else None if args.zoom == "none" else float(args.zoom)
-    gen = AutomaticMaskGenerator(SamPredictor(model, zoom=zoom), **params)
+    zoom = "predictor" if args.zoom == "model" else None if args.zoom == "none" else float(args.zoom)
+    gen = AutomaticMaskGenerator(SamPredictor(model), **params, zoom=zoom)
     print(f"# model {args.model}, {len(val)} validation images, {vars(args)}, generator {params}")
     stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     t0 = time.perf_counter()
