@@ -56,13 +56,13 @@ def test_usage_errors_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_tile_size_runs_a_large_image_in_tiles(tmp_path) -> None:
     """--tile-size/--tile-overlap: the labels of AutomaticMaskGenerator(tile_size=..., tile_overlap=...)."""
-    image = synthetic_nuclei((160, 200), n=16, seed=2)
+    image = synthetic_nuclei((560, 640), n=60, seed=2)  # 2 x 2 tiles of nano's input side
     tifffile.imwrite(tmp_path / "a.tif", image)
     args = ["batch", str(tmp_path / "a.tif"), "-o", str(tmp_path / "out"), "--workers", "0", "--model", "nano_nuclei",
-            "--points-per-side", "8", "--tile-size", "128", "--tile-overlap", "48", "-q"]
+            "--points-per-side", "16", "--tile-size", "512", "--tile-overlap", "128", "-q"]
     assert cli.main(args) == 0
-    expected = AutomaticMaskGenerator(get_model("nano_nuclei"), **automatic_params("nano_nuclei"), points_per_side=8,
-                                      tile_size=128, tile_overlap=48).generate_labels(image, progress=None)
+    expected = AutomaticMaskGenerator(get_model("nano_nuclei"), **automatic_params("nano_nuclei"), points_per_side=16,
+                                      tile_size=512, tile_overlap=128).generate_labels(image, progress=None)
     assert expected.max() > 1  # (the merge itself is checked on 40 nuclei in test_batch.py)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a_labels.tif"), expected)
 
